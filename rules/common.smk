@@ -1,0 +1,81 @@
+# The sweep: validate the config, expand it to experiments, and give rules their parameters.
+
+from kdflow.config import Sweep
+
+# Validates against config/schema.yaml and checks what a schema cannot (pairs naming models
+# that are not trained as pure, duplicates, unknown names); raises before any job exists.
+SWEEP = Sweep(config, source=" + ".join(map(str, workflow.configfiles)) or "config")
+EXPERIMENTS = SWEEP.experiments()
+
+
+def _alternatives(names):
+    return "|".join(sorted(names, key=len, reverse=True))
+
+
+wildcard_constraints:
+    dataset=_alternatives(SWEEP.datasets),
+    model=_alternatives(SWEEP.models),
+    teacher=_alternatives(SWEEP.models),
+    student=_alternatives(SWEEP.models),
+    method=_alternatives(SWEEP.methods),
+    alpha=_alternatives(SWEEP.alphas).replace(".", r"\."),
+    seed=r"\d+",
+
+
+def training_targets():
+    return [experiment.target for experiment in EXPERIMENTS]
+
+
+def final_outputs():
+    return training_targets() + [
+        "results/summary/results.csv",
+        "results/summary/results.md",
+    ]
+
+
+def train_hparams(wildcards):
+    """The TrainSpec of one experiment (kdflow.trainer), from the config and the wildcards."""
+    recipe = SWEEP.recipe(wildcards.dataset)
+    spec = {
+        "dataset": wildcards.dataset,
+        "data_path": f"data/{wildcards.dataset}/prepared.npz",
+        "seed": int(wildcards.seed),
+        "epochs": recipe.epochs,
+        "batch_size": recipe.batch_size,
+        "lr": recipe.lr,
+        "momentum": recipe.momentum,
+        "weight_decay": recipe.weight_decay,
+        "lr_milestones": list(recipe.lr_milestones),
+        "lr_decay": recipe.lr_decay,
+        "crop_padding": recipe.crop_padding,
+        "flip": recipe.flip,
+        "eval_batch_size": recipe.eval_batch_size,
+        "device": SWEEP.config["device"],
+    }
+    if "student" not in wildcards.keys():
+        return {**spec, "model": wildcards.model}
+    return {
+        **spec,
+        "model": wildcards.student,
+        "method": wildcards.method,
+        "teacher": wildcards.teacher,
+        "teacher_dir": f"results/{wildcards.dataset}/pure/{wildcards.teacher}/seed{wildcards.seed}",
+        "alpha": float(wildcards.alpha),
+        "temperature": SWEEP.temperature(wildcards.method),
+    }
+
+
+def dataset_mem_mb(wildcards):
+    return SWEEP.resources(wildcards.dataset)["mem_mb"]
+
+
+def dataset_runtime(wildcards):
+    return SWEEP.resources(wildcards.dataset)["runtime"]
+
+
+def pure_priority(wildcards):
+    return SWEEP.priority(int(wildcards.seed), "pure", wildcards.model)
+
+
+def kd_priority(wildcards):
+    return SWEEP.priority(int(wildcards.seed), wildcards.method, wildcards.student)

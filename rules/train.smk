@@ -1,0 +1,40 @@
+# One job per experiment; a student's input is its teacher's `completed` sentinel.
+# Only `completed` is declared: Snakemake deletes declared outputs before a job runs and after
+# it fails, and checkpoints must survive both.
+
+
+rule train_pure:
+    input:
+        data="data/{dataset}/prepared.npz",
+    output:
+        "results/{dataset}/pure/{model}/seed{seed}/completed",
+    log:
+        "logs/train/{dataset}/pure/{model}/seed{seed}.log",
+    priority: pure_priority
+    threads: 1  # profiles set the real count (set-threads); keep it fixed within a sweep
+    resources:
+        mem_mb=dataset_mem_mb,
+        runtime=dataset_runtime,
+    params:
+        hparams=train_hparams,
+    script:
+        "../scripts/train.py"
+
+
+rule train_kd:
+    input:
+        data="data/{dataset}/prepared.npz",
+        teacher="results/{dataset}/pure/{teacher}/seed{seed}/completed",
+    output:
+        "results/{dataset}/{method}/{teacher}-{student}/alpha{alpha}/seed{seed}/completed",
+    log:
+        "logs/train/{dataset}/{method}/{teacher}-{student}/alpha{alpha}/seed{seed}.log",
+    priority: kd_priority
+    threads: 1
+    resources:
+        mem_mb=dataset_mem_mb,
+        runtime=dataset_runtime,
+    params:
+        hparams=train_hparams,
+    script:
+        "../scripts/train.py"

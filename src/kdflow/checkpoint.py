@@ -1,0 +1,135 @@
+"""Crash-safe files: atomic writes, and checkpoints that survive a kill at any instant."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a reader, or a kill, sees the old file or the new one.
+
+    The temp file lives in the same directory (os.replace is atomic only within a file system);
+    fsync before the rename so the new name never points at unwritten blocks, and fsync the
+    directory so the rename itself survives a node crash.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None if it is missing or unreadable (logged by path)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return None
+    if not isinstance(data, dict):
+        log.warning("ignoring %s: not a JSON object", path)
+        return None
+    return data
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """torch.save, atomically."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint could be loaded although one exists."""
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Save `state`, keeping the previous checkpoint as `<name>.prev.pth`.
+
+    A checkpoint that later fails to load (bit rot, a truncating copy, a full disk on a file
+    system that lies about fsync) then costs one epoch, not the run.
+    """
+    path = Path(path)
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    if path.exists():
+        os.replace(path, previous_path(path))
+    atomic_write_bytes(path, data)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The newest loadable checkpoint (`path`, else its `.prev`), or None if there is none.
+
+    Every checkpoint that fails to load is reported by path; if one exists but none loads,
+    CheckpointError says which files to move away to start over.
+    """
+    import torch
+
+    path = Path(path)
+    candidates = [p for p in (path, previous_path(path)) if p.exists()]
+    problems = []
+    for candidate in candidates:
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=False)
+        except Exception as exc:  # any unpickling error means "this file is damaged"
+            problems.append(f"{candidate}: {type(exc).__name__}: {exc}")
+            log.warning("checkpoint %s cannot be loaded (%s); trying an older one", candidate, exc)
+            continue
+        if not isinstance(state, dict) or "epoch" not in state:
+            problems.append(f"{candidate}: not a kdflow checkpoint")
+            log.warning("checkpoint %s is not a kdflow checkpoint; trying an older one", candidate)
+            continue
+        if candidate != path:
+            log.warning("resuming from the previous checkpoint %s", candidate)
+        return state
+    if problems:
+        raise CheckpointError(
+            "no checkpoint could be loaded:\n  "
+            + "\n  ".join(problems)
+            + "\nmove these files away to restart the experiment from epoch 0"
+        )
+    return None

@@ -1,0 +1,286 @@
+"""The sweep config: schema validation, semantic checks, and the list of experiments."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+# Names end up in paths and PBS job names; '-' is reserved to join teacher and student.
+NAME_PATTERN = r"[a-z0-9_]+"
+
+
+class ConfigError(ValueError):
+    """A config that must not run; the message names the key, the bad value and the fix."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one experiment trains (the validated `train` section, with dataset overrides)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_milestones: tuple[int, ...]
+    lr_decay: float
+    crop_padding: int
+    flip: bool
+    eval_batch_size: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
+        values = dict(d)
+        values["lr_milestones"] = tuple(sorted(values["lr_milestones"]))
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True, order=True)
+class Experiment:
+    """One training job: a pure baseline (method 'pure') or a teacher -> student distillation."""
+
+    dataset: str
+    seed: int
+    method: str
+    model: str  # the model trained: the student of a KD run
+    teacher: str | None = None
+    alpha: str | None = None  # as written in paths: see alpha_label()
+
+    @property
+    def is_pure(self) -> bool:
+        return self.method == "pure"
+
+    @property
+    def directory(self) -> str:
+        if self.is_pure:
+            return f"results/{self.dataset}/pure/{self.model}/seed{self.seed}"
+        return (
+            f"results/{self.dataset}/{self.method}/{self.teacher}-{self.model}"
+            f"/alpha{self.alpha}/seed{self.seed}"
+        )
+
+    @property
+    def target(self) -> str:
+        return f"{self.directory}/completed"
+
+    @property
+    def teacher_directory(self) -> str | None:
+        if self.is_pure:
+            return None
+        return f"results/{self.dataset}/pure/{self.teacher}/seed{self.seed}"
+
+
+def alpha_label(alpha: float) -> str:
+    """Write alpha the way a config does: 0.25 -> '0.25', 0.5 -> '0.5', 1 -> '1.0'."""
+    text = repr(float(alpha))
+    if "e" in text:  # tiny alphas such as 1e-05: spell them out, paths must not contain '-'
+        text = f"{float(alpha):.12f}".rstrip("0")
+    return text if not text.endswith(".") else text + "0"
+
+
+def _where(path: Iterator[Any] | list[Any]) -> str:
+    """Render a jsonschema path as a config key: ['pairs', 0, 'teacher'] -> pairs[0].teacher."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _validator():
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = _copy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    filling = jsonschema.validators.extend(base, {"properties": fill_defaults})
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    return filling(schema)
+
+
+def _copy(value: Any) -> Any:
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def _schema_errors(config: dict[str, Any]) -> list[str]:
+    errors = []
+    for err in sorted(_validator().iter_errors(config), key=lambda e: list(e.absolute_path)):
+        where = _where(list(err.absolute_path))
+        if err.validator == "additionalProperties":
+            where = _where(list(err.absolute_path)) if err.absolute_path else "(top level)"
+            errors.append(f"{where}: {err.message} (check the spelling against config/schema.yaml)")
+        elif err.validator == "pattern":
+            what = "key" if "propertyNames" in err.schema_path else "value"
+            errors.append(
+                f"{where}: {what} {err.instance!r} is not a valid name: use only lower-case "
+                "letters, digits and '_' (names become paths and PBS job names)"
+            )
+        else:
+            errors.append(f"{where} = {err.instance!r}: {err.message}")
+    return errors
+
+
+def _known(kind: str) -> list[str]:
+    # Imported here: the registries pull in torch, which `kdflow --help` does not need.
+    if kind == "model":
+        from kdflow.models import model_names
+
+        return model_names()
+    if kind == "dataset":
+        from kdflow.data import dataset_names
+
+        return dataset_names()
+    from kdflow.losses import method_names
+
+    return method_names()
+
+
+def _semantic_errors(config: dict[str, Any]) -> list[str]:
+    errors = []
+    models = config["models"]
+    known_models = _known("model")
+    for i, model in enumerate(models):
+        if model not in known_models:
+            errors.append(
+                f"models[{i}] = {model!r}: unknown model; known: {', '.join(known_models)}"
+            )
+    known_datasets = _known("dataset")
+    for name in config["datasets"]:
+        if name not in known_datasets:
+            errors.append(f"datasets.{name}: unknown dataset; known: {', '.join(known_datasets)}")
+    known_methods = _known("method")
+    for name in config["methods"]:
+        if name == "pure":
+            errors.append("methods.pure: 'pure' is reserved for the baselines listed in `models`")
+        elif name not in known_methods:
+            errors.append(f"methods.{name}: unknown method; known: {', '.join(known_methods)}")
+
+    seen_pairs: dict[tuple[str, str], int] = {}
+    for i, pair in enumerate(config["pairs"]):
+        teacher, student = pair["teacher"], pair["student"]
+        for role, model in (("teacher", teacher), ("student", student)):
+            if model not in models:
+                errors.append(
+                    f"pairs[{i}].{role} = {model!r}: not trained as pure; add it to `models` "
+                    "(a student needs its teacher's completed pure run, and the plots need the "
+                    "student alone)"
+                )
+        if teacher == student:
+            errors.append(f"pairs[{i}]: teacher and student are both {teacher!r}")
+        first = seen_pairs.setdefault((teacher, student), i)
+        if first != i:
+            errors.append(f"pairs[{i}] = {teacher}-{student}: duplicate of pairs[{first}]")
+
+    for i, alpha in enumerate(config["alphas"]):
+        if math.isnan(alpha):  # NaN passes the schema's range checks: every comparison is false
+            errors.append(f"alphas[{i}] = {alpha!r}: must be a number between 0 and 1")
+    if config["pairs"] and not config["alphas"]:
+        errors.append("alphas: empty, but pairs are listed: give at least one alpha")
+
+    for name, settings in config["datasets"].items():
+        recipe = {**config["train"], **settings.get("train", {})}
+        for j, milestone in enumerate(recipe["lr_milestones"]):
+            if milestone >= recipe["epochs"]:
+                where = "datasets." + name + ".train" if "train" in settings else "train"
+                errors.append(
+                    f"{where}.lr_milestones[{j}] = {milestone}: not before the last epoch "
+                    f"({recipe['epochs']}); it would never take effect"
+                )
+    return errors
+
+
+class Sweep:
+    """A validated config and the experiments it expands to."""
+
+    def __init__(self, config: Mapping[str, Any], source: str = "config"):
+        self.config = _copy(dict(config))
+        errors = _schema_errors(self.config)
+        if not errors:
+            errors = _semantic_errors(self.config)
+        if errors:
+            raise ConfigError(
+                f"{source}: {len(errors)} problem(s); nothing was run or submitted:\n  - "
+                + "\n  - ".join(errors)
+            )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Sweep:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of keys, got {data!r}")
+        return cls(data, source=str(path))
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.config["seeds"])
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.config["datasets"])
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.config["models"])
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.config["methods"])
+
+    @property
+    def alphas(self) -> list[str]:
+        return [alpha_label(a) for a in self.config["alphas"]]
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(p["teacher"], p["student"]) for p in self.config["pairs"]]
+
+    @property
+    def teachers(self) -> set[str]:
+        return {teacher for teacher, _ in self.pairs}
+
+    def recipe(self, dataset: str) -> Recipe:
+        overrides = self.config["datasets"][dataset].get("train", {})
+        return Recipe.from_dict({**self.config["train"], **overrides})
+
+    def resources(self, dataset: str) -> dict[str, int]:
+        settings = self.config["datasets"][dataset]
+        return {"mem_mb": settings["mem_mb"], "runtime": settings["runtime"]}
+
+    def temperature(self, method: str) -> float:
+        return float(self.config["methods"][method]["temperature"])
+
+    def experiments(self) -> list[Experiment]:
+        """Every training job, seed-major so that the queue fills in the order results matter."""
+        out = []
+        for seed in self.seeds:
+            for dataset in self.datasets:
+                out += [Experiment(dataset, seed, "pure", model) for model in self.models]
+                out += [
+                    Experiment(dataset, seed, method, student, teacher, alpha)
+                    for teacher, student in self.pairs
+                    for method in self.methods
+                    for alpha in self.alphas
+                ]
+        return out
+
+    def priority(self, seed: int, method: str, model: str) -> int:
+        """Teachers first, then other baselines, then students; lower seeds before later ones."""
+        tier = 0 if method != "pure" else (2 if model in self.teachers else 1)
+        position = self.seeds.index(seed)
+        return tier * len(self.seeds) + (len(self.seeds) - 1 - position)

@@ -1,0 +1,155 @@
+"""The config is validated before anything runs; every error names the key and the bad value."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdflow.config import ConfigError, Experiment, Sweep, alpha_label
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def good():
+    return yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+
+
+def test_shipped_configs_are_valid():
+    real = Sweep.from_file(ROOT / "config" / "experiments.yaml")
+    demo = Sweep.from_file(ROOT / "config" / "demo.yaml")
+    # 3 seeds x 3 datasets x (4 models + 2 pairs x 1 method x 4 alphas)
+    assert len(real.experiments()) == 3 * 3 * (4 + 2 * 1 * 4)
+    assert len(demo.experiments()) == 2 * 1 * (2 + 1 * 1 * 2)
+
+
+def test_defaults_are_filled_from_the_schema(good):
+    del good["train"]
+    del good["methods"]
+    sweep = Sweep(good)
+    assert sweep.recipe("digits").epochs == 240
+    assert sweep.recipe("digits").lr_milestones == (150, 180, 210)
+    assert sweep.temperature("logit") == 4
+    assert sweep.resources("digits") == {"mem_mb": 2000, "runtime": 10}
+
+
+def test_dataset_overrides_only_what_it_names(good):
+    good["datasets"]["digits"]["train"] = {"epochs": 12, "lr_milestones": [6]}
+    recipe = Sweep(good).recipe("digits")
+    assert (recipe.epochs, recipe.lr_milestones, recipe.lr) == (12, (6,), good["train"]["lr"])
+
+
+def test_experiment_paths_follow_the_contract():
+    pure = Experiment("cifar100", 1, "pure", "resnet8x4")
+    kd = Experiment("cifar100", 2, "logit", "resnet8x4", "resnet32x4", "0.25")
+    assert pure.target == "results/cifar100/pure/resnet8x4/seed1/completed"
+    assert kd.target == "results/cifar100/logit/resnet32x4-resnet8x4/alpha0.25/seed2/completed"
+    assert kd.teacher_directory == "results/cifar100/pure/resnet32x4/seed2"
+
+
+@pytest.mark.parametrize(
+    "alpha, label",
+    [(0.25, "0.25"), (0.5, "0.5"), (0.95, "0.95"), (1, "1.0"), (0, "0.0"), (1e-5, "0.00001")],
+)
+def test_alpha_is_written_as_the_config_writes_it(alpha, label):
+    assert alpha_label(alpha) == label
+
+
+def test_priorities_put_teachers_first_and_lower_seeds_before_later_ones():
+    sweep = Sweep.from_file(ROOT / "config" / "experiments.yaml")
+    p = sweep.priority
+    assert p(0, "pure", "resnet32x4") > p(0, "pure", "resnet8x4") > p(0, "logit", "resnet8x4")
+    assert p(2, "pure", "resnet32x4") > p(0, "pure", "resnet8x4")
+    assert p(0, "logit", "resnet8x4") > p(1, "logit", "resnet8x4") > p(2, "logit", "resnet8x4")
+
+
+def _set(config, dotted, value):
+    *parents, last = dotted
+    node = config
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+
+
+DELETE = object()
+
+# (what is changed, the new value, words the message must contain)
+BAD = [
+    (("seeds",), "0", ["seeds", "'0'", "not of type 'array'"]),
+    (("seeds",), [0, -1], ["seeds[1]", "-1"]),
+    (("seeds",), [1, 1], ["seeds", "non-unique"]),
+    (("seeds",), DELETE, ["'seeds' is a required property"]),
+    (("alphas",), [0.5, 1.5], ["alphas[1]", "1.5", "maximum"]),
+    (("alphas",), [-0.1], ["alphas[0]", "-0.1"]),
+    (("alphas",), ["half"], ["alphas[0]", "'half'", "not of type 'number'"]),
+    (("alphas",), [0.5, 0.50], ["alphas", "non-unique"]),
+    (("alphas",), [float("nan")], ["alphas[0]", "nan", "between 0 and 1"]),
+    (("models",), ["resnet20", "resnet8", "resnet9000"], ["models[2]", "resnet9000", "unknown"]),
+    (("models",), ["resnet20", "ResNet8"], ["models[1]", "value 'ResNet8'", "lower-case"]),
+    (("models",), ["resnet20", "../etc"], ["models[1]", "../etc"]),
+    (("models",), ["resnet20", "resnet8; rm -rf ~"], ["models[1]", "rm -rf"]),
+    (("pairs", 0, "teacher"), "wrn_40_2", ["pairs[0].teacher", "wrn_40_2", "not trained as pure"]),
+    (("pairs", 0, "student"), "resnet20", ["pairs[0]", "both 'resnet20'"]),
+    (("pairs", 0, "teacher"), DELETE, ["pairs[0]", "'teacher' is a required property"]),
+    (("datasets",), {"imagenet22k": {}}, ["datasets.imagenet22k", "unknown dataset"]),
+    (("datasets",), {"Digits": {}}, ["datasets: key 'Digits'", "not a valid name"]),
+    (("datasets", "digits", "mem_mb"), 10, ["datasets.digits.mem_mb", "10", "minimum"]),
+    (("datasets", "digits", "runtime"), "1h", ["datasets.digits.runtime", "'1h'"]),
+    (("datasets", "digits", "walltime"), 60, ["datasets.digits", "'walltime'", "spelling"]),
+    (("methods",), {"crd": {}}, ["methods.crd", "unknown method"]),
+    (("methods",), {"pure": {}}, ["methods.pure", "reserved"]),
+    (("methods", "logit", "temperature"), 0, ["methods.logit.temperature", "0"]),
+    (("train", "epochs"), 0, ["train.epochs", "0", "minimum"]),
+    (("train", "epochs"), 2.5, ["train.epochs", "2.5", "integer"]),
+    (("train", "lr"), -0.1, ["train.lr", "-0.1"]),
+    (("train", "momentum"), 1.0, ["train.momentum", "1.0"]),
+    (("train", "lr_milestones"), [4, 60], ["train.lr_milestones[1]", "60", "never take effect"]),
+    (("train", "batch_size"), True, ["train.batch_size", "True"]),
+    (("train", "learning_rate"), 0.1, ["train", "'learning_rate'", "spelling"]),
+    (("device",), "tpu", ["device", "'tpu'", "is not one of"]),
+    (("epochs",), 10, ["(top level)", "'epochs'", "spelling"]),
+]
+
+
+@pytest.mark.parametrize("where, value, words", BAD, ids=[".".join(map(str, b[0])) for b in BAD])
+def test_bad_config_is_rejected_naming_the_key(good, where, value, words):
+    config = copy.deepcopy(good)
+    _set(config, where, value)
+    with pytest.raises(ConfigError) as err:
+        Sweep(config, source="my.yaml")
+    message = str(err.value)
+    assert message.startswith("my.yaml: ")
+    assert "nothing was run or submitted" in message
+    for word in words:
+        assert word in message, f"{word!r} missing from:\n{message}"
+
+
+def test_duplicate_pair_is_rejected(good):
+    good["pairs"].append(dict(good["pairs"][0]))
+    with pytest.raises(
+        ConfigError, match=r"pairs\[1\] = resnet20-resnet8: duplicate of pairs\[0\]"
+    ):
+        Sweep(good)
+
+
+def test_every_problem_is_listed_at_once(good):
+    good["models"].append("resnet9000")
+    good["methods"]["crd"] = {}
+    with pytest.raises(ConfigError) as err:
+        Sweep(good)
+    assert "2 problem(s)" in str(err.value)
+    assert "resnet9000" in str(err.value) and "methods.crd" in str(err.value)
+
+
+def test_unreadable_file_is_named(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("seeds: [0\n")
+    with pytest.raises(ConfigError, match="sweep.yaml: cannot read the config"):
+        Sweep.from_file(path)
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        Sweep.from_file(path)

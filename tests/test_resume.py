@@ -1,0 +1,164 @@
+"""A run SIGKILLed at any instant, even inside a checkpoint write, and rerun ends bit-identical."""
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdflow.data import ImageSet, save_prepared
+from kdflow.trainer import TrainSpec, train
+
+DRIVER = Path(__file__).with_name("resume_driver.py")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny 4-class dataset, and a teacher trained on it."""
+    root = tmp_path_factory.mktemp("resume")
+    g = np.random.default_rng(0)
+    images = ImageSet(
+        train_x=g.integers(0, 256, (96, 3, 16, 16), dtype=np.uint8),
+        train_y=g.integers(0, 4, 96).astype(np.int64),
+        test_x=g.integers(0, 256, (32, 3, 16, 16), dtype=np.uint8),
+        test_y=g.integers(0, 4, 32).astype(np.int64),
+        classes=["a", "b", "c", "d"],
+    )
+    save_prepared(images, root / "prepared.npz")
+    base = {
+        "dataset": "tiny",
+        "data_path": str(root / "prepared.npz"),
+        "seed": 3,
+        "batch_size": 16,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_milestones": [3],
+        "lr_decay": 0.1,
+        "crop_padding": 2,
+        "flip": True,
+        "threads": 1,
+        "device": "cpu",
+    }
+    train(TrainSpec.from_params({**base, "model": "resnet8", "epochs": 1}), root / "teacher")
+    student = {
+        **base,
+        "model": "resnet8",
+        "epochs": 5,
+        "method": "logit",
+        "teacher": "resnet8",
+        "teacher_dir": str(root / "teacher"),
+        "alpha": 0.5,
+    }
+    reference = root / "reference"
+    assert _run(student, reference).returncode == 0
+    return root, student, reference
+
+
+def _run(spec, out, env=None, **kw):
+    return subprocess.run(
+        [sys.executable, str(DRIVER), json.dumps(spec), str(out)],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        **kw,
+    )
+
+
+def _assert_identical(out: Path, reference: Path):
+    for name in ("best.pth", "checkpoint.pth"):
+        got = torch.load(out / name, weights_only=False)["model"]
+        want = torch.load(reference / name, weights_only=False)["model"]
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), f"{name}: {key} differs"
+
+    def rows(d):
+        with open(d / "history.csv") as f:
+            return [
+                {k: v for k, v in row.items() if k not in ("epoch_seconds", "images_per_s")}
+                for row in csv.DictReader(f)
+            ]
+
+    assert rows(out) == rows(reference)
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (out, reference))
+    assert {k: v for k, v in got.items() if k != "train_seconds"} == {
+        k: v for k, v in want.items() if k != "train_seconds"
+    }
+    assert (out / "completed").exists()
+    assert not list(out.glob(".*.tmp")), "partial writes must be cleaned up"
+
+
+# Each process restarts its count of os.replace calls: one status write at start, then per
+# epoch best.pth (when it improves), the checkpoint rotation, the checkpoint, history, status.
+KILLS = [
+    (1, "truncated"),  # inside the first status write
+    (3, "truncated"),  # inside the first epoch's checkpoint/best write
+    (3, "before"),
+    (4, "after"),  # right after the checkpoint rotation: checkpoint.pth missing
+    (4, "truncated"),
+    (5, "after"),
+    (7, "truncated"),
+    (9, "before"),
+    (8, "after"),
+]
+
+
+def test_kills_inside_writes_and_at_random_instants_resume_bit_identical(setup):
+    root, spec, reference = setup
+    out = root / "killed"
+    for k, mode in KILLS:
+        result = _run(spec, out, env={"KILL_AT_REPLACE": str(k), "KILL_MODE": mode})
+        assert result.returncode == -signal.SIGKILL, (k, mode, result.stderr[-2000:])
+        assert not (out / "completed").exists()
+
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    kills = 0
+    while kills < 4:
+        proc = subprocess.Popen(
+            [sys.executable, str(DRIVER), json.dumps(spec), str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.5, 4.0))
+        if proc.poll() is not None:
+            break  # finished before the kill: nothing more to interrupt
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+
+    final = _run(spec, out)
+    assert final.returncode == 0, final.stderr[-2000:]
+    _assert_identical(out, reference), f"random kill seed {seed}"
+
+
+def test_corrupt_checkpoint_is_reported_and_the_previous_one_used(setup):
+    root, spec, reference = setup
+    out = root / "corrupt"
+    assert _run({**spec, "epochs": 3}, out).returncode == 0  # stops after epoch 2
+    checkpoint = out / "checkpoint.pth"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # bit rot / truncating copy
+    final = _run(spec, out)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert f"checkpoint {checkpoint} cannot be loaded" in final.stderr
+    _assert_identical(out, reference)
+
+
+def test_a_changed_recipe_is_refused_not_silently_mixed(setup):
+    root, spec, reference = setup
+    out = root / "changed"
+    assert _run({**spec, "epochs": 2}, out).returncode == 0
+    changed = _run({**spec, "lr": 0.1}, out)
+    assert changed.returncode != 0
+    assert "written by a different experiment (lr: 0.05 -> 0.1)" in changed.stderr
+    assert str(out / "checkpoint.pth") in changed.stderr
