@@ -6,5 +6,7 @@ rule prepare_dataset:
         "data/{dataset}/prepared.npz",
     log:
         "logs/prepare/{dataset}.log",
+    conda:
+        "../envs/kdflow.yaml"
     script:
         "../scripts/prepare_dataset.py"

@@ -9,5 +9,7 @@ rule summarize_results:
         md="results/summary/results.md",
     log:
         "logs/report/summarize_results.log",
+    conda:
+        "../envs/kdflow.yaml"
     script:
         "../scripts/summarize_results.py"

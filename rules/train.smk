@@ -17,6 +17,8 @@ rule train_pure:
         runtime=dataset_runtime,
     params:
         hparams=train_hparams,
+    conda:
+        "../envs/kdflow.yaml"
     script:
         "../scripts/train.py"
 
@@ -36,5 +38,7 @@ rule train_kd:
         runtime=dataset_runtime,
     params:
         hparams=train_hparams,
+    conda:
+        "../envs/kdflow.yaml"
     script:
         "../scripts/train.py"

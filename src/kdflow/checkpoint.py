@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +22,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a reader, or a kill, sees the old file or the new one.
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces `path` on success, so a reader or a kill sees old or new.
 
     The temp file lives in the same directory (os.replace is atomic only within a file system);
     fsync before the rename so the new name never points at unwritten blocks, and fsync the
-    directory so the rename itself survives a node crash.
+    directory so the rename itself survives a node crash. On any error the temp file goes.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,6 +43,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -71,9 +77,8 @@ def save_torch(path: str | Path, obj: Any) -> None:
     """torch.save, atomically."""
     import torch
 
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 class CheckpointError(RuntimeError):
@@ -91,14 +96,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     system that lies about fsync) then costs one epoch, not the run.
     """
     path = Path(path)
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    data = buffer.getvalue()
     if path.exists():
         os.replace(path, previous_path(path))
-    atomic_write_bytes(path, data)
+    save_torch(path, state)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any] | None:

@@ -6,13 +6,14 @@ import contextlib
 import functools
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from kdflow.checkpoint import atomic_file
 
 CIFAR_SIZE = 32
 SVHN_SIZE = 32
@@ -486,38 +487,20 @@ def _download(name: str, root: Path) -> None:
 # ----------------------------------------------------------------------------- cache
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_prepared(images: ImageSet, path: Path) -> None:
     """Write the cache atomically: a reader sees the old file or the whole new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                train_x=images.train_x,
-                train_y=images.train_y,
-                test_x=images.test_x,
-                test_y=images.test_y,
-                # A str array, so loading never needs allow_pickle.
-                classes=np.asarray(images.classes, dtype=str),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_file(path) as f:
+        np.savez(
+            f,
+            train_x=images.train_x,
+            train_y=images.train_y,
+            test_x=images.test_x,
+            test_y=images.test_y,
+            # A str array, so loading never needs allow_pickle.
+            classes=np.asarray(images.classes, dtype=str),
+        )
 
 
 def load_prepared(path: Path) -> ImageSet:

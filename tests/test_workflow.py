@@ -1,0 +1,112 @@
+"""The Snakemake workflow: the queue a dry run shows, the teacher -> student edges, a real small run."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+
+
+def snakemake(workdir, *args, config=None, check=True):
+    cmd = [*SNAKEMAKE, "-d", str(workdir), *args]
+    if config is not None:
+        path = Path(workdir) / "sweep.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(path), "--replace-workflow-config"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_dry_run_lists_exactly_the_sweep():
+    result = subprocess.run([*SNAKEMAKE, "-n"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    seeds, datasets, models, pairs, methods, alphas = 3, 3, 4, 2, 1, 4
+    assert counts["train_pure"] == seeds * datasets * models
+    assert counts["train_kd"] == seeds * datasets * pairs * methods * alphas
+    assert counts["prepare_dataset"] == datasets
+
+
+def test_every_student_is_fed_by_its_teacher():
+    dot = subprocess.run(
+        [*SNAKEMAKE, "--dag"], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    labels = {
+        node: dict(re.findall(r"\\n(\w+): ([\w.]+)", "\\n" + label.split("\\n", 1)[-1]))
+        | {"rule": label.split("\\n")[0]}
+        for node, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', dot, re.M)
+    }
+    edges = re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)
+    students = [n for n, info in labels.items() if info["rule"] == "train_kd"]
+    assert len(students) == 72
+    for student in students:
+        feeders = [labels[a] for a, b in edges if b == student]
+        teachers = [f for f in feeders if f["rule"] == "train_pure"]
+        assert len(teachers) == 1, labels[student]
+        assert teachers[0]["model"] == labels[student]["teacher"]
+
+
+def test_bad_config_stops_before_anything_runs(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config["alphas"] = [0.5, 1.5]
+    config["pairs"][0]["teacher"] = "wrn_40_2"
+    result = snakemake(tmp_path, "--cores", "1", config=config, check=False)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "alphas[1] = 1.5" in out
+    assert "nothing was run or submitted" in out
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_small_sweep_runs_end_to_end(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config.update(seeds=[0], models=["resnet14", "resnet8"], alphas=[0.7])
+    config["pairs"] = [{"teacher": "resnet14", "student": "resnet8"}]
+    config["train"].update(epochs=2, lr_milestones=[1])
+    snakemake(
+        tmp_path, "--cores", "2", "--set-threads", "train_pure=1", "train_kd=1", config=config
+    )
+
+    results = tmp_path / "results" / "digits"
+    teacher = results / "pure" / "resnet14" / "seed0"
+    student = results / "logit" / "resnet14-resnet8" / "alpha0.7" / "seed0"
+    for d in (teacher, results / "pure" / "resnet8" / "seed0", student):
+        assert (d / "completed").exists()
+        for name in ("status.json", "history.csv", "checkpoint.pth", "best.pth", "metrics.json"):
+            assert (d / name).exists(), d / name
+        assert json.loads((d / "status.json").read_text())["status"] == "completed"
+        assert len(pd.read_csv(d / "history.csv")) == 2
+    # the student started only after its teacher had finished
+    started = json.loads((student / "status.json").read_text())["started_at"]
+    assert started > (teacher / "completed").stat().st_mtime
+
+    table = pd.read_csv(tmp_path / "results" / "summary" / "results.csv")
+    assert len(table) == 3
+    kd = table[table["method"] == "logit"].iloc[0]
+    alone = table[(table["method"] == "pure") & (table["model"] == "resnet8")].iloc[0]
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert kd["final_acc_mean"] == pytest.approx(metrics["final_acc"], abs=1e-4)
+    assert kd["gain_final"] == pytest.approx(kd["final_acc_mean"] - alone["final_acc_mean"], 1e-3)
+    assert (
+        "| digits | logit | resnet14 | resnet8 | 0.7 | 1 |"
+        in (tmp_path / "results" / "summary" / "results.md").read_text()
+    )
+
+    # a second run finds nothing to do
+    again = snakemake(tmp_path, "-n", config=config)
+    assert "Nothing to be done" in again.stdout + again.stderr
