@@ -80,3 +80,16 @@ def test_damaged_metrics_are_skipped_with_their_path(tmp_path, caplog):
 def test_nothing_finished_gives_an_empty_table(tmp_path):
     table = write_summary(tmp_path, tmp_path / "results.csv", tmp_path / "results.md")
     assert table.empty and (tmp_path / "results.csv").exists()
+
+
+def test_kdflow_report_writes_the_tables(tmp_path, capsys):
+    from kdflow.cli import main
+
+    _sweep(tmp_path / "results")
+    assert (
+        main(["report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "s")]) == 0
+    )
+    assert "| cifar100 | logit | r32 | r8 | 0.5 | 2 |" in capsys.readouterr().out
+    assert (tmp_path / "s" / "results.csv").exists()
+    assert main(["report", "--results", str(tmp_path / "missing")]) == 2
+    assert "no results directory" in capsys.readouterr().err
