@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/snakemake $(DEMO)
-	@echo; cat results/summary/results.md
+	@echo; cat results/summary/results.md; ls results/summary/*.png
 
 # The real single-node Slurm (with PBS-format shims) that tests/cluster runs against.
 # Needs root on Debian/Ubuntu; elsewhere the cluster tests skip (never in CI, where they fail).

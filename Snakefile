@@ -13,7 +13,7 @@ include: "rules/report.smk"
 localrules:
     all,
     prepare_dataset,
-    summarize_results,
+    plot_sweep,
 
 
 rule all:

@@ -26,11 +26,13 @@ def training_targets():
     return [experiment.target for experiment in EXPERIMENTS]
 
 
+def alpha_plot_datasets():
+    """Datasets with students to plot against alpha (all of them, unless there are no pairs)."""
+    return SWEEP.datasets if SWEEP.pairs else []
+
+
 def final_outputs():
-    return training_targets() + [
-        "results/summary/results.csv",
-        "results/summary/results.md",
-    ]
+    return training_targets() + rules.plot_sweep.output
 
 
 def train_hparams(wildcards):

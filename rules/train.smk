@@ -11,14 +11,14 @@ rule train_pure:
     log:
         "logs/train/{dataset}/pure/{model}/seed{seed}.log",
     priority: pure_priority
+    conda:
+        "../envs/kdflow.yaml"
     threads: 1  # profiles set the real count (set-threads); keep it fixed within a sweep
     resources:
         mem_mb=dataset_mem_mb,
         runtime=dataset_runtime,
     params:
         hparams=train_hparams,
-    conda:
-        "../envs/kdflow.yaml"
     script:
         "../scripts/train.py"
 
@@ -32,13 +32,13 @@ rule train_kd:
     log:
         "logs/train/{dataset}/{method}/{teacher}-{student}/alpha{alpha}/seed{seed}.log",
     priority: kd_priority
+    conda:
+        "../envs/kdflow.yaml"
     threads: 1
     resources:
         mem_mb=dataset_mem_mb,
         runtime=dataset_runtime,
     params:
         hparams=train_hparams,
-    conda:
-        "../envs/kdflow.yaml"
     script:
         "../scripts/train.py"

@@ -1,4 +1,4 @@
-"""The Snakemake workflow: the queue a dry run shows, the teacher -> student edges, a real small run."""
+"""The workflow: the queue a dry run shows, teacher -> student edges, a real small run."""
 
 import json
 import re
@@ -106,6 +106,9 @@ def test_small_sweep_runs_end_to_end(tmp_path):
         "| digits | logit | resnet14 | resnet8 | 0.7 | 1 |"
         in (tmp_path / "results" / "summary" / "results.md").read_text()
     )
+
+    for figure in ("alpha_digits.png", "curves_digits.png"):
+        assert (tmp_path / "results" / "summary" / figure).stat().st_size > 10_000
 
     # a second run finds nothing to do
     again = snakemake(tmp_path, "-n", config=config)

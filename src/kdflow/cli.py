@@ -9,12 +9,14 @@ from pathlib import Path
 
 
 def _report(args: argparse.Namespace) -> int:
-    from kdflow.summary import to_markdown, write_summary
+    from kdflow.summary import to_markdown, write_report
 
     out = Path(args.out)
-    table = write_summary(args.results, out / "results.csv", out / "results.md")
+    table, figures = write_report(args.results, out)
     print(to_markdown(table))
-    print(f"wrote {out / 'results.csv'} and {out / 'results.md'} ({len(table)} rows)")
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'} ({len(table)} rows)")
+    for figure in figures:
+        print(f"wrote {figure}")
     return 0
 
 
@@ -22,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdflow", description="Knowledge-distillation sweeps.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     report = commands.add_parser(
-        "report", help="tables of whatever has finished so far (mean and std over seeds)"
+        "report", help="tables and figures of whatever has finished so far"
     )
     report.add_argument("--results", default="results", help="the results directory")
     report.add_argument("--out", default="results/summary", help="where the tables go")

@@ -129,3 +129,12 @@ def write_summary(
     atomic_write_text(csv_path, table.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(md_path, to_markdown(table))
     return table
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, list[Path]]:
+    """Tables and figures of whatever has finished (curves also of what is still running)."""
+    from kdflow.plots import plot_alpha, plot_curves
+
+    out_dir = Path(out_dir)
+    table = write_summary(results_dir, out_dir / "results.csv", out_dir / "results.md")
+    return table, plot_alpha(table, out_dir) + plot_curves(results_dir, out_dir)

@@ -1,0 +1,135 @@
+"""Figures of a sweep: training curves, and student accuracy against alpha with error bars."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from kdflow.checkpoint import atomic_file
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = {"epoch", "test_acc", "train_loss"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: cron and compute nodes have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as f:  # a live plot is read while the next tick rewrites it
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def experiment_label(directory: Path, results_dir: Path) -> tuple[str, str, str]:
+    """(dataset, group, run) from an experiment path: group is the model or the pair."""
+    parts = directory.relative_to(results_dir).parts
+    if parts[1] == "pure":  # {dataset}/pure/{model}/seed{seed}
+        return parts[0], parts[2], f"pure {parts[3]}"
+    # {dataset}/{method}/{teacher}-{student}/alpha{alpha}/seed{seed}
+    return parts[0], parts[2], f"{parts[1]} a={parts[3][5:]} {parts[4]}"
+
+
+def read_histories(results_dir: str | Path) -> dict[Path, pd.DataFrame]:
+    """Every experiment's history.csv, finished or not; damaged ones are skipped by path."""
+    results_dir = Path(results_dir)
+    out = {}
+    for path in sorted(results_dir.glob("*/*/**/seed*/history.csv")):
+        try:
+            history = pd.read_csv(path)
+            missing = HISTORY_COLUMNS - set(history.columns)
+            if missing:
+                raise ValueError(f"missing columns {sorted(missing)}")
+            history = history[sorted(HISTORY_COLUMNS)].apply(pd.to_numeric, errors="raise")
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            log.warning("skipping %s: %s", path, exc)
+            continue
+        partial = history.isna().any(axis=1)
+        if partial.any():  # a row cut short by a copy or a full disk
+            log.warning("%s: ignoring %d incomplete row(s)", path, partial.sum())
+            history = history[~partial]
+        if not history.empty:
+            out[path.parent] = history
+    return out
+
+
+def plot_curves(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """One figure per dataset: test accuracy per epoch, a panel per model or pair."""
+    plt = _pyplot()
+    results_dir = Path(results_dir)
+    by_dataset: dict[str, dict[str, list[tuple[str, pd.DataFrame]]]] = {}
+    for directory, history in read_histories(results_dir).items():
+        dataset, group, run = experiment_label(directory, results_dir)
+        by_dataset.setdefault(dataset, {}).setdefault(group, []).append((run, history))
+
+    written = []
+    for dataset, groups in sorted(by_dataset.items()):
+        fig, axes = plt.subplots(
+            1, len(groups), figsize=(4.5 * len(groups), 3.6), squeeze=False, sharey=True
+        )
+        for ax, (group, runs) in zip(axes[0], sorted(groups.items()), strict=True):
+            for run, history in sorted(runs, key=lambda r: r[0]):
+                ax.plot(history["epoch"] + 1, history["test_acc"], lw=1.2, label=run)
+            ax.set_title(group, fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, ncol=1 + len(runs) // 8)
+        axes[0][0].set_ylabel("test accuracy (%)")
+        fig.suptitle(f"{dataset}: training curves", fontsize=11)
+        written.append(_save(fig, Path(out_dir) / f"curves_{dataset}.png"))
+    return written
+
+
+def plot_alpha(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Per dataset, a panel per teacher -> student pair: student accuracy against alpha for
+    each method, mean with sample-std error bars over seeds (n beside each point), and the
+    student-alone and teacher accuracies as reference lines."""
+    plt = _pyplot()
+    written = []
+    for dataset, rows in table.groupby("dataset", sort=True):
+        kd = rows[rows["method"] != "pure"]
+        alone = rows[rows["method"] == "pure"].set_index("model")
+        pairs = sorted(set(zip(kd["teacher"], kd["model"], strict=True)))
+        if not pairs:
+            continue
+        fig, axes = plt.subplots(1, len(pairs), figsize=(4.8 * len(pairs), 3.8), squeeze=False)
+        for ax, (teacher, student) in zip(axes[0], pairs, strict=True):
+            pair = kd[(kd["teacher"] == teacher) & (kd["model"] == student)]
+            for method, points in pair.groupby("method", sort=True):
+                points = points.assign(a=points["alpha"].astype(float)).sort_values("a")
+                ax.errorbar(
+                    points["a"],
+                    points["final_acc_mean"],
+                    yerr=points["final_acc_std"].fillna(0),
+                    marker="o",
+                    capsize=3,
+                    label=method,
+                )
+                means = zip(points["a"], points["final_acc_mean"], points["n"], strict=True)
+                for a, y, n in means:
+                    ax.annotate(f"n={n}", (a, y), textcoords="offset points", xytext=(4, -10),
+                                fontsize=7)  # fmt: skip
+            for model, style, who in ((student, "--", "student alone"), (teacher, ":", "teacher")):
+                if model in alone.index:
+                    ref = alone.loc[model]
+                    label = f"{who} ({ref['final_acc_mean']:.2f}, n={ref['n']})"
+                    ax.axhline(ref["final_acc_mean"], ls=style, color="grey", label=label)
+            ax.set_title(f"{teacher} -> {student}", fontsize=10)
+            ax.set_xlabel("alpha (weight of the KD term)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("test accuracy, last epoch (%)")
+        fig.suptitle(f"{dataset}: student accuracy against alpha (mean ± std over seeds)",
+                     fontsize=11)  # fmt: skip
+        written.append(_save(fig, Path(out_dir) / f"alpha_{dataset}.png"))
+    return written

@@ -1,0 +1,123 @@
+"""How a job ended, from qstat's record, the job's own exit record and its stderr."""
+
+from pathlib import Path
+
+import pytest
+
+from snakemake_executor_plugin_pbs.classify import Kind, classify
+from snakemake_executor_plugin_pbs.status import JobInfo, parse_qstat_text
+
+SAMPLES = Path(__file__).parent / "pbs_samples"
+PBSPRO = parse_qstat_text((SAMPLES / "pbspro_qstat_xf.txt").read_text())
+TORQUE = parse_qstat_text((SAMPLES / "torque_qstat_f.txt").read_text())
+
+
+def finished(exit_status, used=600, limit=3600, comment=None) -> JobInfo:
+    return JobInfo(
+        id="9.s",
+        name="kd0123456789",
+        state="F",
+        exit_status=exit_status,
+        walltime_used=used,
+        walltime_limit=limit,
+        comment=comment,
+    )
+
+
+@pytest.mark.parametrize(
+    ("job_id", "kind"),
+    [
+        ("4103.sched01", Kind.SUCCESS),  # Exit_status 0
+        ("4104.sched01", Kind.WALLTIME),  # -29, OpenPBS 2020+
+        ("4105.sched01", Kind.MEMORY),  # -27
+        ("4106.sched01", Kind.WALLTIME),  # 271 with used walltime past the limit (old servers)
+        ("4107.sched01", Kind.KILLED),  # 265 well under the limit: node failure, qdel
+        ("4108.sched01", Kind.ERROR),  # exit 1
+    ],
+)
+def test_pbspro_history_sample(job_id, kind):
+    assert classify(PBSPRO[job_id], None, "").kind is kind
+
+
+def test_torque_sample():
+    assert classify(TORQUE["813.torque01"], None, "").kind is Kind.SUCCESS
+    assert classify(TORQUE["814.torque01"], None, "").kind is Kind.WALLTIME
+
+
+def test_walltime_from_the_message_pbs_writes_into_stderr():
+    stderr = "epoch 41 done\n=>> PBS: job killed: walltime 3630 exceeded limit 3600\n"
+    outcome = classify(finished(271, used=None, limit=None), None, stderr)
+    assert outcome.kind is Kind.WALLTIME
+    assert "walltime 3630 exceeded limit 3600" in outcome.reason
+
+
+def test_walltime_message_decides_even_without_any_exit_status():
+    stderr = "=>> PBS: job killed: walltime 3630 exceeded limit 3600\n"
+    assert classify(None, None, stderr).kind is Kind.WALLTIME
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "=>> PBS: job killed: mem 26214400kb exceeded limit 25165824kb",
+        "=>> PBS: job killed: vmem 52428800kb exceeded limit 50331648kb",
+        "slurmstepd: error: Detected 1 oom_kill event in StepId=12.batch",
+        "Traceback (most recent call last):\nMemoryError: Unable to allocate 12.0 GiB",
+        "Cgroup mem limit exceeded: job 5.s",
+    ],
+)
+def test_memory_kill_messages(stderr):
+    assert classify(finished(1), None, stderr).kind is Kind.MEMORY
+
+
+def test_cuda_out_of_memory_is_not_a_host_memory_kill():
+    stderr = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert classify(finished(1), None, stderr).kind is Kind.ERROR
+
+
+def test_vmem_kill_is_memory():
+    assert classify(finished(-26), None, "").kind is Kind.MEMORY
+
+
+@pytest.mark.parametrize("code", [-24, -25, -28])
+def test_cpu_limit_kills_are_errors(code):
+    # The same job would exceed its ncpus/cput again: retrying blindly does not help.
+    assert classify(finished(code), None, "").kind is Kind.ERROR
+
+
+@pytest.mark.parametrize("code", [-1, -3, -11, -20, 271, 265, 143, 137, 257])
+def test_kills_under_the_walltime_limit(code):
+    assert classify(finished(code, used=600), None, "").kind is Kind.KILLED
+
+
+@pytest.mark.parametrize("code", [271, 265, 143, -11])
+def test_kills_at_the_walltime_limit(code):
+    assert classify(finished(code, used=3605), None, "").kind is Kind.WALLTIME
+
+
+def test_history_off_exit_record_decides():
+    # The server forgot the job (no history): the exit code the script wrote decides.
+    assert classify(None, 0, "").kind is Kind.SUCCESS
+    assert classify(None, 1, "").kind is Kind.ERROR
+    assert classify(None, 143, "").kind is Kind.KILLED  # SIGTERM, limit unknown
+
+
+def test_vanished_without_exit_record_is_a_kill():
+    outcome = classify(None, None, "")
+    assert outcome.kind is Kind.KILLED
+    assert "vanished" in outcome.reason
+
+
+def test_qstat_exit_status_wins_over_the_exit_record():
+    # The script trapped SIGTERM and wrote 143; PBS knows it was the walltime.
+    assert classify(finished(-29), 143, "").kind is Kind.WALLTIME
+
+
+def test_success_despite_noise_in_stderr():
+    assert classify(finished(0), 0, "MemoryError in a test that was caught\n").kind is Kind.SUCCESS
+
+
+def test_reasons_are_human_sentences():
+    assert classify(finished(1), None, "").reason == "exit status 1"
+    killed = classify(finished(265, comment="Job run at ... and terminated"), None, "")
+    assert "SIGKILL" in killed.reason and "terminated" in killed.reason

@@ -1,0 +1,479 @@
+"""The controller against a fake qsub/qstat/qdel on PATH: adoption, polling, resubmission."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from snakemake_executor_plugin_pbs.controller import (
+    Controller,
+    ControllerConfig,
+    Finished,
+    Target,
+    Tracked,
+)
+from snakemake_executor_plugin_pbs.policy import Limits
+from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
+from snakemake_executor_plugin_pbs.submit import job_name
+
+_spec = importlib.util.spec_from_file_location(
+    "fake_pbs", Path(__file__).parent / "pbs_samples" / "fake_pbs.py"
+)
+fake_pbs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fake_pbs)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def pbs(tmp_path, monkeypatch):
+    fake = fake_pbs.FakePbs(tmp_path / "pbs")
+    for key, value in fake.env().items():
+        monkeypatch.setenv(key, value)
+    return fake
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+def make_controller(workdir: Path, clock=None, **changes) -> Controller:
+    config = dict(
+        workdir=workdir,
+        log_dir=workdir / "logs" / "pbs",
+        queue="gpu_1",
+        project="CSCI1234",
+        limits=Limits(),
+        submit_backoff=60,
+        command_timeout=10,
+    )
+    return Controller(
+        ControllerConfig(**{**config, **changes}),
+        Registry(workdir / ".kdflow" / "pbs"),
+        clock=clock or Clock(),
+    )
+
+
+def target(i: int = 0, **changes) -> Target:
+    output = f"results/cifar10/pure/resnet20/seed{i}/completed"
+    fields = dict(
+        name=job_name([output]),
+        rule="train_pure",
+        outputs=(output,),
+        command="python -m snakemake --target-jobs train_pure:seed=0",
+        threads=10,
+        mem_mb=24000,
+        runtime_minutes=60,
+        gpus=1,
+    )
+    return Target(**{**fields, **changes})
+
+
+def write_progress(workdir: Path, t: Target, epoch: int) -> None:
+    path = workdir / Path(t.outputs[0]).parent / "status.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"status": "in_progress", "epoch": epoch}))
+
+
+def poll(controller: Controller, results: dict) -> dict:
+    """One status round over whatever is still tracked in `results`."""
+    return controller.poll(r for r in results.values() if isinstance(r, Tracked))
+
+
+def select_of(pbs, job_id: str) -> str:
+    return pbs.job(job_id)["select"]
+
+
+# -- one qstat per poll ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 10, 100])
+def test_exactly_one_qstat_per_poll_whatever_the_number_of_jobs(pbs, workdir, count):
+    # A restarted controller finds `count` live jobs in its registry.
+    registry = Registry(workdir / ".kdflow" / "pbs")
+    targets = [target(i) for i in range(count)]
+    for i, t in enumerate(targets):
+        job_id = pbs.add_job(5000 + i, t.name, str(workdir), state="R")
+        registry.save(
+            TargetRecord(name=t.name, submissions=[Submission(job_id=job_id, submitted_at=0.0)])
+        )
+    controller = make_controller(workdir)
+    results = controller.start(targets)
+    assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
+    assert len(pbs.status_calls()) == 1  # all adoptions checked with one call
+    for round_number in (2, 3, 4):
+        results = poll(controller, results)
+        assert len(pbs.status_calls()) == round_number
+    assert pbs.calls("qsub") == []
+    assert len(pbs.calls("qstat")) - len(pbs.status_calls()) <= 1  # --version, once
+    assert len(pbs.status_calls()[-1]) == 5 + count  # qstat -x -f -F json <all ids>
+
+
+def test_one_qstat_per_poll_also_when_jobs_end_and_are_resubmitted(pbs, workdir):
+    controller = make_controller(workdir)
+    results = controller.start([target(i) for i in range(5)])
+    for r in list(results.values())[:3]:
+        pbs.finish(r.job_id, -29)
+    before = len(pbs.status_calls())
+    results = poll(controller, results)
+    assert len(pbs.status_calls()) == before + 1
+    assert len(pbs.calls("qsub")) == 5 + 3
+
+
+# -- submitting --------------------------------------------------------------------------
+
+
+def test_submit_writes_the_job_script_and_records_the_job(pbs, workdir):
+    t = target()
+    results = make_controller(workdir).start([t])
+    tracked = results[t.name]
+    assert tracked.job_id == "1000.fakesrv"
+    job = pbs.job(tracked.job_id)
+    assert job["name"] == t.name and job["queue"] == "gpu_1"
+    assert job["select"] == "select=1:ncpus=10:ngpus=1:mem=24000mb"
+    assert job["walltime"] == "01:00:00"
+    assert job["workdir"] == str(workdir)  # qsub runs in the working directory
+    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    assert record.last.job_id == tracked.job_id and record.last.is_open
+    assert record.last.log_err == str(workdir / f"logs/pbs/train_pure/{t.name}.1.err")
+    assert (workdir / "logs" / "pbs" / "train_pure").is_dir()
+
+
+# -- never two live jobs for one target ----------------------------------------------------
+
+
+def test_adopts_the_live_job_in_the_registry_instead_of_submitting(pbs, workdir):
+    t = target()
+    first = make_controller(workdir).start([t])[t.name]
+    # The controller is killed; a new one starts and is asked for the same target.
+    second = make_controller(workdir).start([t])[t.name]
+    assert second.job_id == first.job_id
+    assert second.log_err == first.log_err
+    assert len(pbs.calls("qsub")) == 1
+
+
+@pytest.mark.parametrize("state", ["Q", "R", "H", "W", "E", "S"])
+def test_every_live_state_is_adopted(pbs, workdir, state):
+    t = target()
+    first = make_controller(workdir).start([t])[t.name]
+    pbs.update_job(first.job_id, state=state)
+    assert make_controller(workdir).start([t])[t.name].job_id == first.job_id
+    assert len(pbs.calls("qsub")) == 1
+
+
+def intent_only(workdir: Path, t: Target) -> None:
+    """The registry as a controller SIGKILLed between recording its intent and the job id."""
+    Registry(workdir / ".kdflow" / "pbs").save(
+        TargetRecord(name=t.name, submissions=[Submission(job_id=None, submitted_at=0.0)])
+    )
+
+
+def test_intent_without_id_and_a_live_job_of_that_name_adopts_it(pbs, workdir):
+    t = target()
+    intent_only(workdir, t)
+    job_id = pbs.add_job(7000, t.name, str(workdir), state="Q")
+    pbs.add_job(7001, target(1).name, str(workdir), state="R")  # another target's job
+    tracked = make_controller(workdir).start([t])[t.name]
+    assert tracked.job_id == job_id
+    assert pbs.calls("qsub") == []
+    assert ["qstat", "-f", "-F", "json"] in pbs.calls("qstat")  # one listing, by name
+    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    assert record.last.job_id == job_id
+
+
+def test_intent_without_id_and_no_live_job_submits_once(pbs, workdir):
+    t = target()
+    intent_only(workdir, t)
+    pbs.add_job(7000, t.name, str(workdir), state="F", exit_status=271)  # finished: not live
+    pbs.add_job(7001, t.name, "/elsewhere/another/checkout", state="R")  # not this workdir
+    tracked = make_controller(workdir).start([t])[t.name]
+    assert tracked.job_id == "1000.fakesrv"
+    assert len(pbs.calls("qsub")) == 1
+    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    assert [s.outcome for s in record.submissions] == ["lost", None]
+
+
+def test_qsub_answer_lost_then_the_job_is_found_not_submitted_again(pbs, workdir):
+    # qsub created the job but its answer was lost (timeout, no id printed).
+    pbs.configure(qsub_failures=[["silent", ""]])
+    clock = Clock()
+    controller = make_controller(workdir, clock)
+    t = target()
+    results = controller.start([t])
+    assert results[t.name].job_id is None and results[t.name].waiting
+    clock.now += 61
+    results = poll(controller, results)
+    assert results[t.name].job_id == "1000.fakesrv"
+    assert len(pbs.calls("qsub")) == 1
+
+
+def test_status_unknown_at_start_holds_back_instead_of_submitting(pbs, workdir):
+    t = target()
+    first = make_controller(workdir).start([t])[t.name]
+    pbs.configure(qstat_failures=[[1, "qstat: cannot connect to server fakesrv (errno=111)"]])
+    controller = make_controller(workdir)
+    results = controller.start([t])
+    assert results[t.name].job_id is None and "unknown" in results[t.name].waiting
+    results = poll(controller, results)
+    assert results[t.name].job_id == first.job_id
+    assert len(pbs.calls("qsub")) == 1
+
+
+# -- polling -----------------------------------------------------------------------------
+
+
+def test_running_and_queued_jobs_stay_active(pbs, workdir):
+    controller = make_controller(workdir)
+    results = controller.start([target(0), target(1)])
+    pbs.update_job(results[target(0).name].job_id, state="R")
+    again = poll(controller, results)
+    assert all(isinstance(r, Tracked) for r in again.values())
+    assert {r.job_id for r in again.values()} == {r.job_id for r in results.values()}
+
+
+def test_success(pbs, workdir):
+    controller = make_controller(workdir)
+    t = target()
+    results = controller.start([t])
+    pbs.finish(results[t.name].job_id, 0)
+    result = poll(controller, results)[t.name]
+    assert isinstance(result, Finished) and result.succeeded
+    assert Registry(workdir / ".kdflow" / "pbs").load(t.name).done
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        [1, "qstat: cannot connect to server fakesrv (errno=111)"],
+        [255, "qstat: Error 15010"],
+        ["sleep", 3],  # answers after the timeout
+    ],
+)
+def test_failed_qstat_changes_nothing(pbs, workdir, failure):
+    controller = make_controller(workdir, command_timeout=1)
+    t = target()
+    results = controller.start([t])
+    pbs.finish(results[t.name].job_id, 1)
+    pbs.configure(qstat_failures=[failure])
+    again = poll(controller, results)
+    assert isinstance(again[t.name], Tracked) and again[t.name].job_id == results[t.name].job_id
+    assert len(pbs.calls("qsub")) == 1
+    assert isinstance(poll(controller, again)[t.name], Tracked)  # next round: retried as error
+
+
+def test_walltime_kill_with_progress_resubmits_the_same_target(pbs, workdir):
+    controller = make_controller(workdir)
+    t = target()
+    results = controller.start([t])
+    first = results[t.name].job_id
+    write_progress(workdir, t, 12)
+    pbs.finish(first, -29, used=3605)
+    results = poll(controller, results)
+    tracked = results[t.name]
+    assert isinstance(tracked, Tracked) and tracked.job_id not in (None, first)
+    assert pbs.job(tracked.job_id)["name"] == t.name
+    assert tracked.log_err.endswith(f"{t.name}.2.err")
+    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    assert [s.outcome for s in record.submissions] == ["walltime", None]
+    assert record.last.progress_at_submit == 12
+
+
+def test_walltime_kills_without_progress_fail_with_the_reason(pbs, workdir):
+    controller = make_controller(workdir)
+    t = target()
+    results = controller.start([t])
+    write_progress(workdir, t, 3)
+    pbs.finish(results[t.name].job_id, -29)
+    results = poll(controller, results)  # progress None -> 3: resubmitted
+    pbs.finish(results[t.name].job_id, -29)
+    results = poll(controller, results)  # 3 -> 3: first stall, resubmitted
+    pbs.finish(results[t.name].job_id, -29)
+    result = poll(controller, results)[t.name]  # second stall: given up
+    assert isinstance(result, Finished) and not result.succeeded
+    assert "walltime" in result.message and "without progress" in result.message
+    assert len(pbs.calls("qsub")) == 3
+
+
+def test_memory_kill_resubmits_with_more_memory_and_a_new_controller_keeps_it(pbs, workdir):
+    controller = make_controller(workdir)
+    t = target()
+    results = controller.start([t])
+    pbs.finish(results[t.name].job_id, -27)
+    results = poll(controller, results)
+    assert select_of(pbs, results[t.name].job_id).endswith(":mem=36000mb")
+    # That job succeeds; later a new controller runs the target again (e.g. --forcerun).
+    pbs.finish(results[t.name].job_id, 0)
+    assert poll(controller, results)[t.name].succeeded
+    again = make_controller(workdir).start([t])[t.name]
+    assert select_of(pbs, again.job_id).endswith(":mem=36000mb")
+
+
+def test_memory_kill_message_in_stderr_grows_memory(pbs, workdir):
+    controller = make_controller(workdir)
+    t = target()
+    results = controller.start([t])
+    Path(results[t.name].log_err).write_text("=>> PBS: job killed: mem 25165825kb exceeded\n")
+    pbs.finish(results[t.name].job_id, 271)
+    results = poll(controller, results)
+    assert select_of(pbs, results[t.name].job_id).endswith(":mem=36000mb")
+
+
+def test_errors_without_progress_are_retried_then_fail_with_the_log_tail(pbs, workdir):
+    controller = make_controller(workdir, limits=Limits(max_error_retries=2))
+    t = target()
+    results = controller.start([t])
+    for _ in range(2):
+        pbs.finish(results[t.name].job_id, 1)
+        results = poll(controller, results)
+        assert isinstance(results[t.name], Tracked) and results[t.name].job_id
+    log_err = Path(results[t.name].log_err)
+    log_err.write_text("".join(f"stderr line {i}\n" for i in range(1, 31)))
+    Path(results[t.name].log_out).write_text("stdout says hello\n")
+    pbs.finish(results[t.name].job_id, 1)
+    result = poll(controller, results)[t.name]
+    assert isinstance(result, Finished) and not result.succeeded
+    message = result.message
+    assert "error" in message and "exit status 1" in message
+    assert "failed 3 times in a row without progress" in message
+    assert str(log_err) in message and str(log_err) in result.logs
+    assert "stderr line 11" in message and "stderr line 30" in message
+    assert "stderr line 10\n" not in message  # the last 20 lines only
+    assert "stdout says hello" in message
+    assert len(pbs.calls("qsub")) == 3
+
+
+def test_history_off_the_exit_record_decides(pbs, workdir):
+    pbs.configure(history=False)
+    controller = make_controller(workdir)
+    t = target()
+    results = controller.start([t])
+    job_id = results[t.name].job_id
+    pbs.finish(job_id, 0)  # finished: without history qstat no longer knows it
+    exit_dir = workdir / ".kdflow" / "pbs" / "exit"
+    exit_dir.mkdir(parents=True)
+    (exit_dir / job_id).write_text("0\n")
+    result = poll(controller, results)[t.name]
+    assert isinstance(result, Finished) and result.succeeded
+
+
+def test_history_off_a_vanished_job_without_exit_record_is_resubmitted(pbs, workdir):
+    pbs.configure(history=False)
+    controller = make_controller(workdir)
+    t = target()
+    results = controller.start([t])
+    first = results[t.name].job_id
+    pbs.finish(first, None)  # gone: node failure, no trap ran
+    results = poll(controller, results)
+    assert results[t.name].job_id == first  # one round of grace: maybe a server hiccup
+    results = poll(controller, results)
+    assert results[t.name].job_id not in (None, first)
+    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    assert record.submissions[0].outcome == "killed"
+
+
+# -- qsub refusals -----------------------------------------------------------------------
+
+
+QUEUE_LIMIT = [38, "qsub: would exceed queue gpu_1's per-user limit of jobs in 'Q' state"]
+
+
+def test_queue_limit_holds_jobs_back_and_retries_them_later(pbs, workdir):
+    pbs.configure(qsub_failures=[QUEUE_LIMIT, QUEUE_LIMIT])
+    controller = make_controller(workdir)
+    targets = [target(i) for i in range(3)]
+    results = controller.start(targets)
+    assert all(isinstance(r, Tracked) and r.job_id is None for r in results.values())
+    assert "queue limit" in results[targets[0].name].waiting
+    assert len(pbs.calls("qsub")) == 1  # the first refusal holds the others back too
+    results = poll(controller, results)  # still full
+    assert all(r.job_id is None for r in results.values())
+    assert len(pbs.calls("qsub")) == 2
+    results = poll(controller, results)  # room again
+    assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
+    assert len(pbs.calls("qsub")) == 5
+    for t in targets:  # a refusal leaves no intent behind
+        record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+        assert [s.job_id is not None for s in record.submissions] == [True]
+
+
+def test_unreachable_server_is_retried_with_backoff(pbs, workdir):
+    pbs.configure(qsub_failures=[[1, "qsub: cannot connect to server fakesrv (errno=111)"]])
+    clock = Clock()
+    controller = make_controller(workdir, clock)
+    t = target()
+    results = controller.start([t])
+    assert results[t.name].job_id is None
+    results = poll(controller, results)
+    assert len(pbs.calls("qsub")) == 1  # too early: backing off
+    clock.now += 60
+    results = poll(controller, results)
+    assert results[t.name].job_id == "1000.fakesrv"
+    assert pbs.calls("qstat") == []  # nothing was in doubt: no job listing needed
+
+
+def test_rejected_submission_fails_at_once_with_qsubs_message(pbs, workdir):
+    pbs.configure(qsub_failures=[[170, "qsub: Unknown queue"]])
+    t = target()
+    result = make_controller(workdir).start([t])[t.name]
+    assert isinstance(result, Finished) and not result.succeeded
+    assert "qsub: Unknown queue" in result.message
+    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    assert record.submissions == [] and record.failed is None  # fix the queue, run again
+
+
+# -- giving up, across restarts ------------------------------------------------------------
+
+
+def fail_target(pbs, workdir, t: Target) -> None:
+    controller = make_controller(workdir, limits=Limits(max_error_retries=0))
+    results = controller.start([t])
+    pbs.finish(results[t.name].job_id, 1)
+    assert not poll(controller, results)[t.name].succeeded
+
+
+def test_a_target_given_up_stays_given_up_for_the_next_controller(pbs, workdir):
+    t = target()
+    fail_target(pbs, workdir, t)
+    result = make_controller(workdir).start([t])[t.name]
+    assert isinstance(result, Finished) and not result.succeeded
+    assert "given up by an earlier run" in result.message and "--pbs-retry-failed" in result.message
+    assert len(pbs.calls("qsub")) == 1
+
+
+def test_retry_failed_tries_again(pbs, workdir):
+    t = target()
+    fail_target(pbs, workdir, t)
+    result = make_controller(workdir, retry_failed=True).start([t])[t.name]
+    assert isinstance(result, Tracked) and result.job_id
+    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    assert record.failed is None and record.errors_without_progress == 0
+
+
+def test_a_job_that_ended_while_no_controller_ran_is_counted(pbs, workdir):
+    t = target()
+    first = make_controller(workdir).start([t])[t.name]
+    pbs.finish(first.job_id, -27)  # memory kill while no controller was watching
+    second = make_controller(workdir).start([t])[t.name]
+    assert second.job_id != first.job_id
+    assert select_of(pbs, second.job_id).endswith(":mem=36000mb")
+
+
+# -- cancelling --------------------------------------------------------------------------
+
+
+def test_cancel_deletes_all_tracked_jobs_in_one_qdel(pbs, workdir):
+    controller = make_controller(workdir)
+    results = controller.start([target(i) for i in range(4)])
+    controller.cancel(results.values())
+    assert pbs.calls("qdel") == [["qdel", *(r.job_id for r in results.values())]]
+    assert {job["state"] for job in pbs.jobs()} == {"F"}

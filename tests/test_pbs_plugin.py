@@ -1,0 +1,180 @@
+"""The plugin inside Snakemake: discovery, settings, the profile, and whole runs on a fake PBS."""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
+
+from snakemake_executor_plugin_pbs import ExecutorSettings, common_settings
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "profiles" / "pbs"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+_spec = importlib.util.spec_from_file_location(
+    "fake_pbs", Path(__file__).parent / "pbs_samples" / "fake_pbs.py"
+)
+fake_pbs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fake_pbs)
+
+
+# -- discovery and settings ----------------------------------------------------------------
+
+
+def test_snakemake_finds_the_plugin_by_its_module_name():
+    plugin = ExecutorPluginRegistry().get_plugin("pbs")
+    assert plugin.name == "pbs"
+    assert plugin.settings_cls is ExecutorSettings
+    assert plugin.common_settings is common_settings
+    assert common_settings.non_local_exec and not common_settings.implies_no_shared_fs
+
+
+def test_every_setting_is_documented_and_mapped_to_an_environment_variable():
+    plugin = ExecutorPluginRegistry().get_plugin("pbs")
+    info = {item["name"]: item for item in plugin.get_settings_info()}
+    assert info["queue"]["cliarg"] == "--pbs-queue"
+    assert info["queue"]["env_var"] == "SNAKEMAKE_PBS_QUEUE"
+    assert info["project"]["env_var"] == "SNAKEMAKE_PBS_PROJECT"
+    for field in dataclasses.fields(ExecutorSettings):
+        assert len(field.metadata["help"]) > 30, field.name
+
+
+def test_settings_defaults():
+    settings = ExecutorSettings()
+    assert str(settings.log_dir) == "logs/pbs" and str(settings.registry_dir) == ".kdflow/pbs"
+    assert settings.max_error_retries == 2 and settings.mem_growth == 1.5
+    assert settings.progress_file == "status.json"
+
+
+def test_help_lists_the_plugin_options():
+    out = subprocess.run([*SNAKEMAKE, "--help"], capture_output=True, text=True, check=True)
+    for option in ("--pbs-queue", "--pbs-project", "--pbs-registry-dir", "--pbs-retry-failed"):
+        assert option in out.stdout
+
+
+def test_profile_keys_are_snakemake_options():
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    out = subprocess.run([*SNAKEMAKE, "--help"], capture_output=True, text=True, check=True)
+    for key in profile:
+        assert f"--{key}" in out.stdout, key
+    assert profile["executor"] == "pbs" and profile["retries"] == 0
+    assert profile["set-threads"] == {"train_pure": 10, "train_kd": 10}
+    assert profile["set-resources"]["train_kd"] == {"gpu": 1}
+    # Site facts come from the environment, so the profile runs on any PBS unmodified.
+    assert "pbs-queue" not in profile and "pbs-project" not in profile
+
+
+# -- whole runs on the fake PBS --------------------------------------------------------------
+
+SNAKEFILE = """
+rule all:
+    input: "results/a/completed", "results/b.txt"
+
+rule train_pure:
+    output: "results/a/completed"
+    shell: "echo '{{\\"epoch\\": 3}}' > results/a/status.json; echo ok > {output}"
+
+rule other:
+    output: "results/b.txt"
+    shell: "echo ok > {output}"
+"""
+
+
+@pytest.fixture
+def workflow(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "Snakefile").write_text(SNAKEFILE)
+    pbs = fake_pbs.FakePbs(tmp_path / "pbs", run=True)
+    env = pbs.env()
+    env.pop("SNAKEMAKE_PROFILE", None)
+    return work, pbs, env
+
+
+def snakemake(work: Path, env: dict, *args: str, timeout: float = 120):
+    return subprocess.run(
+        [*SNAKEMAKE, *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def scripts(work: Path) -> dict[str, str]:
+    """The latest job script of each rule."""
+    found = {}
+    for path in (work / ".kdflow" / "pbs" / "scripts").glob("*.sh"):
+        text = path.read_text()
+        rule = next(line.split()[2] for line in text.splitlines() if line.startswith("# rule "))
+        found[rule.rstrip(",")] = text
+    return found
+
+
+@pytest.mark.slow
+def test_the_profile_runs_a_workflow_with_settings_from_the_environment(workflow):
+    work, pbs, env = workflow
+    env.update(SNAKEMAKE_PBS_QUEUE="gpu_1", SNAKEMAKE_PBS_PROJECT="CSCI1234")
+    run = snakemake(work, env, "--profile", str(PROFILE), "--pbs-status-interval", "1")
+    assert run.returncode == 0, run.stderr
+    assert (work / "results" / "a" / "completed").read_text() == "ok\n"
+    train = scripts(work)["train_pure"]
+    assert "#PBS -q gpu_1\n#PBS -P CSCI1234\n" in train
+    assert "#PBS -l select=1:ncpus=10:ngpus=1:mem=4000mb\n" in train
+    assert "#PBS -l walltime=01:00:00\n" in train
+    assert "#PBS -l select=1:ncpus=1:mem=4000mb\n" in scripts(work)["other"]
+    assert len(pbs.calls("qsub")) == 2
+    record = json.loads(next((work / ".kdflow" / "pbs" / "targets").glob("*.json")).read_text())
+    assert record["done"] and record["submissions"][0]["outcome"] == "success"
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_resubmitted_by_the_plugin_not_by_snakemake(workflow):
+    work, pbs, env = workflow
+    (work / "Snakefile").write_text(
+        """
+rule flaky:
+    output: "results/flaky.txt"
+    shell: "if [ ! -e first-try ]; then touch first-try; exit 1; fi; echo ok > {output}"
+"""
+    )
+    run = snakemake(work, env, "--executor", "pbs", "-j", "2", "--pbs-status-interval", "1")
+    assert run.returncode == 0, run.stderr
+    assert len(pbs.calls("qsub")) == 2
+    assert "failed without progress: retry 1 of 2" in run.stderr
+
+
+@pytest.mark.slow
+def test_a_sigkilled_controller_leaves_one_job_which_the_next_one_adopts(workflow):
+    work, pbs, env = workflow
+    (work / "Snakefile").write_text(
+        """
+rule slow:
+    output: "results/slow.txt"
+    shell: "sleep 5; echo ok > {output}"
+"""
+    )
+    args = ("--executor", "pbs", "-j", "2", "--pbs-status-interval", "1")
+    first = subprocess.Popen(
+        [*SNAKEMAKE, *args],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 60
+    while not any(job["state"] == "R" for job in pbs.jobs()) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert snakemake(work, env, "--unlock").returncode == 0
+    second = snakemake(work, env, *args, "--rerun-incomplete")
+    assert second.returncode == 0, second.stderr
+    assert "adopting live job 1000.fakesrv" in second.stderr
+    assert len(pbs.calls("qsub")) == 1
+    assert (work / "results" / "slow.txt").read_text() == "ok\n"

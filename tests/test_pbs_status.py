@@ -1,0 +1,260 @@
+"""qstat parsing (PBS Pro text and JSON, Torque) and the one-call status query."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from snakemake_executor_plugin_pbs.commands import CommandResult
+from snakemake_executor_plugin_pbs.status import (
+    Dialect,
+    Qstat,
+    StatusUnknown,
+    detect_dialect,
+    listing_argv,
+    lookup,
+    parse_duration,
+    parse_qstat_json,
+    parse_qstat_text,
+    parse_text_attributes,
+    query_argv,
+)
+
+SAMPLES = Path(__file__).parent / "pbs_samples"
+PBSPRO_TEXT = (SAMPLES / "pbspro_qstat_xf.txt").read_text()
+PBSPRO_JSON = (SAMPLES / "pbspro_qstat_xf.json").read_text()
+TORQUE_TEXT = (SAMPLES / "torque_qstat_f.txt").read_text()
+
+WORKDIR = "/mnt/lustre/users/jdoe/kdflow"
+
+# One job as PBS Pro 22.05 prints it for `qstat -f`, with wrapped lines (TAB continuation).
+SINGLE_JOB = """\
+Job Id: 5120.sched01
+    Job_Name = kd9f8e7d6c5b
+    Job_Owner = jdoe@login2.chpc.ac.za
+    job_state = R
+    Resource_List.walltime = 12:00:00
+    resources_used.walltime = 03:14:07
+    Variable_List = PBS_O_HOME=/home/jdoe,PBS_O_LANG=en_US.UTF-8,
+\tPBS_O_LOGNAME=jdoe,PBS_O_WORKDIR=/mnt/lustre/users/jdoe/kdflow/very/long/pa
+\tth/to/the/sweep,PBS_O_QUEUE=gpu_1
+    comment = Job run at Tue Apr 14 at 09:00 on (gpu4012:ncpus=10:ngpus=1:mem=25
+\t165824kb)
+
+"""
+
+
+def test_continuation_lines_join_to_the_previous_line_with_nothing_between():
+    attrs = parse_text_attributes(SINGLE_JOB)["5120.sched01"]
+    assert attrs["Variable_List"] == (
+        "PBS_O_HOME=/home/jdoe,PBS_O_LANG=en_US.UTF-8,PBS_O_LOGNAME=jdoe,"
+        "PBS_O_WORKDIR=/mnt/lustre/users/jdoe/kdflow/very/long/path/to/the/sweep,"
+        "PBS_O_QUEUE=gpu_1"
+    )
+    assert attrs["comment"] == (
+        "Job run at Tue Apr 14 at 09:00 on (gpu4012:ncpus=10:ngpus=1:mem=25165824kb)"
+    )
+    info = parse_qstat_text(SINGLE_JOB)["5120.sched01"]
+    assert info.workdir == "/mnt/lustre/users/jdoe/kdflow/very/long/path/to/the/sweep"
+    assert (info.walltime_used, info.walltime_limit) == (3 * 3600 + 14 * 60 + 7, 12 * 3600)
+
+
+def test_pbspro_text_sample_has_every_job_and_state():
+    infos = parse_qstat_text(PBSPRO_TEXT)
+    assert {job_id: (info.state, info.exit_status) for job_id, info in infos.items()} == {
+        "4101.sched01": ("Q", None),
+        "4102.sched01": ("R", None),
+        "4103.sched01": ("F", 0),
+        "4104.sched01": ("F", -29),
+        "4105.sched01": ("F", -27),
+        "4106.sched01": ("F", 271),
+        "4107.sched01": ("F", 265),
+        "4108.sched01": ("F", 1),
+    }
+
+
+def test_pbspro_text_sample_wrapped_values_are_whole():
+    infos = parse_qstat_text(PBSPRO_TEXT)
+    queued = infos["4101.sched01"]
+    assert "\t" in PBSPRO_TEXT  # the sample does wrap
+    assert queued.comment == (
+        "Not Running: Insufficient amount of resource: ngpus (R: 1 A: 0 T: 48)"
+    )
+    assert queued.workdir == WORKDIR
+    assert queued.name == "kd0a1b2c3d4e" and queued.user == "jdoe"
+    assert queued.alive and not infos["4103.sched01"].alive
+    running = infos["4102.sched01"]
+    assert running.exec_host == "gpu4012/0*10"
+    assert running.mem_limit == "24gb" and running.mem_used == "19201044kb"
+    assert running.times["stime"] == "Tue Apr 14 09:00:03 2026"
+    assert running.queue == "gpu_1"
+
+
+def test_json_and_text_of_the_same_jobs_parse_to_the_same_job_infos():
+    assert parse_qstat_json(PBSPRO_JSON) == parse_qstat_text(PBSPRO_TEXT)
+
+
+def test_json_values_are_typed_as_qstat_prints_them():
+    document = json.loads(PBSPRO_JSON)
+    assert document["Jobs"]["4104.sched01"]["Exit_status"] == -29
+    info = parse_qstat_json(PBSPRO_JSON)["4104.sched01"]
+    assert info.exit_status == -29 and info.walltime_used == 3609
+    assert info.walltime_limit == 3600
+
+
+def test_json_without_jobs_is_empty():
+    # All ids unknown: qstat -F json prints only its prologue, without "Jobs".
+    assert parse_qstat_json('{"timestamp": 1, "pbs_version": "22.05.11"}') == {}
+    assert parse_qstat_json("") == {}
+
+
+def test_torque_sample_state_c_and_lowercase_exit_status():
+    infos = parse_qstat_text(TORQUE_TEXT)
+    assert {job_id: (i.state, i.exit_status) for job_id, i in infos.items()} == {
+        "812.torque01": ("R", None),
+        "813.torque01": ("C", 0),
+        "814.torque01": ("C", 271),
+    }
+    assert not infos["814.torque01"].alive
+    assert infos["814.torque01"].walltime_used == 3605
+    assert infos["812.torque01"].workdir == "/home/jdoe/kdflow"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("01:00:00", 3600),
+        ("00:42:15", 2535),
+        ("12:00", 720),
+        ("45", 45),
+        ("1:02:03:04", 93784),
+        (3600, 3600),
+        ("garbage", None),
+        (None, None),
+    ],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("output", "dialect"),
+    [
+        ("pbs_version = 22.05.11\n", Dialect.PBSPRO_JSON),
+        ("pbs_version = 19.1.3\n", Dialect.PBSPRO_JSON),
+        ("pbs_version = 18.1.4\n", Dialect.PBSPRO_JSON),
+        ("pbs_version = 14.1.2\n", Dialect.PBSPRO_TEXT),
+        ("Version: 6.1.3\nCommit: 1234abcd\n", Dialect.TORQUE),
+        ("qstat: invalid option -- '-'\n", None),
+    ],
+)
+def test_dialect_from_version(output, dialect):
+    assert detect_dialect(output) is dialect
+
+
+def test_command_lines_per_dialect():
+    assert query_argv(Dialect.PBSPRO_JSON, ["1.s", "2.s"]) == [
+        "qstat", "-x", "-f", "-F", "json", "1.s", "2.s",
+    ]  # fmt: skip
+    assert query_argv(Dialect.PBSPRO_TEXT, ["1.s"]) == ["qstat", "-x", "-f", "1.s"]
+    assert query_argv(Dialect.TORQUE, ["1.s"]) == ["qstat", "-f", "1.s"]  # -x is XML there
+    assert listing_argv(Dialect.PBSPRO_JSON) == ["qstat", "-f", "-F", "json"]
+    assert listing_argv(Dialect.TORQUE) == ["qstat", "-f"]
+
+
+def test_lookup_tolerates_a_longer_or_shorter_server_name():
+    infos = parse_qstat_text(PBSPRO_TEXT)
+    assert lookup(infos, "4102.sched01").state == "R"
+    assert lookup(infos, "4102.sched01.chpc.ac.za").state == "R"
+    assert lookup(infos, "4102").state == "R"
+    assert lookup(infos, "9999.sched01") is None
+
+
+class Recorder:
+    """Stands in for run_command: answers from a script of results and records the calls."""
+
+    def __init__(self, *results: CommandResult, version: str = "pbs_version = 22.05.11"):
+        self.results = list(results)
+        self.version = version
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv, timeout):
+        if argv == ["qstat", "--version"]:
+            return CommandResult(tuple(argv), 0, self.version + "\n", "")
+        self.calls.append(argv)
+        return self.results.pop(0)
+
+
+def result(returncode, stdout="", stderr=""):
+    return CommandResult(("qstat",), returncode, stdout, stderr)
+
+
+def test_query_is_one_call_for_all_ids():
+    run = Recorder(result(0, PBSPRO_JSON))
+    infos = Qstat(run=run).query(["4101.sched01", "4102.sched01", "4103.sched01"])
+    assert len(run.calls) == 1
+    assert run.calls[0][-3:] == ["4101.sched01", "4102.sched01", "4103.sched01"]
+    assert infos["4103.sched01"].exit_status == 0
+
+
+@pytest.mark.parametrize("code", [35, 153])
+def test_partial_output_with_per_job_error_codes_is_parsed(code):
+    # Several ids, one unknown (153) or finished without -x (35): qstat prints the jobs it
+    # knows and exits with the last error.
+    stderr = "qstat: Unknown Job Id 4999.sched01\n"
+    run = Recorder(result(code, SINGLE_JOB, stderr), version="pbs_version = 14.1.2")
+    infos = Qstat(run=run).query(["5120.sched01", "4999.sched01"])
+    assert set(infos) == {"5120.sched01"}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        result(1, "", "qstat: cannot connect to server sched01 (errno=111)\n"),
+        result(255, "", "qstat: Error 15010\n"),
+        CommandResult(("qstat",), None, "", ""),  # timed out
+        result(0, "{not json", ""),  # truncated output
+    ],
+)
+def test_failed_qstat_means_unknown_never_failed(failure):
+    with pytest.raises(StatusUnknown):
+        Qstat(run=Recorder(failure)).query(["4102.sched01"])
+
+
+def test_falls_back_to_text_when_json_is_an_invalid_option():
+    run = Recorder(
+        result(2, "", "qstat: invalid option -- 'F'\nusage: qstat ...\n"),
+        result(0, SINGLE_JOB),
+        result(0, SINGLE_JOB),
+        version="",  # a qstat that does not say what it is
+    )
+    qstat = Qstat(run=run)
+    assert qstat.query(["5120.sched01"])["5120.sched01"].state == "R"
+    assert qstat.dialect is Dialect.PBSPRO_TEXT
+    qstat.query(["5120.sched01"])  # detected once: one call per query from now on
+    assert [call[:3] for call in run.calls] == [
+        ["qstat", "-x", "-f"],
+        ["qstat", "-x", "-f"],
+        ["qstat", "-x", "-f"],
+    ]
+    assert "-F" in run.calls[0] and "-F" not in run.calls[1]
+
+
+def test_torque_is_asked_without_x():
+    run = Recorder(result(0, TORQUE_TEXT), version="Version: 6.1.3")
+    infos = Qstat(run=run).query(["813.torque01"])
+    assert run.calls == [["qstat", "-f", "813.torque01"]]
+    assert infos["813.torque01"].state == "C"
+
+
+def test_no_ids_no_call():
+    run = Recorder()
+    assert Qstat(run=run).query([]) == {}
+    assert run.calls == []
+
+
+def test_listing_keeps_only_live_jobs():
+    run = Recorder(result(0, PBSPRO_JSON))
+    live = Qstat(run=run).list_live()
+    assert set(live) == {"4101.sched01", "4102.sched01"}
+    assert run.calls == [["qstat", "-f", "-F", "json"]]
