@@ -149,6 +149,12 @@ def test_submit_writes_the_job_script_and_records_the_job(pbs, workdir):
     assert (workdir / "logs" / "pbs" / "train_pure").is_dir()
 
 
+def test_a_rule_can_name_its_own_queue(pbs, workdir):
+    t = target(queue="serial")
+    tracked = make_controller(workdir).start([t])[t.name]
+    assert pbs.job(tracked.job_id)["queue"] == "serial"
+
+
 # -- never two live jobs for one target ----------------------------------------------------
 
 
@@ -404,6 +410,21 @@ def test_queue_limit_holds_jobs_back_and_retries_them_later(pbs, workdir):
     for t in targets:  # a refusal leaves no intent behind
         record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
         assert [s.job_id is not None for s in record.submissions] == [True]
+
+
+def test_a_queue_limit_met_by_a_resubmission_holds_back_the_waiting_targets(pbs, workdir):
+    pbs.configure(qsub_failures=[QUEUE_LIMIT])
+    controller = make_controller(workdir)
+    waiting, running = target(0), target(1)
+    results = controller.start([waiting])  # refused: held back
+    pbs.configure(qsub_failures=[])
+    results.update(controller.start([running]))
+    pbs.finish(results[running.name].job_id, -29)
+    pbs.configure(qsub_failures=[QUEUE_LIMIT])
+    before = len(pbs.calls("qsub"))
+    results = poll(controller, results)  # resubmission refused: no qsub for the other
+    assert len(pbs.calls("qsub")) == before + 1
+    assert all(isinstance(r, Tracked) and r.job_id is None for r in results.values())
 
 
 def test_unreachable_server_is_retried_with_backoff(pbs, workdir):

@@ -84,7 +84,9 @@ rule train_pure:
     shell: "echo '{{\\"epoch\\": 3}}' > results/a/status.json; echo ok > {output}"
 
 rule other:
+    input: "results/a/completed"
     output: "results/b.txt"
+    resources: pbs_queue="serial"
     shell: "echo ok > {output}"
 """
 
@@ -127,7 +129,12 @@ def test_the_profile_runs_a_workflow_with_settings_from_the_environment(workflow
     assert "#PBS -q gpu_1\n#PBS -P CSCI1234\n" in train
     assert "#PBS -l select=1:ncpus=10:ngpus=1:mem=4000mb\n" in train
     assert "#PBS -l walltime=01:00:00\n" in train
-    assert "#PBS -l select=1:ncpus=1:mem=4000mb\n" in scripts(work)["other"]
+    other = scripts(work)["other"]
+    assert "#PBS -q serial\n#PBS -P CSCI1234\n#PBS -l select=1:ncpus=1:mem=4000mb\n" in other
+    # Jobs wait for their inputs, not for this controller's temporary directory, which a
+    # job adopted by a later controller would wait for in vain.
+    assert "--wait-for-files results/a/completed" in other.replace("'", "")
+    assert ".snakemake/tmp." not in other
     assert len(pbs.calls("qsub")) == 2
     record = json.loads(next((work / ".kdflow" / "pbs" / "targets").glob("*.json")).read_text())
     assert record["done"] and record["submissions"][0]["outcome"] == "success"

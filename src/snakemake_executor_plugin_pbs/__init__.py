@@ -1,0 +1,286 @@
+"""Snakemake executor plugin for PBS Pro / OpenPBS (and Torque): `snakemake --executor pbs`."""
+
+import shlex
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
+from snakemake_interface_executor_plugins.executors.real import RealExecutor
+from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+from snakemake_interface_executor_plugins.settings import (
+    CommonSettings,
+    ExecutorSettingsBase,
+    SharedFSUsage,
+)
+from snakemake_interface_executor_plugins.utils import format_cli_arg
+
+from .commands import missing_commands
+from .controller import Controller, ControllerConfig, Finished, Target
+from .policy import Limits
+from .registry import Registry
+from .submit import job_name
+
+
+def _setting(default, help_text: str, type_=None, env_var: bool = True):
+    """A settings field: `--pbs-<name>`, `SNAKEMAKE_PBS_<NAME>`, profile key `pbs-<name>`."""
+    metadata = {"help": help_text, "env_var": env_var, "required": False}
+    if type_ is not None:
+        metadata["type"] = type_
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ExecutorSettings(ExecutorSettingsBase):
+    """Settings of the PBS executor; each help text is its documentation."""
+
+    queue: str | None = _setting(
+        None,
+        "PBS queue (qsub -q), e.g. gpu_1; a rule can name its own with the resource "
+        "pbs_queue. Default: the server's default queue.",
+        str,
+    )
+    project: str | None = _setting(
+        None,
+        "PBS project code (qsub -P), required by sites that charge an allocation, "
+        "e.g. CHPC's programme code.",
+        str,
+    )
+    select_extra: str | None = _setting(
+        None,
+        "Extra resources appended to the select chunk, e.g. 'mpiprocs=1' or "
+        "'host=node01'. ncpus comes from the rule's threads, mem from mem_mb, ngpus from "
+        "the rule's `gpu` (or `gpus`) resource.",
+        str,
+    )
+    qsub_extra: str | None = _setting(
+        None,
+        "Extra qsub options, split like a shell command line, e.g. '-m n' or "
+        "'-W group_list=abc'. They override the job script's #PBS lines.",
+        str,
+    )
+    log_dir: Path = _setting(
+        Path("logs/pbs"),
+        "Directory of the jobs' stdout/stderr files (<log_dir>/<rule>/<job name>.<n>.out "
+        "and .err), relative to the working directory.",
+    )
+    registry_dir: Path = _setting(
+        Path(".kdflow/pbs"),
+        "Directory of the registry of submissions (job ids, outcomes, counters, memory), "
+        "relative to the working directory; it survives `rm -rf .snakemake` and lets a "
+        "restarted controller adopt live jobs instead of submitting them twice.",
+    )
+    progress_file: str = _setting(
+        "status.json",
+        "File beside a job's first output whose `epoch` field measures the job's progress; "
+        "a job that ends without getting further counts towards the retry limits.",
+    )
+    status_interval: int = _setting(
+        30, "Seconds between status checks; each check is one qstat call for all jobs.", int
+    )
+    command_timeout: int = _setting(
+        120,
+        "Seconds before a qsub, qstat or qdel call is abandoned. A qstat that times out "
+        "means 'status unknown, ask again', never 'failed'.",
+        int,
+    )
+    max_error_retries: int = _setting(
+        2,
+        "How many times a job that failed without progress is resubmitted before its "
+        "target is given up.",
+        int,
+    )
+    max_stalled_walltime_kills: int = _setting(
+        2,
+        "Give a target up after this many walltime kills in a row without progress "
+        "(walltime kills with progress are resubmitted without limit: the job resumes).",
+        int,
+    )
+    max_kill_retries: int = _setting(
+        5,
+        "How many times a job killed without progress by something other than its limits "
+        "(node failure, preemption, qdel by an admin, vanished) is resubmitted.",
+        int,
+    )
+    mem_growth: float = _setting(
+        1.5,
+        "Factor on mem_mb after a memory kill; the raised memory is kept in the registry, "
+        "so later runs request it too. Must be greater than 1.",
+        float,
+    )
+    max_mem_mb: int | None = _setting(
+        None,
+        "Memory is never raised above this many MB; a memory kill at this cap gives the "
+        "target up. Default: no cap (qsub refuses what the queue cannot give).",
+        int,
+    )
+    submit_backoff: int = _setting(
+        60,
+        "Seconds before retrying a qsub that could not reach the server; doubled after "
+        "each failure, up to 15 minutes. Queue-limit refusals are retried at every status "
+        "check instead.",
+        int,
+    )
+    retry_failed: bool = field(
+        default=False,
+        metadata={
+            "help": "Try targets again that an earlier run gave up (after too many "
+            "failures without progress); their counters start from zero.",
+            "required": False,
+        },
+    )
+
+    def __post_init__(self):
+        if self.mem_growth <= 1:
+            raise WorkflowError(f"--pbs-mem-growth must be greater than 1, not {self.mem_growth}")
+        if self.status_interval < 1 or self.command_timeout < 1:
+            raise WorkflowError("--pbs-status-interval and --pbs-command-timeout must be >= 1")
+
+
+common_settings = CommonSettings(
+    non_local_exec=True,
+    implies_no_shared_fs=False,
+    job_deploy_sources=False,
+    pass_default_storage_provider_args=True,
+    pass_default_resources_args=True,
+    pass_envvar_declarations_to_cmd=False,
+    auto_deploy_default_storage_provider=False,
+    # Nothing is active when the controller starts: poll from the first round on.
+    init_seconds_before_status_checks=0,
+)
+
+
+def controller_config(settings: ExecutorSettings, workdir: Path) -> ControllerConfig:
+    """The controller's configuration from the plugin settings."""
+    return ControllerConfig(
+        workdir=workdir,
+        log_dir=workdir / settings.log_dir,
+        queue=settings.queue,
+        project=settings.project,
+        select_extra=settings.select_extra,
+        qsub_extra=tuple(shlex.split(settings.qsub_extra or "")),
+        progress_file=settings.progress_file,
+        limits=Limits(
+            max_error_retries=settings.max_error_retries,
+            max_stalled_walltime_kills=settings.max_stalled_walltime_kills,
+            max_kill_retries=settings.max_kill_retries,
+            mem_growth=settings.mem_growth,
+            max_mem_mb=settings.max_mem_mb,
+        ),
+        submit_backoff=settings.submit_backoff,
+        command_timeout=settings.command_timeout,
+        retry_failed=settings.retry_failed,
+    )
+
+
+def _number_resource(resources, *names: str) -> float | None:
+    """The first of the named resources that is set, as a number."""
+    for name in names:
+        value = resources.get(name)
+        if value in (None, ""):
+            continue
+        try:
+            return float(value)
+        except (TypeError, ValueError) as e:
+            raise WorkflowError(f"Resource {name} must be a number for PBS, not {value!r}") from e
+    return None
+
+
+def _int_resource(resources, *names: str) -> int | None:
+    value = _number_resource(resources, *names)
+    return None if value is None else round(value)
+
+
+class Executor(RemoteExecutor):
+    """Glue between Snakemake and the Controller, which does the PBS work."""
+
+    def __init__(self, workflow, logger):
+        missing = missing_commands()
+        if missing:
+            raise WorkflowError(
+                f"The PBS executor needs {', '.join(missing)} on PATH (run Snakemake on a "
+                "login node of the cluster)."
+            )
+        super().__init__(workflow, logger)
+
+    def __post_init__(self):
+        settings = self.workflow.executor_settings
+        workdir = Path.cwd()
+        self.controller = Controller(
+            controller_config(settings, workdir),
+            Registry(workdir / settings.registry_dir),
+            logger=self.logger,
+        )
+        self.next_seconds_between_status_checks = settings.status_interval
+
+    def target(self, job: JobExecutorInterface) -> Target:
+        """What the controller needs to know about a Snakemake job."""
+        outputs = tuple(str(path) for path in job.output)
+        resources = job.resources
+        return Target(
+            name=job_name(outputs or [f"{job.name}:{job.get_target_spec()}"]),
+            rule=job.name,
+            outputs=outputs,
+            command=self.format_job_exec(job),
+            threads=job.threads,
+            mem_mb=_int_resource(resources, "mem_mb"),
+            runtime_minutes=_number_resource(resources, "runtime") or None,
+            gpus=_int_resource(resources, "gpu", "gpus") or 0,
+            envvars=tuple(self.envvars()),
+            queue=resources.get("pbs_queue") or None,
+        )
+
+    def run_jobs(self, jobs: list[JobExecutorInterface]):
+        for job in jobs:
+            self.run_job_pre(job)
+        self._start(jobs)
+
+    def run_job(self, job: JobExecutorInterface):
+        self._start([job])
+
+    def _start(self, jobs: list[JobExecutorInterface]):
+        targets = [(job, self.target(job)) for job in jobs]
+        results = self.controller.start(target for _, target in targets)
+        for job, target in targets:
+            result = results[target.name]
+            if isinstance(result, Finished):
+                self.report_job_error(
+                    SubmittedJobInfo(job), msg=result.message, aux_logs=list(result.logs)
+                )
+            else:
+                self.report_job_submission(
+                    SubmittedJobInfo(job, external_jobid=result.job_id, aux={"pbs": result})
+                )
+
+    async def check_active_jobs(
+        self, active_jobs: list[SubmittedJobInfo]
+    ) -> AsyncGenerator[SubmittedJobInfo, None]:
+        if not active_jobs:
+            return
+        async with self.status_rate_limiter:
+            results = self.controller.poll(job_info.aux["pbs"] for job_info in active_jobs)
+        for job_info in active_jobs:
+            result = results[job_info.aux["pbs"].target.name]
+            if isinstance(result, Finished) and result.succeeded:
+                self.report_job_success(job_info)
+            elif isinstance(result, Finished):
+                self.report_job_error(job_info, msg=result.message, aux_logs=list(result.logs))
+            else:  # still going, maybe as a new job after a walltime or memory kill
+                job_info.aux["pbs"] = result
+                job_info.external_jobid = result.job_id
+                yield job_info
+
+    def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
+        self.controller.cancel(job_info.aux["pbs"] for job_info in active_jobs)
+
+    def get_job_args(self, job: JobExecutorInterface, **kwargs) -> str:
+        # RemoteExecutor also makes every job wait for this controller's temporary directory;
+        # a job adopted by a later controller would wait for it in vain. Wait for inputs only.
+        args = RealExecutor.get_job_args(self, job, **kwargs)
+        if SharedFSUsage.INPUT_OUTPUT in self.workflow.storage_settings.shared_fs_usage:
+            wait_for = list(job.get_wait_for_files())
+            if wait_for:
+                args = f"{args} {format_cli_arg('--wait-for-files', wait_for)}"
+        return args

@@ -1,0 +1,493 @@
+"""Keep each target's PBS job going until it succeeds or is given up for good.
+
+Before submitting, adopt the target's live job if there is one; record the intent in the
+registry before qsub and the job id right after, so that a controller killed at any instant
+never leads to two live jobs for one target. Poll every job with one qstat, classify each
+end, and resubmit (walltime, memory, other kills, errors that may pass) or give up.
+"""
+
+import getpass
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cancel import qdel
+from .classify import Outcome, classify
+from .policy import Action, Decision, Limits, decide
+from .progress import read_progress
+from .registry import Registry, Submission, TargetRecord
+from .status import JobInfo, Qstat, StatusUnknown, lookup
+from .submit import (
+    JobSpec,
+    QsubError,
+    QueueLimit,
+    Rejected,
+    Transient,
+    format_walltime,
+    render_job_script,
+)
+from .submit import qsub as run_qsub
+
+# A job absent from qstat that left no exit record may be a server hiccup: wait one more
+# poll before calling it vanished.
+MISSING_POLLS_BEFORE_VANISHED = 2
+MAX_BACKOFF_SECONDS = 900
+TAIL_LINES = 20
+TAIL_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Target:
+    """One Snakemake job as the controller sees it."""
+
+    name: str  # deterministic PBS job name (submit.job_name of the outputs)
+    rule: str
+    outputs: tuple[str, ...]  # in declared order; the first one locates the progress file
+    command: str  # the Snakemake job command the script runs
+    threads: int = 1
+    mem_mb: int | None = None
+    runtime_minutes: float | None = None
+    gpus: int = 0
+    envvars: tuple[str, ...] = ()  # names of environment variables the job needs
+    queue: str | None = None  # the rule's own queue (resource pbs_queue), else the setting's
+
+
+@dataclass
+class Tracked:
+    """A target this controller watches: its live job, or why it has none yet."""
+
+    target: Target
+    job_id: str | None = None
+    log_out: str | None = None
+    log_err: str | None = None
+    waiting: str | None = None  # why no job is queued yet (queue limit, server unreachable)
+    retry_at: float = 0.0
+    transient_failures: int = 0
+    missing_polls: int = 0
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A target this controller is done with."""
+
+    target: Target
+    succeeded: bool
+    message: str = ""
+    logs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    workdir: Path
+    log_dir: Path
+    queue: str | None = None
+    project: str | None = None
+    select_extra: str | None = None
+    qsub_extra: tuple[str, ...] = ()
+    progress_file: str = "status.json"
+    limits: Limits = field(default_factory=Limits)
+    submit_backoff: float = 60
+    command_timeout: float = 120
+    retry_failed: bool = False
+
+
+def tail_lines(path: str | None, lines: int = TAIL_LINES) -> list[str]:
+    """The last `lines` lines of a (possibly large, possibly missing) log file."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - TAIL_BYTES))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def _same_directory(a: str, b: Path) -> bool:
+    try:
+        return os.path.realpath(a) == os.path.realpath(b)
+    except (OSError, ValueError):
+        return False
+
+
+def _current_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+class Controller:
+    """Adopts, submits, polls and resubmits the PBS jobs of one working directory."""
+
+    def __init__(
+        self,
+        config: ControllerConfig,
+        registry: Registry,
+        qstat: Qstat | None = None,
+        logger=None,
+        clock=time.time,
+    ):
+        self.config = config
+        self.registry = registry
+        self.qstat = qstat or Qstat(timeout=config.command_timeout)
+        self.logger = logger or logging.getLogger(__name__)
+        self.clock = clock
+        # run_jobs (main thread) and the status poll (Snakemake's wait thread) both use us.
+        self._lock = threading.RLock()
+
+    # -- entry points ------------------------------------------------------------------
+
+    def start(self, targets: Iterable[Target]) -> dict[str, "Tracked | Finished"]:
+        """Get a job going for each target: adopt a live one, or submit, or hold back."""
+        with self._lock:
+            return self._start([Tracked(target) for target in targets])
+
+    def poll(self, tracked: Iterable[Tracked]) -> dict[str, "Tracked | Finished"]:
+        """One qstat for every tracked job; act on those that ended; retry held-back ones."""
+        with self._lock:
+            tracked = list(tracked)
+            results: dict[str, Tracked | Finished] = {}
+            waiting = [t for t in tracked if not t.job_id]
+            with_job = [t for t in tracked if t.job_id]
+            infos = self._query([t.job_id for t in with_job])
+            resubmit: list[tuple[Tracked, TargetRecord]] = []
+            for t in with_job:
+                result = self._check(t, infos)
+                if isinstance(result, TargetRecord):
+                    resubmit.append((t, result))
+                else:
+                    results[t.target.name] = result
+            now = self.clock()
+            due = [t for t in waiting if t.retry_at <= now]
+            results.update({t.target.name: t for t in waiting if t.retry_at > now})
+            # Resubmissions and held-back targets share one round of qsub: a queue limit
+            # met by one holds back the rest.
+            results.update(self._start(due, ready=resubmit))
+            return results
+
+    def cancel(self, tracked: Iterable[Tracked]) -> None:
+        """qdel every job this controller tracks, in one call."""
+        with self._lock:
+            job_ids = [t.job_id for t in tracked if t.job_id]
+            if job_ids:
+                self.logger.info(f"PBS: deleting {len(job_ids)} jobs: {' '.join(job_ids)}")
+            result = qdel(job_ids, self.config.command_timeout)
+            if result is not None and result.returncode != 0:
+                self.logger.warning(f"PBS: {result.describe()}")
+
+    # -- adopting or submitting --------------------------------------------------------
+
+    def _start(
+        self, items: list[Tracked], ready: list[tuple[Tracked, TargetRecord]] | None = None
+    ) -> dict[str, "Tracked | Finished"]:
+        """Adopt, conclude or submit each item; `ready` ones are submitted without a look."""
+        results: dict[str, Tracked | Finished] = {}
+        ready = list(ready or [])
+        known: list[tuple[Tracked, TargetRecord, Submission]] = []
+        intents: list[tuple[Tracked, TargetRecord, Submission]] = []
+        for t in items:
+            record = self.registry.load(t.target.name)
+            record.rule, record.outputs = t.target.rule, list(t.target.outputs)
+            if record.failed and not self.config.retry_failed:
+                results[t.target.name] = self._given_up_earlier(t, record)
+                continue
+            if record.failed:
+                self._clear_failure(record)
+            last = record.last
+            if last is None or not last.is_open:
+                ready.append((t, record))
+            elif last.job_id:
+                known.append((t, record, last))
+            else:
+                intents.append((t, record, last))
+        if known:
+            results.update(self._resume_known(known, ready))
+        if intents:
+            results.update(self._resume_intents(intents, ready))
+        results.update(self._submit_all(ready))
+        return results
+
+    def _resume_known(self, known, ready) -> dict[str, "Tracked | Finished"]:
+        """Targets whose last job id is recorded: adopt it if alive, else conclude it."""
+        results: dict[str, Tracked | Finished] = {}
+        try:
+            infos = self.qstat.query([submission.job_id for _, _, submission in known])
+        except StatusUnknown as e:
+            for t, _, _ in known:
+                results[t.target.name] = self._hold(t, f"job status unknown ({e})", self.clock())
+            return results
+        for t, record, submission in known:
+            info = lookup(infos, submission.job_id)
+            if info is not None and info.alive:
+                results[t.target.name] = self._adopt(t, submission, info)
+                continue
+            code = self.registry.exit_record(submission.job_id)
+            outcome, decision = self._conclude(t.target, record, submission, info, code)
+            if decision.action is Action.FAIL:
+                results[t.target.name] = self._failed(t.target, submission, outcome, decision)
+            else:  # Snakemake wants the target (again): whatever ended, submit a new job
+                ready.append((t, record))
+        return results
+
+    def _resume_intents(self, intents, ready) -> dict[str, "Tracked | Finished"]:
+        """Targets whose qsub was interrupted: adopt a live job of their name, or submit."""
+        results: dict[str, Tracked | Finished] = {}
+        try:
+            live = self.qstat.list_live()
+        except StatusUnknown as e:
+            for t, _, _ in intents:
+                results[t.target.name] = self._hold(t, f"job list unknown ({e})", self.clock())
+            return results
+        for t, record, submission in intents:
+            info = self._find_by_name(live, t.target.name)
+            if info is not None:
+                submission.job_id = info.id
+                self.registry.save(record)
+                results[t.target.name] = self._adopt(t, submission, info)
+                continue
+            submission.outcome = "lost"
+            submission.reason = "qsub was interrupted and no live job of this name exists"
+            submission.ended_at = self.clock()
+            ready.append((t, record))
+        return results
+
+    def _find_by_name(self, live: dict[str, JobInfo], name: str) -> JobInfo | None:
+        user = _current_user()
+        matches = sorted(
+            (
+                info
+                for info in live.values()
+                if info.name == name
+                and (info.user is None or user is None or info.user == user)
+                and (info.workdir is None or _same_directory(info.workdir, self.config.workdir))
+            ),
+            key=lambda info: info.id,
+        )
+        if len(matches) > 1:
+            self.logger.warning(
+                f"PBS: {len(matches)} live jobs are named {name}: "
+                f"{', '.join(info.id for info in matches)}; following {matches[-1].id}"
+            )
+        return matches[-1] if matches else None
+
+    def _adopt(self, t: Tracked, submission: Submission, info: JobInfo) -> Tracked:
+        self.logger.info(
+            f"PBS: adopting live job {info.id} (state {info.state}) for {t.target.rule} "
+            f"target {t.target.name} instead of submitting another"
+        )
+        t.job_id, t.waiting, t.missing_polls = info.id, None, 0
+        t.log_out, t.log_err = submission.log_out, submission.log_err
+        return t
+
+    def _submit_all(
+        self, items: list[tuple[Tracked, TargetRecord]]
+    ) -> dict[str, "Tracked | Finished"]:
+        """qsub each item; after a queue limit or an unreachable server, hold the rest back."""
+        results: dict[str, Tracked | Finished] = {}
+        blocked: tuple[str, float] | None = None
+        for t, record in items:
+            name = t.target.name
+            if blocked is not None:
+                results[name] = self._hold(t, *blocked)
+                continue
+            try:
+                results[name] = self._submit(t, record)
+            except QueueLimit as e:
+                blocked = (f"queue limit: {e.message}", self.clock())
+                results[name] = self._hold(t, *blocked)
+            except Transient as e:
+                t.transient_failures += 1
+                delay = min(
+                    self.config.submit_backoff * 2 ** (t.transient_failures - 1),
+                    MAX_BACKOFF_SECONDS,
+                )
+                blocked = (
+                    f"qsub failed, retrying in {delay:.0f}s: {e.message}",
+                    self.clock() + delay,
+                )
+                results[name] = self._hold(t, *blocked)
+            except Rejected as e:
+                results[name] = Finished(t.target, False, f"qsub rejected the job: {e.message}")
+        return results
+
+    def _submit(self, t: Tracked, record: TargetRecord) -> Tracked:
+        target, config = t.target, self.config
+        number = len(record.submissions) + 1
+        log_dir = config.log_dir / target.rule
+        log_out = log_dir / f"{target.name}.{number}.out"
+        log_err = log_dir / f"{target.name}.{number}.err"
+        mem_mb = max(filter(None, (target.mem_mb, record.mem_mb)), default=None)
+        spec = JobSpec(
+            name=target.name,
+            command=target.command,
+            log_out=log_out,
+            log_err=log_err,
+            exit_dir=self.registry.exit_dir,
+            threads=target.threads,
+            mem_mb=mem_mb,
+            gpus=target.gpus,
+            runtime_minutes=target.runtime_minutes,
+            queue=target.queue or config.queue,
+            project=config.project,
+            select_extra=config.select_extra,
+            description=(f"rule {target.rule}, submission {number}, output:", *target.outputs),
+        )
+        script = self.registry.write_script(target.name, render_job_script(spec))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        submission = Submission(
+            job_id=None,
+            submitted_at=self.clock(),
+            mem_mb=mem_mb,
+            walltime=format_walltime(target.runtime_minutes) if target.runtime_minutes else None,
+            log_out=str(log_out),
+            log_err=str(log_err),
+            progress_at_submit=self._progress(target),
+        )
+        record.submissions.append(submission)
+        record.done = False
+        self.registry.save(record)  # the intent, before qsub: see _resume_intents
+        try:
+            job_id = run_qsub(
+                script,
+                config.qsub_extra,
+                target.envvars,
+                timeout=config.command_timeout,
+                cwd=str(config.workdir),
+            )
+        except QsubError as e:
+            if not (isinstance(e, Transient) and e.maybe_submitted):
+                record.submissions.pop()  # certainly no job was created
+                self.registry.save(record)
+            raise
+        submission.job_id = job_id
+        self.registry.save(record)
+        self.logger.info(
+            f"PBS: submitted {target.rule} target {target.name} as job {job_id} "
+            f"(submission {number}, log {log_err})"
+        )
+        return Tracked(target, job_id=job_id, log_out=str(log_out), log_err=str(log_err))
+
+    def _hold(self, t: Tracked, reason: str, retry_at: float) -> Tracked:
+        if reason != t.waiting:
+            self.logger.info(f"PBS: holding back {t.target.rule} target {t.target.name}: {reason}")
+        t.job_id, t.waiting, t.retry_at = None, reason, retry_at
+        return t
+
+    # -- polling -----------------------------------------------------------------------
+
+    def _query(self, job_ids: list[str]) -> dict[str, JobInfo] | None:
+        if not job_ids:
+            return {}
+        try:
+            return self.qstat.query(job_ids)
+        except StatusUnknown as e:
+            self.logger.warning(f"PBS: job status unknown this round, asking again later: {e}")
+            return None
+
+    def _check(
+        self, t: Tracked, infos: dict[str, JobInfo] | None
+    ) -> "Tracked | Finished | TargetRecord":
+        """A tracked job's state: still active, finished, or the record to resubmit it with."""
+        if infos is None:
+            return t
+        info = lookup(infos, t.job_id)
+        if info is not None and info.alive:
+            t.missing_polls = 0
+            return t
+        code = self.registry.exit_record(t.job_id)
+        if info is None and code is None:
+            t.missing_polls += 1
+            if t.missing_polls < MISSING_POLLS_BEFORE_VANISHED:
+                return t
+        record = self.registry.load(t.target.name)
+        submission = record.submission(t.job_id)
+        if submission is None:  # the record was lost or replaced: start it again
+            submission = Submission(
+                job_id=t.job_id, submitted_at=self.clock(), log_out=t.log_out, log_err=t.log_err
+            )
+            record.submissions.append(submission)
+        outcome, decision = self._conclude(t.target, record, submission, info, code)
+        if decision.action is Action.SUCCEED:
+            return Finished(t.target, True, outcome.reason)
+        if decision.action is Action.FAIL:
+            return self._failed(t.target, submission, outcome, decision)
+        t.job_id, t.missing_polls = None, 0
+        return record
+
+    def _conclude(
+        self,
+        target: Target,
+        record: TargetRecord,
+        submission: Submission,
+        info: JobInfo | None,
+        exit_record: int | None,
+    ) -> tuple[Outcome, Decision]:
+        """Classify how a job ended, update the record's counters, decide, save."""
+        stderr_tail = "\n".join(tail_lines(submission.log_err, 200))
+        outcome = classify(info, exit_record, stderr_tail)
+        decision = decide(
+            record, submission, outcome, self._progress(target), self.config.limits, self.clock()
+        )
+        self.registry.save(record)
+        log = self.logger.info if decision.action is not Action.FAIL else self.logger.error
+        log(
+            f"PBS: job {submission.job_id} ({target.rule} target {target.name}) "
+            f"{outcome.kind.value}: {outcome.reason}; {decision.reason}"
+        )
+        return outcome, decision
+
+    def _progress(self, target: Target) -> int | None:
+        if not target.outputs:
+            return None
+        return read_progress(self.config.workdir / target.outputs[0], self.config.progress_file)
+
+    # -- giving up ---------------------------------------------------------------------
+
+    def _failed(
+        self, target: Target, submission: Submission, outcome: Outcome, decision: Decision
+    ) -> Finished:
+        lines = [
+            f"PBS job {submission.job_id} of rule {target.rule} (target {target.name}) "
+            f"ended: {outcome.kind.value}, {outcome.reason}.",
+            f"Given up: {decision.reason}.",
+            f"Job stdout: {submission.log_out}",
+            f"Job stderr: {submission.log_err}",
+        ]
+        for label, path in (("stderr", submission.log_err), ("stdout", submission.log_out)):
+            tail = tail_lines(path)
+            if tail:
+                lines.append(f"Last {len(tail)} lines of the job's {label}:")
+                lines += [f"    {line}" for line in tail]
+        lines.append(self._retry_hint(target.name))
+        logs = tuple(p for p in (submission.log_err, submission.log_out) if p)
+        return Finished(target, False, "\n".join(lines), logs)
+
+    def _given_up_earlier(self, t: Tracked, record: TargetRecord) -> Finished:
+        last = record.last
+        logs = tuple(p for p in (last.log_err, last.log_out) if p) if last else ()
+        message = (
+            f"Target {t.target.name} of rule {t.target.rule} was given up by an earlier run: "
+            f"{record.failed}. Logs: {', '.join(logs) or 'none'}.\n"
+            + self._retry_hint(t.target.name)
+        )
+        return Finished(t.target, False, message, logs)
+
+    def _retry_hint(self, name: str) -> str:
+        return (
+            f"Record: {self.registry.path(name)}. Once the cause is fixed, run again with "
+            "--pbs-retry-failed (or delete the record) to try this target again."
+        )
+
+    @staticmethod
+    def _clear_failure(record: TargetRecord) -> None:
+        record.failed = None
+        record.walltime_stalls = 0
+        record.kills_without_progress = 0
+        record.errors_without_progress = 0

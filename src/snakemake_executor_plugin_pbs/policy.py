@@ -1,0 +1,133 @@
+"""What comes after a job ended: report success, resubmit (with how much memory), or give up."""
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+from .classify import Kind, Outcome
+from .progress import advanced
+from .registry import Submission, TargetRecord
+
+
+class Action(Enum):
+    SUCCEED = "succeed"
+    RESUBMIT = "resubmit"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long to keep trying when jobs end without getting further."""
+
+    max_error_retries: int = 2  # errors in a row without progress that are retried
+    max_stalled_walltime_kills: int = 2  # walltime kills in a row without progress, then stop
+    max_kill_retries: int = 5  # node failures/preemptions/qdel in a row without progress
+    mem_growth: float = 1.5  # factor on mem_mb after a memory kill
+    max_mem_mb: int | None = None  # memory is never raised above this
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+
+
+def _reset_stall_counters(record: TargetRecord) -> None:
+    record.walltime_stalls = 0
+    record.kills_without_progress = 0
+    record.errors_without_progress = 0
+
+
+def _fail(record: TargetRecord, reason: str) -> Decision:
+    record.failed = reason
+    return Decision(Action.FAIL, reason)
+
+
+def decide(
+    record: TargetRecord,
+    submission: Submission,
+    outcome: Outcome,
+    progress: int | None,
+    limits: Limits,
+    now: float,
+) -> Decision:
+    """Record how `submission` ended in `record` (counters, memory) and decide what is next.
+
+    `progress` is the epoch the experiment reached when the job ended (None if unknown);
+    the job made progress if that is further than when it was submitted.
+    """
+    progressed = advanced(submission.progress_at_submit, progress)
+    submission.outcome = outcome.kind.value
+    submission.reason = outcome.reason
+    submission.ended_at = now
+    if progress is not None:
+        record.last_progress = progress
+    if outcome.kind is Kind.SUCCESS:
+        record.done = True
+        _reset_stall_counters(record)
+        return Decision(Action.SUCCEED, "done")
+    record.done = False
+    if progressed:
+        _reset_stall_counters(record)
+    if outcome.kind is Kind.WALLTIME:
+        return _after_walltime_kill(record, progressed, limits)
+    if outcome.kind is Kind.MEMORY:
+        return _after_memory_kill(record, submission, limits)
+    if outcome.kind is Kind.KILLED:
+        return _after_kill(record, progressed, limits)
+    return _after_error(record, progressed, limits)
+
+
+def _after_walltime_kill(record: TargetRecord, progressed: bool, limits: Limits) -> Decision:
+    record.walltime_kills += 1
+    if not progressed:
+        record.walltime_stalls += 1
+        if record.walltime_stalls >= limits.max_stalled_walltime_kills:
+            return _fail(
+                record,
+                f"{record.walltime_stalls} walltime kills in a row without progress "
+                f"(epoch {record.last_progress}); give the rule a longer runtime",
+            )
+    return Decision(Action.RESUBMIT, "walltime kill: resubmitted, it resumes from its checkpoint")
+
+
+def _after_memory_kill(record: TargetRecord, submission: Submission, limits: Limits) -> Decision:
+    record.memory_kills += 1
+    current = submission.mem_mb or record.mem_mb
+    if not current:
+        return _fail(record, "memory kill, but the job requested no memory: set mem_mb")
+    if limits.max_mem_mb and current >= limits.max_mem_mb:
+        return _fail(record, f"memory kill at {current} MB, the max_mem_mb cap")
+    grown = math.ceil(current * limits.mem_growth)
+    if limits.max_mem_mb:
+        grown = min(grown, limits.max_mem_mb)
+    record.mem_mb = max(record.mem_mb or 0, grown)
+    return Decision(
+        Action.RESUBMIT, f"memory kill at {current} MB: resubmitted with {record.mem_mb} MB"
+    )
+
+
+def _after_kill(record: TargetRecord, progressed: bool, limits: Limits) -> Decision:
+    if not progressed:
+        record.kills_without_progress += 1
+        if record.kills_without_progress > limits.max_kill_retries:
+            return _fail(
+                record, f"killed {record.kills_without_progress} times in a row without progress"
+            )
+    return Decision(Action.RESUBMIT, "killed: resubmitted, it resumes from its checkpoint")
+
+
+def _after_error(record: TargetRecord, progressed: bool, limits: Limits) -> Decision:
+    if progressed:
+        return Decision(Action.RESUBMIT, "failed after making progress: resubmitted")
+    record.errors_without_progress += 1
+    if record.errors_without_progress > limits.max_error_retries:
+        return _fail(
+            record,
+            f"failed {record.errors_without_progress} times in a row without progress",
+        )
+    return Decision(
+        Action.RESUBMIT,
+        f"failed without progress: retry {record.errors_without_progress} "
+        f"of {limits.max_error_retries}",
+    )

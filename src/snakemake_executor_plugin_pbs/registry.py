@@ -1,0 +1,174 @@
+"""Persistent record of every target's PBS submissions, outcomes and counters.
+
+Plain JSON files in the working directory (default `.kdflow/pbs/`), so the record survives
+`rm -rf .snakemake` and controller restarts, and behaves on Lustre, where sqlite locking
+may not. One file per target, named by the target's deterministic PBS job name; every
+write is atomic (temporary file in the same directory, fsync, rename, fsync the directory).
+There is one writer: the controller. Jobs write only their own exit record.
+
+    <root>/targets/<name>.json   what was submitted for the target and how it ended
+    <root>/exit/<job id>         the exit code the job script wrote as it ended
+    <root>/scripts/<name>.sh     the target's latest job script, for whoever debugs it
+"""
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+SCHEMA = 1
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not fsync directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+
+
+@dataclass
+class Submission:
+    """One qsub for a target. `job_id` is None while the qsub is in flight (the intent)."""
+
+    job_id: str | None
+    submitted_at: float
+    mem_mb: int | None = None
+    walltime: str | None = None
+    log_out: str | None = None
+    log_err: str | None = None
+    progress_at_submit: int | None = None
+    outcome: str | None = None  # a classify.Kind value; "lost": qsub interrupted, no job found
+    reason: str | None = None
+    ended_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Not classified yet: the job may still be alive."""
+        return self.outcome is None
+
+    @property
+    def is_intent(self) -> bool:
+        """qsub was (maybe) called but its job id was never recorded."""
+        return self.job_id is None and self.outcome is None
+
+
+@dataclass
+class TargetRecord:
+    """Everything the controller must remember about one target across restarts."""
+
+    name: str
+    rule: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    submissions: list[Submission] = field(default_factory=list)
+    mem_mb: int | None = None  # memory for the next submission, raised after memory kills
+    memory_kills: int = 0
+    walltime_kills: int = 0
+    walltime_stalls: int = 0  # walltime kills in a row without progress
+    kills_without_progress: int = 0  # node failures, preemptions, qdel in a row
+    errors_without_progress: int = 0  # errors in a row
+    last_progress: int | None = None  # the epoch last seen in the progress file
+    failed: str | None = None  # why the target was given up; stays until retried on purpose
+    done: bool = False
+
+    @property
+    def last(self) -> Submission | None:
+        return self.submissions[-1] if self.submissions else None
+
+    def submission(self, job_id: str) -> Submission | None:
+        for submission in reversed(self.submissions):
+            if submission.job_id == job_id:
+                return submission
+        return None
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "TargetRecord":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        record = cls(**{k: v for k, v in data.items() if k in known and k != "submissions"})
+        record.submissions = [Submission(**s) for s in data.get("submissions", [])]
+        return record
+
+
+class Registry:
+    """The registry directory of one working directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).absolute()
+        self.targets_dir = self.root / "targets"
+        self.exit_dir = self.root / "exit"
+        self.scripts_dir = self.root / "scripts"
+
+    def path(self, name: str) -> Path:
+        return self.targets_dir / f"{name}.json"
+
+    def load(self, name: str) -> TargetRecord:
+        """The target's record; a new one if there is none.
+
+        A record that cannot be read is set aside and replaced by one whose last submission
+        is an intent without a job id: the controller then looks for a live job of the
+        target's name before it submits anything, as after an interrupted qsub.
+        """
+        path = self.path(name)
+        try:
+            return TargetRecord.from_json(path.read_text())
+        except FileNotFoundError:
+            return TargetRecord(name=name)
+        except (ValueError, TypeError, KeyError) as e:
+            with contextlib.suppress(OSError):
+                path.rename(path.with_name(f"{path.name}.unreadable-{int(time.time())}"))
+            intent = Submission(job_id=None, submitted_at=0.0, reason=f"record unreadable: {e}")
+            return TargetRecord(name=name, submissions=[intent])
+
+    def save(self, record: TargetRecord) -> None:
+        write_atomic(self.path(record.name), record.to_json())
+
+    def records(self) -> Iterator[TargetRecord]:
+        """Every readable record (for dashboards)."""
+        for path in sorted(self.targets_dir.glob("*.json")):
+            try:
+                yield TargetRecord.from_json(path.read_text())
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+
+    def write_script(self, name: str, text: str) -> Path:
+        path = self.scripts_dir / f"{name}.sh"
+        write_atomic(path, text)
+        return path
+
+    def exit_record(self, job_id: str) -> int | None:
+        """The exit code job `job_id` recorded as it ended, or None if it left none."""
+        candidates = [self.exit_dir / job_id]
+        sequence = job_id.split(".", 1)[0]
+        if self.exit_dir.is_dir():  # the job may know itself by a longer or shorter id
+            candidates += sorted(self.exit_dir.glob(f"{sequence}.*")) + [self.exit_dir / sequence]
+        for path in candidates:
+            try:
+                return int(path.read_text().strip())
+            except (OSError, ValueError):
+                continue
+        return None

@@ -1,0 +1,197 @@
+"""The job script of one target (`#PBS` lines, exit record) and its submission with qsub."""
+
+import hashlib
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .commands import CommandResult, run_command
+
+# PBS job names must start with a letter; old servers allow at most 15 characters.
+JOB_NAME_PREFIX = "kd"
+JOB_NAME_HASH_CHARS = 10
+
+_JOB_ID = re.compile(r"^\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.-]+)?$")
+
+# qsub's messages for "your queue is full": hold the job back and try again later.
+_QUEUE_LIMIT_EXIT_CODES = (38, 198)
+_QUEUE_LIMIT_MESSAGES = ("would exceed", "maximum number of jobs")
+# The server could not be reached at all: certainly nothing was submitted.
+_UNREACHABLE_MESSAGES = ("cannot connect to server", "errno=111", "connection refused")
+# The request may or may not have reached the server.
+_TRANSIENT_MESSAGES = ("timed out", "timeout", "communication failure", "end of file")
+
+
+def job_name(outputs: Iterable[str]) -> str:
+    """The PBS job name of a target: the same output files always give the same name."""
+    key = "\n".join(sorted(str(path) for path in outputs))
+    digest = hashlib.sha1(key.encode()).hexdigest()
+    return f"{JOB_NAME_PREFIX}{digest[:JOB_NAME_HASH_CHARS]}"
+
+
+def format_walltime(minutes: float) -> str:
+    """Snakemake's `runtime` (minutes) as PBS HH:MM:SS; PBS reads a bare number as seconds."""
+    seconds = max(1, round(float(minutes) * 60))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def select_statement(
+    threads: int, mem_mb: int | None, gpus: int = 0, extra: str | None = None
+) -> str:
+    """One chunk on one node: `select=1:ncpus=N[:ngpus=G][:mem=Mmb][:extra]`."""
+    parts = ["select=1", f"ncpus={max(1, int(threads))}"]
+    if gpus:
+        parts.append(f"ngpus={int(gpus)}")
+    if mem_mb:
+        parts.append(f"mem={int(mem_mb)}mb")
+    if extra:
+        parts.append(extra.strip().strip(":"))
+    return ":".join(parts)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one job script says."""
+
+    name: str
+    command: str  # the Snakemake job command (Executor.format_job_exec)
+    log_out: Path
+    log_err: Path
+    exit_dir: Path  # where the job writes its exit code, one file per PBS job id
+    threads: int = 1
+    mem_mb: int | None = None
+    gpus: int = 0
+    runtime_minutes: float | None = None
+    queue: str | None = None
+    project: str | None = None
+    select_extra: str | None = None
+    description: tuple[str, ...] = ()  # comment lines for whoever reads the script
+
+
+def pbs_directives(spec: JobSpec) -> list[str]:
+    """The `#PBS` lines of a job script."""
+    lines = [f"#PBS -N {spec.name}"]
+    if spec.queue:
+        lines.append(f"#PBS -q {spec.queue}")
+    if spec.project:
+        lines.append(f"#PBS -P {spec.project}")
+    lines.append(
+        "#PBS -l " + select_statement(spec.threads, spec.mem_mb, spec.gpus, spec.select_extra)
+    )
+    if spec.runtime_minutes:
+        lines.append(f"#PBS -l walltime={format_walltime(spec.runtime_minutes)}")
+    lines.append(f"#PBS -o {Path(spec.log_out).absolute()}")
+    lines.append(f"#PBS -e {Path(spec.log_err).absolute()}")
+    return lines
+
+
+def exit_record_lines(exit_dir: Path) -> list[str]:
+    """Shell lines that leave the job's exit code in `exit_dir/$PBS_JOBID`, atomically."""
+    directory = shlex.quote(str(Path(exit_dir).absolute()))
+    return [
+        "# Leave this job's exit code where the controller finds it even when the server",
+        "# keeps no job history. Written to a temporary file, then renamed: never half a file.",
+        "kdflow_record_exit() {",
+        "    local code=$?",
+        f"    local dir={directory} id=${{PBS_JOBID:-unknown}}",
+        '    mkdir -p "$dir" && printf \'%s\\n\' "$code" >"$dir/.$id.$$" \\',
+        '        && mv -f "$dir/.$id.$$" "$dir/$id"',
+        "}",
+        "trap kdflow_record_exit EXIT",
+        "# A walltime kill or qdel starts with SIGTERM: exit through the trap above.",
+        "trap 'exit 143' TERM",
+    ]
+
+
+def render_job_script(spec: JobSpec) -> str:
+    """The whole job script: `#PBS` lines, exit record, `cd` to the submit directory, command."""
+    lines = ["#!/bin/bash", *pbs_directives(spec)]
+    lines += [f"# {line}" for line in spec.description]
+    lines += ["", *exit_record_lines(spec.exit_dir), ""]
+    lines += [
+        "# PBS starts jobs in $HOME; Snakemake expects the workflow directory.",
+        'cd "$PBS_O_WORKDIR" || exit 1',
+        spec.command,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class QsubError(Exception):
+    """qsub did not give us a job id."""
+
+    def __init__(self, message: str, result: CommandResult | None = None):
+        super().__init__(message)
+        self.message = message
+        self.result = result
+
+
+class QueueLimit(QsubError):
+    """The queue or user limit is reached: hold the job back and submit it later."""
+
+
+class Transient(QsubError):
+    """The server could not be asked or did not answer: retry with backoff."""
+
+    def __init__(self, message: str, result=None, maybe_submitted: bool = True):
+        super().__init__(message, result)
+        # A request that timed out may have created a job: look for it before resubmitting.
+        self.maybe_submitted = maybe_submitted
+
+
+class Rejected(QsubError):
+    """qsub refused the job for good (unknown queue, missing project, bad resources)."""
+
+
+def parse_job_id(stdout: str) -> str | None:
+    """The job id qsub printed (`1234.sched01`), or None."""
+    for line in stdout.splitlines():
+        if _JOB_ID.match(line.strip()):
+            return line.strip()
+    return None
+
+
+def qsub_failure(result: CommandResult) -> QsubError:
+    """Classify a qsub run that gave no job id."""
+    if result.timed_out:
+        return Transient(f"{result.describe()}; the job may exist", result)
+    text = f"{result.stderr}\n{result.stdout}".lower()
+    if result.returncode in _QUEUE_LIMIT_EXIT_CODES or any(
+        message in text for message in _QUEUE_LIMIT_MESSAGES
+    ):
+        return QueueLimit(result.describe(), result)
+    if any(message in text for message in _UNREACHABLE_MESSAGES):
+        return Transient(result.describe(), result, maybe_submitted=False)
+    if result.returncode == 0 or any(message in text for message in _TRANSIENT_MESSAGES):
+        return Transient(f"{result.describe()}; the job may exist", result)
+    return Rejected(result.describe(), result)
+
+
+def qsub_argv(
+    script: Path, extra_args: Iterable[str] = (), envvars: Iterable[str] = ()
+) -> list[str]:
+    """The qsub command line: options given here override the script's `#PBS` lines."""
+    argv = ["qsub", *extra_args]
+    names = sorted(envvars)
+    if names:
+        # Names only: qsub copies their values from its own environment.
+        argv += ["-v", ",".join(names)]
+    return [*argv, str(script)]
+
+
+def qsub(
+    script: Path,
+    extra_args: Iterable[str] = (),
+    envvars: Iterable[str] = (),
+    timeout: float = 120,
+    cwd: str | None = None,
+) -> str:
+    """Submit a job script and return its job id; raise a QsubError subclass otherwise."""
+    result = run_command(qsub_argv(script, extra_args, envvars), timeout=timeout, cwd=cwd)
+    job_id = parse_job_id(result.stdout) if result.returncode == 0 else None
+    if job_id is None:
+        raise qsub_failure(result)
+    return job_id

@@ -1,0 +1,284 @@
+"""Regenerate the qstat samples here, formatted exactly as OpenPBS src/cmds/qstat.c prints.
+
+No live PBS server was available: `prt_attr` below is a line-by-line port of qstat.c (wrap
+before a token that would pass column 78, otherwise mid-token; continuation lines start with
+a TAB; the comma after a token does not count towards the column), and the JSON mimics
+cJSON_Print with values parsed as qstat does (numbers become numbers, Job_Name stays a string).
+The attributes, their order and their values follow PBS Pro 22.05 and Torque 6 job output.
+"""
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+LIMIT = 78
+
+
+def prt_attr(name, resource, value):
+    out = "    " + name
+    start = len(name) + 7
+    if resource:
+        out += "." + resource
+        start += len(resource) + 1
+    out += " = "
+    tokens = [t for t in value.split(",") if t]
+    first = True
+    for i, buf in enumerate(tokens):
+        if len(buf) + start < LIMIT:
+            out += buf
+            start += len(buf)
+        else:
+            if not first:
+                out += "\n\t"
+                start = 9
+            for ch in buf:
+                out += ch
+                start += 1
+                if start > LIMIT:
+                    start = 8
+                    out += "\n\t"
+        if i + 1 < len(tokens):
+            first = False
+            out += ","
+    return out
+
+
+W = "/mnt/lustre/users/jdoe/kdflow"
+VARS = (
+    "PBS_O_HOME=/home/jdoe,PBS_O_LANG=en_US.UTF-8,PBS_O_LOGNAME=jdoe,"
+    "PBS_O_PATH=/home/jdoe/kdflow/.venv/bin:/apps/chpc/bio/anaconda3/bin:/usr/local/bin:/usr/bin:/usr/local/sbin:/usr/sbin,"
+    "PBS_O_MAIL=/var/spool/mail/jdoe,PBS_O_SHELL=/bin/bash,"
+    f"PBS_O_WORKDIR={W},PBS_O_SYSTEM=Linux,PBS_O_QUEUE=gpu_1,PBS_O_HOST=login2.chpc.ac.za"
+)
+
+
+def job(
+    seq,
+    name,
+    state,
+    used=None,
+    exit_status=None,
+    comment=None,
+    mem="24gb",
+    walltime="01:00:00",
+    sub=1,
+    stime=True,
+):
+    a = [
+        ("Job_Name", None, name),
+        ("Job_Owner", None, "jdoe@login2.chpc.ac.za"),
+    ]
+    if used:
+        a += [
+            ("resources_used", "cpupercent", "996"),
+            ("resources_used", "cput", "09:58:21"),
+            ("resources_used", "mem", "19201044kb"),
+            ("resources_used", "ncpus", "10"),
+            ("resources_used", "vmem", "41943040kb"),
+            ("resources_used", "walltime", used),
+        ]
+    a += [
+        ("job_state", None, state),
+        ("queue", None, "gpu_1"),
+        ("server", None, "sched01"),
+        ("Checkpoint", None, "u"),
+        ("ctime", None, "Tue Apr 14 08:58:01 2026"),
+        ("Error_Path", None, f"login2.chpc.ac.za:{W}/logs/pbs/train_kd/{name}.{sub}.err"),
+    ]
+    if state != "Q":
+        a += [
+            ("exec_host", None, "gpu4012/0*10"),
+            ("exec_vnode", None, "(gpu4012:ncpus=10:ngpus=1:mem=25165824kb)"),
+        ]
+    a += [
+        ("Hold_Types", None, "n"),
+        ("Join_Path", None, "n"),
+        ("Keep_Files", None, "n"),
+        ("Mail_Points", None, "a"),
+        ("mtime", None, "Tue Apr 14 10:00:04 2026"),
+        ("Output_Path", None, f"login2.chpc.ac.za:{W}/logs/pbs/train_kd/{name}.{sub}.out"),
+        ("Priority", None, "0"),
+        ("qtime", None, "Tue Apr 14 08:58:01 2026"),
+        ("Rerunable", None, "True"),
+        ("Resource_List", "mem", mem),
+        ("Resource_List", "ncpus", "10"),
+        ("Resource_List", "ngpus", "1"),
+        ("Resource_List", "nodect", "1"),
+        ("Resource_List", "place", "free"),
+        ("Resource_List", "select", f"1:ncpus=10:ngpus=1:mem={mem}"),
+        ("Resource_List", "walltime", walltime),
+    ]
+    if state != "Q":
+        a += [
+            ("stime", None, "Tue Apr 14 09:00:03 2026"),
+            ("session_id", None, "212345"),
+            ("jobdir", None, "/home/jdoe"),
+        ]
+    a += [
+        ("substate", None, {"Q": "10", "R": "42", "F": "92"}[state]),
+        ("Variable_List", None, VARS),
+    ]
+    if comment:
+        a.append(("comment", None, comment))
+    a += [
+        ("etime", None, "Tue Apr 14 08:58:01 2026"),
+        ("run_count", None, "0" if state == "Q" else "1"),
+    ]
+    if exit_status is not None:
+        a.append(("Exit_status", None, str(exit_status)))
+    a += [
+        ("Submit_arguments", None, f"{W}/.kdflow/pbs/scripts/{name}.sh"),
+        ("project", None, "CSCI1234"),
+    ]
+    if state == "F":
+        a.append(("history_timestamp", None, "1776157205"))
+    a += [("Submit_Host", None, "login2.chpc.ac.za"), ("server_instance_id", None, "sched01:15001")]
+    return f"{seq}.sched01", a
+
+
+RUN = "Job run at Tue Apr 14 at 09:00 on (gpu4012:ncpus=10:ngpus=1:mem=25165824kb)"
+JOBS = [
+    job(
+        4101,
+        "kd0a1b2c3d4e",
+        "Q",
+        comment="Not Running: Insufficient amount of resource: ngpus (R: 1 A: 0 T: 48)",
+    ),
+    job(4102, "kd1b2c3d4e5f", "R", used="00:42:15", comment=RUN),
+    job(4103, "kd2c3d4e5f60", "F", used="00:51:02", exit_status=0, comment=RUN + " and finished"),
+    job(
+        4104,
+        "kd3d4e5f6071",
+        "F",
+        used="01:00:09",
+        exit_status=-29,
+        comment=RUN + " and exceeded resource walltime",
+    ),
+    job(
+        4105,
+        "kd4e5f607182",
+        "F",
+        used="00:13:40",
+        exit_status=-27,
+        comment=RUN + " and exceeded resource mem",
+    ),
+    job(4106, "kd5f60718293", "F", used="01:00:12", exit_status=271, comment=RUN + " and finished"),
+    job(
+        4107, "kd60718293a4", "F", used="00:20:31", exit_status=265, comment=RUN + " and terminated"
+    ),
+    job(4108, "kd718293a4b5", "F", used="00:00:41", exit_status=1, comment=RUN + " and failed"),
+]
+
+
+def text(jobs):
+    out = []
+    for jid, attrs in jobs:
+        out.append(f"Job Id: {jid}")
+        out += [prt_attr(n, r, v) for n, r, v in attrs]
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def parsed(v):
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def to_json(jobs):
+    doc = {"timestamp": 1776157300, "pbs_version": "22.05.11", "pbs_server": "sched01", "Jobs": {}}
+    for jid, attrs in jobs:
+        j = {}
+        for n, r, v in attrs:
+            if r:
+                j.setdefault(n, {})[r] = parsed(v)
+            elif n == "Variable_List":
+                j[n] = {k: parsed(x) for k, _, x in (i.partition("=") for i in v.split(","))}
+            elif n in ("Job_Name", "project"):
+                j[n] = v
+            else:
+                j[n] = parsed(v)
+        doc["Jobs"][jid] = j
+    return json.dumps(doc, indent="\t", separators=(",", ":\t")) + "\n"
+
+
+TW = "/home/jdoe/kdflow"
+TVARS = (
+    "PBS_O_QUEUE=batch,PBS_O_HOME=/home/jdoe,PBS_O_LOGNAME=jdoe,"
+    "PBS_O_PATH=/usr/local/bin:/usr/bin:/usr/local/sbin:/usr/sbin:/home/jdoe/.local/bin,"
+    f"PBS_O_MAIL=/var/spool/mail/jdoe,PBS_O_SHELL=/bin/bash,PBS_O_LANG=en_US.UTF-8,PBS_O_WORKDIR={TW},"
+    "PBS_O_HOST=head.cluster,PBS_O_SERVER=torque01"
+)
+
+
+def tjob(seq, name, state, used, exit_status=None):
+    a = [
+        ("Job_Name", None, name),
+        ("Job_Owner", None, "jdoe@head.cluster"),
+        ("resources_used", "cput", "09:40:00"),
+        ("resources_used", "energy_used", "0"),
+        ("resources_used", "mem", "2097152kb"),
+        ("resources_used", "vmem", "4194304kb"),
+        ("resources_used", "walltime", used),
+        ("job_state", None, state),
+        ("queue", None, "batch"),
+        ("server", None, "torque01"),
+        ("Checkpoint", None, "u"),
+        ("ctime", None, "Tue Apr 14 09:00:00 2026"),
+        ("Error_Path", None, f"head.cluster:{TW}/logs/pbs/train_pure/{name}.1.err"),
+        ("exec_host", None, "node07/0-9"),
+        ("Hold_Types", None, "n"),
+        ("Join_Path", None, "n"),
+        ("Keep_Files", None, "n"),
+        ("Mail_Points", None, "a"),
+        ("mtime", None, "Tue Apr 14 10:00:06 2026"),
+        ("Output_Path", None, f"head.cluster:{TW}/logs/pbs/train_pure/{name}.1.out"),
+        ("Priority", None, "0"),
+        ("qtime", None, "Tue Apr 14 09:00:00 2026"),
+        ("Rerunable", None, "True"),
+        ("Resource_List", "nodect", "1"),
+        ("Resource_List", "nodes", "1:ppn=10"),
+        ("Resource_List", "walltime", "01:00:00"),
+        ("session_id", None, "24680"),
+        ("Variable_List", None, TVARS),
+        ("euser", None, "jdoe"),
+        ("egroup", None, "users"),
+        ("queue_type", None, "E"),
+        ("etime", None, "Tue Apr 14 09:00:00 2026"),
+    ]
+    if exit_status is not None:
+        a.append(("exit_status", None, str(exit_status)))
+    a += [
+        ("submit_args", None, f"{TW}/.kdflow/pbs/scripts/{name}.sh"),
+        ("start_time", None, "Tue Apr 14 09:00:01 2026"),
+        ("start_count", None, "1"),
+        ("fault_tolerant", None, "False"),
+    ]
+    if state == "C":
+        a.append(("comp_time", None, "Tue Apr 14 10:00:06 2026"))
+    a += [
+        ("job_radix", None, "0"),
+        ("submit_host", None, "head.cluster"),
+        ("init_work_dir", None, TW),
+        ("request_version", None, "1"),
+    ]
+    return f"{seq}.torque01", a
+
+
+TJOBS = [
+    tjob(812, "kd8293a4b5c6", "R", "00:12:00"),
+    tjob(813, "kd93a4b5c6d7", "C", "00:48:12", 0),
+    tjob(814, "kda4b5c6d7e8", "C", "01:00:05", 271),
+]
+
+
+def main():
+    (HERE / "pbspro_qstat_xf.txt").write_text(text(JOBS))
+    (HERE / "pbspro_qstat_xf.json").write_text(to_json(JOBS))
+    (HERE / "torque_qstat_f.txt").write_text(text(TJOBS))
+
+
+if __name__ == "__main__":
+    main()
