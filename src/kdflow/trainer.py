@@ -201,6 +201,36 @@ class ExperimentFiles:
         atomic_write_json(self.status, record)
 
 
+class AlreadyOwned(RuntimeError):
+    """Another live PBS job is training this experiment; a second writer would corrupt it."""
+
+
+def check_owner(files: ExperimentFiles, qstat=None) -> None:
+    """Refuse to start where another live PBS job owns the experiment.
+
+    The executor never submits two jobs for one target; this guards against everything else
+    (a job started by hand, a second controller in another directory). The owner is the job
+    id the last trainer wrote into status.json. If the scheduler cannot be asked, training
+    goes ahead: an unanswered qstat must not stall a sweep.
+    """
+    status = read_json(files.status) or {}
+    owner, me = status.get("pbs_job_id"), os.environ.get("PBS_JOBID")
+    if status.get("status") != "in_progress" or not owner or owner == me:
+        return
+    from snakemake_executor_plugin_pbs.status import Qstat, StatusUnknown, lookup
+
+    try:
+        info = lookup((qstat or Qstat(timeout=60)).query([owner]), owner)
+    except (StatusUnknown, OSError) as exc:
+        log.warning("cannot ask PBS whether job %s still owns %s: %s", owner, files.dir, exc)
+        return
+    if info is not None and info.alive:
+        raise AlreadyOwned(
+            f"{files.dir} is being trained by PBS job {owner} (state {info.state}); this job "
+            f"({me or 'not a PBS job'}) will not write beside it. qdel one of them, or wait."
+        )
+
+
 def _check_same_experiment(spec: TrainSpec, state: dict[str, Any], path: Path) -> None:
     saved = state.get("identity", {})
     changed = {k: (saved.get(k), v) for k, v in spec.identity.items() if saved.get(k) != v}
@@ -221,6 +251,7 @@ def train(spec: TrainSpec, out_dir: str | Path, log_path: str | Path | None = No
     """Train `spec` into `out_dir`, resuming from its checkpoint; returns the final metrics."""
     files = ExperimentFiles(out_dir)
     files.dir.mkdir(parents=True, exist_ok=True)
+    check_owner(files)
     files.remove_partial_writes()
     _setup_logging(log_path)
     torch.set_num_threads(spec.threads)
