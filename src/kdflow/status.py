@@ -1,0 +1,198 @@
+"""Where a sweep stands: each experiment's state from its files, the PBS registry and one qstat."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kdflow.config import Sweep
+
+# Display order, and what each state means.
+STATES = {
+    "done": "finished: `completed` written",
+    "running": "a PBS job is running it",
+    "queued": "a PBS job waits in the queue (Q, H, W, ...)",
+    "submitted": "submitted, but qstat did not answer: state unknown",
+    "ready": "not running; can start now (a killed run resumes from its checkpoint)",
+    "waiting": "waits for its teacher to finish",
+    "failed": "given up by the PBS executor; see the reason and log",
+}
+QUEUED_STATES = frozenset("QHWTSUM")
+
+
+@dataclass
+class Row:
+    """One experiment on the dashboard (also the record of `kdflow status --json`)."""
+
+    path: str
+    state: str
+    pbs_id: str | None = None
+    pbs_state: str | None = None
+    elapsed: int | None = None  # seconds of walltime used by the live job
+    epoch: int | None = None  # epochs finished
+    epochs: int | None = None
+    best_acc: float | None = None
+    eta: int | None = None  # seconds until the last epoch, from the last epoch's time
+    reason: str | None = None  # why it failed, or where it will resume
+    log: str | None = None
+
+
+def _status_file(directory: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((directory / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}  # missing, or caught mid-copy: the state comes from the other sources
+    return data if isinstance(data, dict) else {}
+
+
+def _registry_records(registry_dir: Path) -> dict[str, Any]:
+    """Target name -> registry record, if this sweep ran through the PBS executor."""
+    if not (registry_dir / "targets").is_dir():
+        return {}
+    from snakemake_executor_plugin_pbs.registry import Registry
+
+    return {record.name: record for record in Registry(registry_dir).records()}
+
+
+def collect(
+    sweep: Sweep,
+    workdir: str | Path = ".",
+    registry_dir: str | Path = ".kdflow/pbs",
+    qstat=None,
+) -> tuple[list[Row], str | None]:
+    """Every experiment's Row, and a note if the scheduler could not be asked.
+
+    `qstat` is the executor's Qstat (one call for all open jobs); None asks no scheduler.
+    """
+    from snakemake_executor_plugin_pbs.submit import job_name
+
+    workdir = Path(workdir)
+    records = _registry_records(workdir / registry_dir)
+    experiments = sweep.experiments()
+    names = {e: job_name([e.target]) for e in experiments} if records else {}
+    open_jobs = {
+        e: records[names[e]].last
+        for e in experiments
+        if names.get(e) in records
+        and records[names[e]].last is not None
+        and records[names[e]].last.is_open
+        and records[names[e]].last.job_id
+    }
+    infos, note = {}, None
+    if open_jobs and qstat is not None:
+        from snakemake_executor_plugin_pbs.status import StatusUnknown, lookup
+
+        try:
+            answer = qstat.query([s.job_id for s in open_jobs.values()])
+            infos = {e: lookup(answer, s.job_id) for e, s in open_jobs.items()}
+        except StatusUnknown as exc:
+            note = f"qstat did not answer ({exc}); PBS states unknown"
+
+    rows = []
+    for experiment in experiments:
+        directory = workdir / experiment.directory
+        status = _status_file(directory)
+        row = Row(
+            path=experiment.directory,
+            state="ready",
+            epoch=status.get("epoch"),
+            epochs=status.get("epochs") or sweep.recipe(experiment.dataset).epochs,
+            best_acc=status.get("best_acc"),
+        )
+        record = records.get(names.get(experiment))
+        submission = open_jobs.get(experiment)
+        if (directory / "completed").exists():
+            row.state = "done"
+        elif submission is not None:
+            row.pbs_id, row.log = submission.job_id, submission.log_err
+            info = infos.get(experiment)
+            if note is not None:
+                row.state = "submitted"
+            elif info is not None and info.alive:
+                row.pbs_state = info.state
+                row.elapsed = info.walltime_used
+                row.state = "queued" if info.state in QUEUED_STATES else "running"
+                if row.state == "running" and status.get("epoch_seconds") and row.epoch:
+                    row.eta = round((row.epochs - row.epoch) * status["epoch_seconds"])
+            else:  # ended since the controller last looked; it will classify it
+                row.state = "ready"
+                row.reason = "job ended; the controller will classify it"
+        elif record is not None and record.failed:
+            row.state = "failed"
+            row.reason = record.failed
+            row.log = record.last.log_err if record.last else None
+        elif (
+            not experiment.is_pure
+            and not (workdir / experiment.teacher_directory / "completed").exists()
+        ):
+            row.state = "waiting"
+        if row.state == "ready" and row.epoch and not row.reason:
+            row.reason = f"resumes after epoch {row.epoch}"
+        rows.append(row)
+    return rows, note
+
+
+def counts(rows: list[Row]) -> Counter:
+    return Counter(row.state for row in rows)
+
+
+def clock(seconds: int | None) -> str:
+    if seconds is None:
+        return ""
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def render(rows: list[Row], note: str | None, console=None) -> None:
+    """The dashboard: totals, then one table of everything that is not done."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    n = counts(rows)
+    total = len(rows)
+    done = n["done"]
+    console.print(
+        f"[bold]finished {done}/{total}[/] ({100 * done / max(total, 1):.1f}%)   "
+        + "   ".join(f"{state} {n[state]}" for state in STATES if state != "done" and n[state])
+    )
+    ready = [r for r in rows if r.state == "ready"]
+    waiting = n["waiting"]
+    if ready or waiting:
+        console.print(f"not started: {len(ready)} ready, {waiting} waiting on a teacher")
+    if note:
+        console.print(f"[yellow]{note}[/]")
+    table = Table(show_lines=False, header_style="bold")
+    for column in ("experiment", "state", "PBS", "epoch", "best acc", "ETA", "note"):
+        table.add_column(column, overflow="fold")
+    order = {state: i for i, state in enumerate(["failed", "running", "queued", "submitted"])}
+    shown = sorted((r for r in rows if r.state in order), key=lambda r: (order[r.state], r.path))
+    for r in shown:
+        pbs = f"[{r.pbs_state} {clock(r.elapsed)}] {r.pbs_id}" if r.pbs_state else (r.pbs_id or "")
+        table.add_row(
+            r.path,
+            r.state,
+            pbs,
+            f"{r.epoch or 0}/{r.epochs}" if r.epochs else "",
+            f"{r.best_acc:.2f}" if r.best_acc is not None else "",
+            clock(r.eta),
+            " ".join(x for x in (r.reason, r.log and f"log: {r.log}") if x),
+        )
+    if shown:
+        console.print(table)
+
+
+def to_json(rows: list[Row], note: str | None) -> str:
+    return json.dumps(
+        {
+            "time": time.time(),
+            "note": note,
+            "counts": dict(counts(rows)),
+            "experiments": [asdict(r) for r in rows],
+        },
+        indent=1,
+    )
