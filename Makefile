@@ -23,12 +23,18 @@ demo: setup
 	$(BIN)/snakemake $(DEMO)
 	@echo; cat results/summary/results.md; ls results/summary/*.png
 
-# The real single-node Slurm (with PBS-format shims) that tests/cluster runs against.
-# Needs root on Debian/Ubuntu; elsewhere the cluster tests skip (never in CI, where they fail).
+# What the tests run against: the real single-node Slurm with PBS-format shims (tests/cluster),
+# crontab, sshd and rsync (tests/test_cron.py). Needs root on Debian/Ubuntu; elsewhere those
+# tests skip (never in CI, where they fail).
+OPS_PACKAGES := cron openssh-server openssh-client rsync
 cluster:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		tests/cluster/slurm.sh install && tests/cluster/slurm.sh start; \
-	else echo "cluster: not root on Debian: tests/cluster will be skipped"; fi
+		missing=$$(for p in $(OPS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+		if [ -n "$$missing" ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends $$missing >/dev/null; fi; \
+		bash tests/cluster/slurm.sh install && bash tests/cluster/slurm.sh start; \
+	else echo "cluster: not root on Debian: the scheduler, cron and ssh tests will be skipped"; fi
 
 test: setup cluster
 	$(BIN)/python -m pytest -q

@@ -49,7 +49,7 @@ controller_pid() { # the pid of this directory's live controller, or nothing
     pid=$(cat "$PID_FILE" 2>/dev/null) || return 0
     [[ $pid =~ ^[0-9]+$ ]] || return 0
     # a recycled pid is not our controller: check that it is snakemake, started here
-    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q snakemake &&
+    if grep -qa snakemake "/proc/$pid/cmdline" 2>/dev/null &&
         [ "$(readlink "/proc/$pid/cwd")" = "$ROOT" ]; then
         echo "$pid"
     fi
@@ -91,6 +91,7 @@ sweep_finished() { # true when Snakemake has nothing left to do
 
 refresh() { # the dashboard into the log, and the live plots
     kdflow status >"$LOG_DIR/status.txt" 2>&1 || true
+    [ -d results ] || return 0
     kdflow report >"$LOG_DIR/report.txt" 2>&1 || log "kdflow report failed: see $LOG_DIR/report.txt"
 }
 
@@ -115,8 +116,10 @@ tick() {
     # No controller is alive (we hold the tick lock, and the pid file's process is gone), so
     # a lock left in .snakemake/locks is stale: a SIGKILLed or rebooted controller's.
     snakemake --profile "$PROFILE" ${KDFLOW_SNAKEMAKE_ARGS:-} --unlock >/dev/null 2>&1 || true
+    # 9>&-: the controller must not inherit the tick lock, or every later tick would wait
+    # for the whole sweep
     setsid nohup snakemake --profile "$PROFILE" ${KDFLOW_SNAKEMAKE_ARGS:-} \
-        >>"$LOG_DIR/controller.log" 2>&1 </dev/null &
+        >>"$LOG_DIR/controller.log" 2>&1 </dev/null 9>&- &
     echo $! >"$PID_FILE"
     log "started controller $! (log: logs/cron/controller.log)"
 }
@@ -133,7 +136,13 @@ remote_tick() {
     log "pushing code to $remote"
     rsync -az -e "$ssh" --exclude-from="$ROOT/scripts/rsync-exclude.txt" "$ROOT/" "$remote/"
     log "ticking on $host"
-    $ssh "$host" "cd $(printf '%q' "$path") && scripts/cron.sh cron"
+    # the settings travel along; local paths (the venv) and the remote mode itself do not
+    local settings="" name
+    for name in $(compgen -e | grep -E '^(SNAKEMAKE_PBS_|KDFLOW_)' |
+        grep -vE '^KDFLOW_(REMOTE|SSH|VENV)$' || true); do
+        settings+=" $name=$(printf '%q' "${!name}")"
+    done
+    $ssh "$host" "cd $(printf '%q' "$path") &&$settings scripts/cron.sh cron"
     log "pulling results (no checkpoints) from $remote"
     rsync -az -e "$ssh" --include='*/' --exclude='*.pth' --exclude='.*.tmp' \
         "$remote/results/" "$ROOT/results/"
