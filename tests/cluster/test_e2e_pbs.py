@@ -48,11 +48,14 @@ ON_THIS_MACHINE = [
 
 
 class QueueSampler(threading.Thread):
-    """Asks the scheduler every second which jobs are alive; remembers any name seen twice."""
+    """Asks the scheduler every second which of the jobs submitted from `workdir` are alive;
+    remembers any job name seen twice."""
 
-    def __init__(self, env):
+    def __init__(self, env, workdir):
         super().__init__(daemon=True)
-        self.env, self.stop, self.samples, self.duplicates = env, threading.Event(), 0, []
+        self.env, self.workdir = env, str(workdir)
+        self.stop, self.samples, self.duplicates = threading.Event(), 0, []
+        self.jobs_seen: set[str] = set()
 
     def run(self):
         while not self.stop.is_set():
@@ -61,8 +64,14 @@ class QueueSampler(threading.Thread):
             )
             if out.returncode == 0:
                 jobs = json.loads(out.stdout).get("Jobs", {})
-                names = [j["Job_Name"] for j in jobs.values() if j["job_state"] not in "FXC"]
+                names = [
+                    j["Job_Name"]
+                    for j in jobs.values()
+                    if j["job_state"] not in "FXC"
+                    and j.get("Variable_List", {}).get("PBS_O_WORKDIR") == self.workdir
+                ]
                 self.duplicates += [n for n in set(names) if names.count(n) > 1]
+                self.jobs_seen |= set(names)
                 self.samples += 1
             self.stop.wait(1.0)
 
@@ -101,7 +110,7 @@ def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, t
          "--profile", str(ROOT / "profiles/local"), "--cores", "1"],
         env=env, cwd=local, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    sampler = QueueSampler(env)
+    sampler = QueueSampler(env, pbs)
     sampler.start()
     first = _controller(pbs, env, *profile)
     # kill the controller while the teacher trains (after its first walltime kill, if that
@@ -129,7 +138,7 @@ def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, t
 
     log = (pbs / "controller.log").read_text()
     assert "adopting live job" in log
-    assert sampler.samples > 30 and sampler.duplicates == []
+    assert sampler.samples > 30 and sampler.jobs_seen and sampler.duplicates == []
     records = {r["rule"] + ":" + r["outputs"][0]: r for r in _registry(pbs)}
     teacher = records["train_pure:results/digits/pure/resnet20/seed0/completed"]
     assert teacher["walltime_kills"] >= 1, "the teacher should have been killed at walltime"
