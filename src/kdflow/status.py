@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +40,27 @@ class Row:
     eta: int | None = None  # seconds until the last epoch, from the last epoch's time
     reason: str | None = None  # why it failed, or where it will resume
     log: str | None = None
+    epoch_seconds: float | None = field(default=None, repr=False)  # for the ETA only
 
 
-def _status_file(directory: Path) -> dict[str, Any]:
+def _read_json(path: str) -> dict[str, Any] | None:
     try:
-        data = json.loads((directory / "status.json").read_text())
+        with open(path) as f:
+            data = json.load(f)
     except (OSError, ValueError):
-        return {}  # missing, or caught mid-copy: the state comes from the other sources
-    return data if isinstance(data, dict) else {}
+        return None  # missing, or caught mid-copy: the state comes from the other sources
+    return data if isinstance(data, dict) else None
 
 
-def _registry_records(registry_dir: Path) -> dict[str, Any]:
-    """Target name -> registry record, if this sweep ran through the PBS executor."""
-    if not (registry_dir / "targets").is_dir():
-        return {}
-    from snakemake_executor_plugin_pbs.registry import Registry
+def _read_record(path_without_suffix: str):
+    from snakemake_executor_plugin_pbs.registry import TargetRecord
 
-    return {record.name: record for record in Registry(registry_dir).records()}
+    try:
+        with open(path_without_suffix + ".json") as f:
+            return TargetRecord.from_json(f.read())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # no record: never submitted through PBS (or unreadable: the controller
+        # sets those aside and looks for the job by name)
 
 
 def collect(
@@ -67,20 +72,45 @@ def collect(
     """Every experiment's Row, and a note if the scheduler could not be asked.
 
     `qstat` is the executor's Qstat (one call for all open jobs); None asks no scheduler.
+    Plain os.path on purpose: this reads two files per experiment, 10,000 experiments in a
+    second or two.
     """
     from snakemake_executor_plugin_pbs.submit import job_name
 
-    workdir = Path(workdir)
-    records = _registry_records(workdir / registry_dir)
-    experiments = sweep.experiments()
-    names = {e: job_name([e.target]) for e in experiments} if records else {}
+    workdir = str(workdir)
+    targets_dir = os.path.join(workdir, str(registry_dir), "targets")
+    has_registry = os.path.isdir(targets_dir)
+    epochs = {dataset: sweep.recipe(dataset).epochs for dataset in sweep.datasets}
+
+    rows, records = [], {}
+    for experiment in sweep.experiments():
+        directory = os.path.join(workdir, experiment.directory)
+        status = _read_json(os.path.join(directory, "status.json")) or {}
+        row = Row(
+            path=experiment.directory,
+            state="ready",
+            epoch=status.get("epoch"),
+            epochs=status.get("epochs") or epochs[experiment.dataset],
+            best_acc=status.get("best_acc"),
+        )
+        rows.append(row)
+        if os.path.exists(os.path.join(directory, "completed")):
+            row.state = "done"
+            continue
+        if has_registry:
+            record = _read_record(os.path.join(targets_dir, job_name([experiment.target])))
+            if record is not None:
+                records[len(rows) - 1] = record
+        if not experiment.is_pure and not os.path.exists(
+            os.path.join(workdir, experiment.teacher_directory, "completed")
+        ):
+            row.state = "waiting"
+        row.epoch_seconds = status.get("epoch_seconds")
+
     open_jobs = {
-        e: records[names[e]].last
-        for e in experiments
-        if names.get(e) in records
-        and records[names[e]].last is not None
-        and records[names[e]].last.is_open
-        and records[names[e]].last.job_id
+        i: record.last
+        for i, record in records.items()
+        if record.last is not None and record.last.is_open and record.last.job_id
     }
     infos, note = {}, None
     if open_jobs and qstat is not None:
@@ -88,51 +118,34 @@ def collect(
 
         try:
             answer = qstat.query([s.job_id for s in open_jobs.values()])
-            infos = {e: lookup(answer, s.job_id) for e, s in open_jobs.items()}
+            infos = {i: lookup(answer, s.job_id) for i, s in open_jobs.items()}
         except StatusUnknown as exc:
             note = f"qstat did not answer ({exc}); PBS states unknown"
 
-    rows = []
-    for experiment in experiments:
-        directory = workdir / experiment.directory
-        status = _status_file(directory)
-        row = Row(
-            path=experiment.directory,
-            state="ready",
-            epoch=status.get("epoch"),
-            epochs=status.get("epochs") or sweep.recipe(experiment.dataset).epochs,
-            best_acc=status.get("best_acc"),
-        )
-        record = records.get(names.get(experiment))
-        submission = open_jobs.get(experiment)
-        if (directory / "completed").exists():
-            row.state = "done"
-        elif submission is not None:
+    for i, record in records.items():
+        row = rows[i]
+        submission = open_jobs.get(i)
+        if submission is not None:
             row.pbs_id, row.log = submission.job_id, submission.log_err
-            info = infos.get(experiment)
+            info = infos.get(i)
             if note is not None:
                 row.state = "submitted"
             elif info is not None and info.alive:
                 row.pbs_state = info.state
                 row.elapsed = info.walltime_used
                 row.state = "queued" if info.state in QUEUED_STATES else "running"
-                if row.state == "running" and status.get("epoch_seconds") and row.epoch:
-                    row.eta = round((row.epochs - row.epoch) * status["epoch_seconds"])
+                if row.state == "running" and row.epoch_seconds and row.epoch:
+                    row.eta = round((row.epochs - row.epoch) * row.epoch_seconds)
             else:  # ended since the controller last looked; it will classify it
                 row.state = "ready"
                 row.reason = "job ended; the controller will classify it"
-        elif record is not None and record.failed:
+        elif record.failed:
             row.state = "failed"
             row.reason = record.failed
             row.log = record.last.log_err if record.last else None
-        elif (
-            not experiment.is_pure
-            and not (workdir / experiment.teacher_directory / "completed").exists()
-        ):
-            row.state = "waiting"
+    for row in rows:
         if row.state == "ready" and row.epoch and not row.reason:
             row.reason = f"resumes after epoch {row.epoch}"
-        rows.append(row)
     return rows, note
 
 
@@ -192,7 +205,9 @@ def to_json(rows: list[Row], note: str | None) -> str:
             "time": time.time(),
             "note": note,
             "counts": dict(counts(rows)),
-            "experiments": [asdict(r) for r in rows],
+            "experiments": [
+                {k: v for k, v in asdict(r).items() if k != "epoch_seconds"} for r in rows
+            ],
         },
         indent=1,
     )

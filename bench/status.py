@@ -1,0 +1,87 @@
+"""`kdflow status` on large sweeps, without the qstat call (the scheduler's time is its own).
+
+    python bench/status.py [--sizes 312 10000]
+
+For each size it writes a sweep of that many experiments into a temporary directory (a third
+finished, a third with a status.json, every one submitted in the PBS registry), then times
+the dashboard's collect + render, median of 3. Goals: 312 in < 1 s, 10,000 in < 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from kdflow.config import Sweep
+from kdflow.status import collect, render
+from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
+from snakemake_executor_plugin_pbs.submit import job_name
+
+
+def sweep_of(size: int) -> Sweep:
+    """seeds x 2 datasets x (models + pairs x 4 alphas) == size, for the sizes used here."""
+    shapes = {312: (3, 4, 12), 10_000: (10, 20, 120)}  # seeds, models, pairs
+    seeds, n_models, n_pairs = shapes[size]
+    models = [f"m{i}" for i in range(n_models)]
+    pairs = list(itertools.permutations(models, 2))[:n_pairs]
+    config = {
+        "seeds": list(range(seeds)),
+        "datasets": {"cifar100": {}, "svhn": {}},
+        "models": models,
+        "pairs": [{"teacher": t, "student": s} for t, s in pairs],
+        "alphas": [0.25, 0.5, 0.75, 0.95],
+    }
+    sweep = Sweep(config, check_names=False)
+    assert len(sweep.experiments()) == size, len(sweep.experiments())
+    return sweep
+
+
+def populate(sweep: Sweep, root: Path) -> None:
+    registry = Registry(root / ".kdflow/pbs")
+    for i, experiment in enumerate(sweep.experiments()):
+        directory = root / experiment.directory
+        directory.mkdir(parents=True)
+        if i % 3 == 0:
+            (directory / "completed").write_text("")
+        elif i % 3 == 1:
+            status = {"status": "in_progress", "epoch": 10, "epochs": 240, "best_acc": 50.0}
+            (directory / "status.json").write_text(json.dumps(status))
+        target = f"{experiment.directory}/completed"
+        submission = Submission(job_id=f"{i}.pbs", submitted_at=time.time(), outcome="success")
+        registry.save(TargetRecord(name=job_name([target]), outputs=[target],
+                                   submissions=[submission]))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[312, 10_000])
+    args = parser.parse_args()
+    print(f"{'experiments':>12}{'collect (s)':>14}{'render (s)':>13}{'total (s)':>12}{'goal':>8}")
+    for size in args.sizes:
+        sweep = sweep_of(size)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            populate(sweep, root)
+            collects, renders = [], []
+            for _ in range(3):
+                start = time.perf_counter()
+                rows, note = collect(sweep, root)
+                collects.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                render(rows, note, Console(file=io.StringIO(), width=160))
+                renders.append(time.perf_counter() - start)
+        c, r = statistics.median(collects), statistics.median(renders)
+        goal = "< 1 s" if size <= 312 else "< 3 s"
+        print(f"{size:>12}{c:>14.3f}{r:>13.3f}{c + r:>12.3f}{goal:>8}")
+
+
+if __name__ == "__main__":
+    main()
