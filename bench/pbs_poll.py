@@ -1,0 +1,113 @@
+"""qstat calls per poll and qstat parse time of the PBS executor, side by side in one run.
+
+    python bench/pbs_poll.py [--counts 1 10 100 1000]
+
+1. The executor's controller restarted with N live jobs in its registry (the fake PBS of
+   tests/pbs_samples answers qsub/qstat/qdel): qstat calls for the adoption round and for each
+   of three poll rounds (goal: 1 per round, whatever N).
+2. Parse time of a 1,000-job `qstat -x -f` in PBS Pro's wrapped text and of its `-F json`
+   (goal < 50 ms), median of 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from snakemake_executor_plugin_pbs.controller import Controller, ControllerConfig, Target, Tracked
+from snakemake_executor_plugin_pbs.policy import Limits
+from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
+from snakemake_executor_plugin_pbs.status import parse_qstat_json, parse_qstat_text
+from snakemake_executor_plugin_pbs.submit import job_name
+
+SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "pbs_samples"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, SAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def qstat_calls_per_round(count: int) -> list[int]:
+    fake_pbs = _load("fake_pbs")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp) / "work"
+        workdir.mkdir()
+        pbs = fake_pbs.FakePbs(Path(tmp) / "pbs")
+        os.environ.update(pbs.env())
+        registry = Registry(workdir / ".kdflow/pbs")
+        targets = []
+        for i in range(count):
+            output = f"results/cifar100/pure/resnet20/seed{i}/completed"
+            name = job_name([output])
+            targets.append(
+                Target(name=name, rule="train_pure", outputs=(output,), command="true",
+                       threads=10, mem_mb=24000, runtime_minutes=60, gpus=1)
+            )  # fmt: skip
+            job_id = pbs.add_job(5000 + i, name, str(workdir), state="R")
+            registry.save(
+                TargetRecord(name=name, submissions=[Submission(job_id=job_id, submitted_at=0)])
+            )
+        controller = Controller(
+            ControllerConfig(workdir=workdir, log_dir=workdir / "logs/pbs", queue="gpu_1",
+                             project="CSCI1234", limits=Limits(), submit_backoff=60,
+                             command_timeout=60),
+            registry,
+        )  # fmt: skip
+        calls, before = [], 0
+        results = controller.start(targets)
+        calls.append(len(pbs.status_calls()) - before)
+        for _ in range(3):
+            before = len(pbs.status_calls())
+            results = controller.poll(r for r in results.values() if isinstance(r, Tracked))
+            calls.append(len(pbs.status_calls()) - before)
+        assert pbs.calls("qsub") == [], "a restarted controller must adopt, not submit"
+        return calls
+
+
+def parse_times(jobs: int = 1000) -> tuple[float, float]:
+    samples = _load("generate_samples")
+    states = ["R", "Q", "F"]
+    listing = [
+        samples.job(7000 + i, f"kd{i:010x}", states[i % 3], used="00:41:07",
+                    exit_status=-29 if i % 3 == 2 else None)
+        for i in range(jobs)
+    ]  # fmt: skip
+    text, as_json = samples.text(listing), samples.to_json(listing)
+
+    def median_ms(fn, arg):
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            parsed = fn(arg)
+            times.append(time.perf_counter() - start)
+        assert len(parsed) == jobs
+        return 1000 * statistics.median(times)
+
+    return median_ms(parse_qstat_text, text), median_ms(parse_qstat_json, as_json)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 10, 100, 1000])
+    args = parser.parse_args()
+    print(f"{'active jobs':>12}{'adoption round':>16}{'poll 1':>8}{'poll 2':>8}{'poll 3':>8}"
+          f"{'goal':>6}")  # fmt: skip
+    for count in args.counts:
+        calls = qstat_calls_per_round(count)
+        print(f"{count:>12}{calls[0]:>16}{calls[1]:>8}{calls[2]:>8}{calls[3]:>8}{1:>6}")
+    text_ms, json_ms = parse_times()
+    print()
+    print(f"parse 1,000 jobs, qstat -x -f text:     {text_ms:7.1f} ms   (goal < 50 ms)")
+    print(f"parse 1,000 jobs, qstat -x -f -F json:  {json_ms:7.1f} ms   (goal < 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
