@@ -201,3 +201,30 @@ def test_queue_limit_refusals_hold_jobs_back_without_failing(pbs_cluster, tmp_pa
     assert len(records) == 4 and all(r["done"] for r in records)
     assert all(len(r["submissions"]) == 1 for r in records), "a refusal is not a failure"
     assert pbs_cluster.calls("qsub") - before > 4, "the queue limit should have refused some"
+
+
+def test_ctrl_c_removes_this_controllers_jobs(pbs_cluster, tmp_path):
+    env = {**pbs_cluster.env, "SNAKEMAKE_PBS_QUEUE": "workq"}
+    controller = subprocess.Popen(
+        [*SNAKEMAKE, "-s", str(SMALL), "-d", str(tmp_path), "--executor", "pbs", "--jobs", "8",
+         "--pbs-status-interval", "2", "naps", "--config", "nap=120"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+    def live_jobs():
+        return [
+            s["job_id"]
+            for r in _registry(tmp_path) if (tmp_path / ".kdflow/pbs/targets").is_dir()
+            for s in r["submissions"] if s["job_id"] and s["outcome"] is None
+        ]  # fmt: skip
+
+    jobs = pbs_cluster.wait_for(lambda: len(live_jobs()) == 4 and live_jobs(), 60, what="4 jobs")
+    controller.send_signal(signal.SIGINT)
+    controller.communicate(timeout=120)
+
+    def state(job_id):
+        out = pbs_cluster.run("qstat", "-x", "-f", "-F", "json", job_id).stdout
+        return json.loads(out)["Jobs"][job_id]["job_state"]
+
+    pbs_cluster.wait_for(lambda: all(state(j) == "F" for j in jobs), 60, what="qdel of all")
+    assert not (tmp_path / "nap0.done").exists()
