@@ -63,7 +63,7 @@ def train_hparams(wildcards):
         "teacher": wildcards.teacher,
         "teacher_dir": f"results/{wildcards.dataset}/pure/{wildcards.teacher}/seed{wildcards.seed}",
         "alpha": float(wildcards.alpha),
-        "temperature": SWEEP.temperature(wildcards.method),
+        "method_settings": SWEEP.method_settings(wildcards.method),
     }
 
 

@@ -19,8 +19,9 @@ def good():
 def test_shipped_configs_are_valid():
     real = Sweep.from_file(ROOT / "config" / "experiments.yaml")
     demo = Sweep.from_file(ROOT / "config" / "demo.yaml")
-    # 3 seeds x 3 datasets x (4 models + 2 pairs x 1 method x 4 alphas)
-    assert len(real.experiments()) == 3 * 3 * (4 + 2 * 1 * 4)
+    # 3 seeds x 3 datasets x (4 models + 2 pairs x 3 methods x 4 alphas)
+    assert len(real.experiments()) == 3 * 3 * (4 + 2 * 3 * 4) == 252
+    assert sorted(real.methods) == ["dkd", "fitnet", "logit"]
     assert len(demo.experiments()) == 2 * 1 * (2 + 1 * 1 * 2)
 
 
@@ -30,8 +31,22 @@ def test_defaults_are_filled_from_the_schema(good):
     sweep = Sweep(good)
     assert sweep.recipe("digits").epochs == 240
     assert sweep.recipe("digits").lr_milestones == (150, 180, 210)
-    assert sweep.temperature("logit") == 4
+    assert sweep.method_settings("logit") == {"temperature": 4}
     assert sweep.resources("digits") == {"mem_mb": 2000, "runtime": 10}
+
+
+def test_method_settings_are_filled_from_the_schema(good):
+    good["methods"] = {"logit": {}, "dkd": {"beta": 6}, "fitnet": {"hint_layer": 2}}
+    sweep = Sweep(good)
+    assert sweep.method_settings("dkd") == {
+        "temperature": 4,
+        "beta": 6,
+        "tckd_weight": 1,
+        "ce_weight": 1,
+        "warmup": 20,
+    }
+    assert sweep.method_settings("fitnet") == {"hint_layer": 2, "hint_weight": 100, "ce_weight": 1}
+    assert len(sweep.experiments()) == 2 * (2 + 1 * 3 * 2)
 
 
 def test_dataset_overrides_only_what_it_names(good):
@@ -103,6 +118,12 @@ BAD = [
     (("methods",), {"crd": {}}, ["methods.crd", "unknown method"]),
     (("methods",), {"pure": {}}, ["methods.pure", "reserved"]),
     (("methods", "logit", "temperature"), 0, ["methods.logit.temperature", "0"]),
+    (("methods", "logit", "beta"), 8, ["methods.logit", "'beta' was unexpected", "spelling"]),
+    (("methods",), {"dkd": {"beta": -1}}, ["methods.dkd.beta", "-1", "minimum"]),
+    (("methods",), {"dkd": {"warmup": 2.5}}, ["methods.dkd.warmup", "2.5", "integer"]),
+    (("methods",), {"dkd": {"gamma": 1}}, ["methods.dkd", "'gamma' was unexpected"]),
+    (("methods",), {"fitnet": {"hint_layer": "last"}}, ["methods.fitnet.hint_layer", "'last'"]),
+    (("methods",), {"fitnet": {"temperature": 4}}, ["methods.fitnet", "'temperature'"]),
     (("train", "epochs"), 0, ["train.epochs", "0", "minimum"]),
     (("train", "epochs"), 2.5, ["train.epochs", "2.5", "integer"]),
     (("train", "lr"), -0.1, ["train.lr", "-0.1"]),

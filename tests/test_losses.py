@@ -1,11 +1,33 @@
-"""Logit KD against a hand computation, and the alpha convention."""
+"""Every method against a hand computation; the registry; one epoch of each through the trainer."""
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
 
-from kdflow.losses import LogitKD, build_method, method_names
+from kdflow.data import ImageSet, save_prepared
+from kdflow.losses import (
+    DKD,
+    FitNet,
+    LogitKD,
+    build_method,
+    method_defaults,
+    method_names,
+    resolve_settings,
+)
+from kdflow.models import build_model
+from kdflow.trainer import TrainSpec, _loss, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUDENT = [[2.0, 0.5, -1.0, 0.3], [0.0, 1.0, 3.0, -0.5]]
+TEACHER = [[3.0, 0.0, -2.0, 1.0], [-1.0, 2.0, 2.5, 0.5]]
+TARGETS = [0, 2]
 
 
 def _softmax(z, t):
@@ -13,45 +35,341 @@ def _softmax(z, t):
     return [v / sum(e) for v in e]
 
 
-def test_logit_kd_equals_a_hand_computation():
-    student = [[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]]
-    teacher = [[3.0, 0.0, -2.0], [-1.0, 2.0, 2.5]]
-    targets = [0, 2]
-    alpha, t = 0.75, 4.0
+def _kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
 
-    ce = -sum(math.log(_softmax(s, 1.0)[y]) for s, y in zip(student, targets, strict=True)) / 2
-    kl = 0.0
-    for s, z in zip(student, teacher, strict=True):
-        p, q = _softmax(z, t), _softmax(s, t)  # teacher p, student q
-        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
-    kl /= 2  # batch mean
-    expected = (1 - alpha) * ce + alpha * t * t * kl
 
-    loss = LogitKD(alpha=alpha, temperature=t)(
-        torch.tensor(student, dtype=torch.float64),
-        torch.tensor(teacher, dtype=torch.float64),
-        torch.tensor(targets),
+def _ce(logits, targets):
+    return -sum(math.log(_softmax(z, 1.0)[y]) for z, y in zip(logits, targets, strict=True)) / len(
+        targets
     )
+
+
+def _tensors(*rows):
+    return [torch.tensor(r, dtype=torch.float64) for r in rows]
+
+
+# --- logit ---------------------------------------------------------------------------------
+
+
+def test_logit_kd_equals_a_hand_computation():
+    alpha, t = 0.75, 4.0
+    kl = sum(
+        _kl(_softmax(z, t), _softmax(s, t)) for s, z in zip(STUDENT, TEACHER, strict=True)
+    ) / len(TARGETS)
+    expected = (1 - alpha) * _ce(STUDENT, TARGETS) + alpha * t * t * kl
+
+    s, z = _tensors(STUDENT, TEACHER)
+    loss = LogitKD(alpha=alpha, temperature=t)(s, z, torch.tensor(TARGETS), epoch=0)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
 
 
-def test_alpha_weights_the_distillation_term():
+def test_logit_alpha_weights_the_distillation_term():
     s, z, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
-    ce_only = LogitKD(alpha=0.0)(s, z, y)
-    assert ce_only.item() == pytest.approx(torch.nn.functional.cross_entropy(s, y).item())
+    ce_only = LogitKD(alpha=0.0)(s, z, y, epoch=0)
+    assert ce_only.item() == pytest.approx(F.cross_entropy(s, y).item())
     # alpha = 1: only the KD term, which vanishes when the student copies the teacher
-    assert LogitKD(alpha=1.0)(z, z, y).item() == pytest.approx(0.0, abs=1e-6)
+    assert LogitKD(alpha=1.0)(z, z, y, epoch=0).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_gradient_reaches_only_the_student():
-    s = torch.randn(4, 3, requires_grad=True)
-    z = torch.randn(4, 3, requires_grad=True)
-    LogitKD(alpha=0.5)(s, z.detach(), torch.tensor([0, 1, 2, 0])).backward()
-    assert s.grad is not None and z.grad is None
+# --- DKD -----------------------------------------------------------------------------------
+
+
+def _decoupled_by_hand(t):
+    """(TCKD, NCKD) of STUDENT vs TEACHER: binary target/rest split and renormalized rest."""
+    tckd = nckd = 0.0
+    for s, z, y in zip(STUDENT, TEACHER, TARGETS, strict=True):
+        ps, pt = _softmax(s, t), _softmax(z, t)
+        tckd += _kl([pt[y], 1 - pt[y]], [ps[y], 1 - ps[y]])
+        rest_s = [p / (1 - ps[y]) for j, p in enumerate(ps) if j != y]
+        rest_t = [p / (1 - pt[y]) for j, p in enumerate(pt) if j != y]
+        nckd += _kl(rest_t, rest_s)
+    n = len(TARGETS)
+    return t * t * tckd / n, t * t * nckd / n
+
+
+def test_dkd_splits_kd_into_target_and_non_target_parts_as_by_hand():
+    t = 2.0
+    want_tckd, want_nckd = _decoupled_by_hand(t)
+    s, z = _tensors(STUDENT, TEACHER)
+    tckd, nckd = DKD(alpha=1.0, temperature=t).decoupled(s, z, torch.tensor(TARGETS))
+    assert tckd.item() == pytest.approx(want_tckd, rel=1e-12)
+    assert nckd.item() == pytest.approx(want_nckd, rel=1e-12)
+
+
+def test_dkd_loss_equals_a_hand_computation_with_warm_up():
+    t, beta, tckd_weight, ce_weight, alpha, warmup = 2.0, 3.0, 0.5, 0.7, 0.6, 4
+    tckd, nckd = _decoupled_by_hand(t)
+    method = DKD(
+        alpha=alpha,
+        temperature=t,
+        beta=beta,
+        tckd_weight=tckd_weight,
+        ce_weight=ce_weight,
+        warmup=warmup,
+    )
+    s, z = _tensors(STUDENT, TEACHER)
+    y = torch.tensor(TARGETS)
+    # epoch 1 is the 2nd of a 4-epoch warm-up: half of the distillation term
+    for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (50, 1.0)]:
+        expected = ce_weight * _ce(STUDENT, TARGETS) + alpha * factor * (
+            tckd_weight * tckd + beta * nckd
+        )
+        assert method(s, z, y, epoch=epoch).item() == pytest.approx(expected, rel=1e-12), epoch
+
+
+def test_dkd_warm_up_factor():
+    assert [DKD(alpha=1, warmup=20).warmup_factor(e) for e in (0, 9, 19, 20, 239)] == [
+        0.05,
+        0.5,
+        1.0,
+        1.0,
+        1.0,
+    ]
+    assert DKD(alpha=1, warmup=0).warmup_factor(0) == 1.0
+
+
+def test_dkd_parts_add_up_to_kd():
+    """The paper's identity: T^2 KL = TCKD + (1 - p^t_y) NCKD, per sample."""
+    t = 4.0
+    for i in range(len(TARGETS)):
+        s, z = _tensors(STUDENT[i : i + 1], TEACHER[i : i + 1])
+        y = torch.tensor(TARGETS[i : i + 1])
+        kd = LogitKD(alpha=1.0, temperature=t)(s, z, y, epoch=0)
+        tckd, nckd = DKD(alpha=1.0, temperature=t).decoupled(s, z, y)
+        p_target = _softmax(TEACHER[i], t)[TARGETS[i]]
+        assert kd.item() == pytest.approx((tckd + (1 - p_target) * nckd).item(), rel=1e-12)
+
+
+def _mdistiller_dkd_loss(logits_student, logits_teacher, target, alpha, beta, temperature):
+    """mdistiller/distillers/DKD.py's dkd_loss, verbatim but for the deprecated size_average."""
+    gt_mask = torch.zeros_like(logits_student).scatter_(1, target.unsqueeze(1), 1).bool()
+    other_mask = torch.ones_like(logits_student).scatter_(1, target.unsqueeze(1), 0).bool()
+
+    def cat_mask(t, mask1, mask2):
+        return torch.cat(
+            [(t * mask1).sum(dim=1, keepdims=True), (t * mask2).sum(1, keepdims=True)], dim=1
+        )
+
+    pred_student = F.softmax(logits_student / temperature, dim=1)
+    pred_teacher = F.softmax(logits_teacher / temperature, dim=1)
+    pred_student = cat_mask(pred_student, gt_mask, other_mask)
+    pred_teacher = cat_mask(pred_teacher, gt_mask, other_mask)
+    log_pred_student = torch.log(pred_student)
+    tckd_loss = (
+        F.kl_div(log_pred_student, pred_teacher, reduction="sum")
+        * (temperature**2)
+        / target.shape[0]
+    )
+    pred_teacher_part2 = F.softmax(logits_teacher / temperature - 1000.0 * gt_mask, dim=1)
+    log_pred_student_part2 = F.log_softmax(logits_student / temperature - 1000.0 * gt_mask, dim=1)
+    nckd_loss = (
+        F.kl_div(log_pred_student_part2, pred_teacher_part2, reduction="sum")
+        * (temperature**2)
+        / target.shape[0]
+    )
+    return alpha * tckd_loss + beta * nckd_loss
+
+
+def test_dkd_matches_mdistiller():
+    g = torch.Generator().manual_seed(0)
+    s = 3 * torch.randn(16, 10, generator=g, dtype=torch.float64)
+    z = 3 * torch.randn(16, 10, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (16,), generator=g)
+    method = DKD(alpha=1.0, beta=6.0, tckd_weight=0.5, warmup=20)
+    tckd, nckd = method.decoupled(s, z, y)
+    want = _mdistiller_dkd_loss(s, z, y, alpha=0.5, beta=6.0, temperature=4.0)
+    assert (0.5 * tckd + 6.0 * nckd).item() == pytest.approx(want.item(), rel=1e-9)
+    # and the whole loss: CE + min(epoch / warmup, 1) * dkd_loss, with mdistiller's epoch 1-based
+    got = method(s, z, y, epoch=4)
+    assert got.item() == pytest.approx((F.cross_entropy(s, y) + 5 / 20 * want).item(), rel=1e-9)
+
+
+# --- FitNet --------------------------------------------------------------------------------
+
+
+class Stub(nn.Module):
+    """A network whose only stage map has a given shape (for sizing the regressor)."""
+
+    def __init__(self, channels, size):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.channels, self.size = channels, size
+
+    def forward_features(self, x):
+        return [torch.zeros(len(x), self.channels, self.size, self.size)], torch.zeros(len(x), 4)
+
+
+def test_fitnet_equals_a_hand_computation_through_the_regressor():
+    rng = np.random.default_rng(1)
+    f_s = rng.integers(-3, 4, (2, 2, 4, 4)).astype(np.float64)  # student: 2 channels, 4x4
+    f_t = rng.integers(-3, 4, (2, 3, 2, 2)).astype(np.float64)  # teacher: 3 channels, 2x2
+    w = np.array([[1.0, -2.0], [0.5, 0.0], [-1.0, 3.0]])  # the 1x1 conv: teacher x student
+    gamma, beta = np.array([1.0, 2.0, 0.5]), np.array([0.0, -1.0, 0.25])
+    alpha, hint_weight, ce_weight = 0.4, 10.0, 0.8
+
+    pooled = f_s.reshape(2, 2, 2, 2, 2, 2).mean(axis=(3, 5))  # 4x4 -> 2x2, the larger map
+    conv = np.einsum("oc,nchw->nohw", w, pooled)
+    mean = conv.mean(axis=(0, 2, 3), keepdims=True)
+    var = conv.var(axis=(0, 2, 3), keepdims=True)  # batch norm (training): biased variance
+    out = (conv - mean) / np.sqrt(var + 1e-5) * gamma.reshape(1, 3, 1, 1) + beta.reshape(1, 3, 1, 1)
+    mse = ((out - f_t) ** 2).mean()
+    expected = ce_weight * _ce(STUDENT, TARGETS) + alpha * hint_weight * mse
+
+    method = FitNet(alpha=alpha, hint_layer=0, hint_weight=hint_weight, ce_weight=ce_weight)
+    method.setup(Stub(2, 4), Stub(3, 2), image_shape=(3, 8, 8))
+    method.double()
+    conv_layer, bn = method.regressor
+    with torch.no_grad():
+        conv_layer.weight.copy_(torch.from_numpy(w).view(3, 2, 1, 1))
+        bn.weight.copy_(torch.from_numpy(gamma))
+        bn.bias.copy_(torch.from_numpy(beta))
+    s, z = _tensors(STUDENT, TEACHER)
+    loss = method(
+        s,
+        z,
+        torch.tensor(TARGETS),
+        epoch=0,
+        student_features=[torch.from_numpy(f_s)],
+        teacher_features=[torch.from_numpy(f_t)],
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_fitnet_pools_a_larger_teacher_map_and_sizes_the_regressor():
+    method = FitNet(alpha=1.0)  # the last stage by default
+    method.setup(build_model("resnet8", 4), build_model("resnet8x4", 4), image_shape=(3, 16, 16))
+    conv = method.regressor[0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (64, 256, (1, 1))
+
+    f_s, f_t = torch.randn(2, 64, 2, 2), torch.randn(2, 256, 4, 4)
+    logits, y = torch.randn(2, 4), torch.tensor([0, 1])
+    loss = method(logits, logits, y, epoch=0, student_features=[f_s], teacher_features=[f_t])
+    hint = F.mse_loss(method.regressor(f_s), F.avg_pool2d(f_t, 2))  # teacher 4x4 -> 2x2
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, y).item() + 100 * hint.item())
+
+
+def test_fitnet_hint_layer_out_of_range_names_the_setting():
+    with pytest.raises(ValueError, match=r"hint_layer = 4, but the student has 4 stage maps"):
+        FitNet(alpha=1.0, hint_layer=4).setup(
+            build_model("resnet8", 4), build_model("vgg8", 4), image_shape=(3, 16, 16)
+        )
+
+
+def test_fitnet_setup_leaves_the_networks_as_they_were():
+    student, teacher = build_model("resnet8", 4), build_model("resnet8", 4).eval()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    FitNet(alpha=1.0).setup(student, teacher, image_shape=(3, 16, 16))
+    assert student.training and not teacher.training
+    for key, value in student.state_dict().items():
+        assert torch.equal(value, before[key]), key  # batch-norm statistics untouched
+
+
+# --- every method --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["logit", "dkd", "fitnet"])
+def test_gradients_reach_the_student_and_the_method_only(name):
+    """Through the trainer's own step: even a teacher that requires grad gets none."""
+    torch.manual_seed(0)
+    student, teacher = build_model("resnet8", 4), build_model("vgg8", 4)
+    method = build_method(name, alpha=0.5)
+    method.setup(student, teacher, image_shape=(3, 16, 16))
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    logits, loss = _loss(student, teacher, method, x, y, epoch=3)
+    loss.backward()
+    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is not None for p in method.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert (len(list(method.parameters())) > 0) == (name == "fitnet")
 
 
 def test_registry():
-    assert "logit" in method_names()
+    assert method_names() == ["dkd", "fitnet", "logit"]
     assert isinstance(build_method("logit", alpha=0.5, temperature=2), LogitKD)
-    with pytest.raises(ValueError, match="unknown distillation method 'crd'"):
+    method = build_method("dkd", alpha=0.5, beta=6)
+    assert (method.alpha, method.beta, method.temperature, method.warmup) == (0.5, 6.0, 4.0, 20)
+    with pytest.raises(ValueError, match="unknown distillation method 'crd'; known: dkd, fitnet"):
         build_method("crd", alpha=0.5, temperature=4)
+    with pytest.raises(ValueError, match="method 'fitnet' has no setting 'temperature'"):
+        build_method("fitnet", alpha=0.5, temperature=4)
+    assert resolve_settings("fitnet", {"hint_layer": 2}) == {
+        "hint_layer": 2,
+        "hint_weight": 100.0,
+        "ce_weight": 1.0,
+    }
+
+
+def test_every_method_has_its_settings_in_the_schema_with_the_same_defaults():
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    documented = schema["properties"]["methods"]["properties"]
+    assert sorted(documented) == method_names()
+    for name in method_names():
+        settings = documented[name]["properties"]
+        assert {k: s["default"] for k, s in settings.items()} == method_defaults(name), name
+        assert all("description" in s or "$ref" in s for s in settings.values()), name
+
+
+# --- one epoch of each method through kdflow.trainer.train ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny 4-class dataset and a VGG teacher trained one epoch on it."""
+    root = tmp_path_factory.mktemp("methods")
+    g = np.random.default_rng(0)
+    images = ImageSet(
+        train_x=g.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8),
+        train_y=g.integers(0, 4, 64).astype(np.int64),
+        test_x=g.integers(0, 256, (32, 3, 16, 16), dtype=np.uint8),
+        test_y=g.integers(0, 4, 32).astype(np.int64),
+        classes=["a", "b", "c", "d"],
+    )
+    save_prepared(images, root / "prepared.npz")
+    base = {
+        "dataset": "tiny",
+        "data_path": str(root / "prepared.npz"),
+        "seed": 0,
+        "epochs": 1,
+        "batch_size": 16,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_milestones": [],
+        "lr_decay": 0.1,
+        "crop_padding": 2,
+        "threads": 1,
+        "device": "cpu",
+    }
+    train(TrainSpec.from_params({**base, "model": "vgg8"}), root / "teacher")
+    return root, base
+
+
+@pytest.mark.parametrize("name", ["logit", "dkd", "fitnet"])
+def test_each_method_trains_an_epoch(tiny, name):
+    root, base = tiny
+    spec = TrainSpec.from_params(
+        {
+            **base,
+            "model": "resnet8",
+            "method": name,
+            "teacher": "vgg8",
+            "teacher_dir": str(root / "teacher"),
+            "alpha": 0.5,
+            "method_settings": {"warmup": 2} if name == "dkd" else {},
+        }
+    )
+    out = root / name
+    metrics = train(spec, out)
+    assert (out / "completed").exists()
+    assert metrics["method"] == name and math.isfinite(metrics["final_acc"])
+    assert metrics["method_settings"] == {**method_defaults(name), **spec.method_settings}
+
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=False)
+    student_params = len(list(build_model("resnet8", 4).parameters()))
+    optimized = len(checkpoint["optimizer"]["param_groups"][0]["params"])
+    if name == "fitnet":  # the regressor (conv + BN: 3 tensors) is optimized and saved
+        assert optimized == student_params + 3
+        assert checkpoint["method"]["regressor.0.weight"].shape == (512, 64, 1, 1)
+    else:
+        assert optimized == student_params and checkpoint["method"] == {}

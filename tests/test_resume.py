@@ -75,12 +75,16 @@ def _run(spec, out, env=None, **kw):
 
 
 def _assert_identical(out: Path, reference: Path):
-    for name in ("best.pth", "checkpoint.pth"):
-        got = torch.load(out / name, weights_only=False)["model"]
-        want = torch.load(reference / name, weights_only=False)["model"]
+    for name, part in [
+        ("best.pth", "model"),
+        ("checkpoint.pth", "model"),
+        ("checkpoint.pth", "method"),
+    ]:
+        got = torch.load(out / name, weights_only=False)[part]
+        want = torch.load(reference / name, weights_only=False)[part]
         assert got.keys() == want.keys()
         for key in want:
-            assert torch.equal(got[key], want[key]), f"{name}: {key} differs"
+            assert torch.equal(got[key], want[key]), f"{name}: {part} {key} differs"
 
     def rows(d):
         with open(d / "history.csv") as f:
@@ -162,3 +166,26 @@ def test_a_changed_recipe_is_refused_not_silently_mixed(setup):
     assert changed.returncode != 0
     assert "written by a different experiment (lr: 0.05 -> 0.1)" in changed.stderr
     assert str(out / "checkpoint.pth") in changed.stderr
+
+
+def test_a_killed_fitnet_run_resumes_bit_identical_regressor_included(setup):
+    """FitNet's regressor is trained with the student: its weights, batch-norm statistics and
+    momentum buffers must come back from the checkpoint too."""
+    root, spec, _ = setup
+    fitnet = {**spec, "method": "fitnet", "epochs": 3, "method_settings": {"hint_layer": 2}}
+    reference = root / "fitnet_reference"
+    assert _run(fitnet, reference).returncode == 0
+    assert torch.load(reference / "checkpoint.pth", weights_only=False)["method"]
+
+    out = root / "fitnet_killed"
+    for k, mode in [(6, "after"), (7, "truncated"), (9, "before")]:
+        result = _run(fitnet, out, env={"KILL_AT_REPLACE": str(k), "KILL_MODE": mode})
+        assert result.returncode == -signal.SIGKILL, (k, mode, result.stderr[-2000:])
+    final = _run(fitnet, out)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "resumed" in final.stderr
+    _assert_identical(out, reference)
+
+    changed = _run({**fitnet, "method_settings": {"hint_layer": 1}}, out)
+    assert changed.returncode != 0
+    assert "different experiment (method_settings.hint_layer: 2 -> 1)" in changed.stderr

@@ -106,8 +106,11 @@ def _validator():
         yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
 
     filling = jsonschema.validators.extend(base, {"properties": fill_defaults})
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    return filling(schema)
+    return filling(_schema())
+
+
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def _copy(value: Any) -> Any:
@@ -160,9 +163,15 @@ def _unknown_names(config: dict[str, Any]) -> list[str]:
         if name not in known_datasets:
             errors.append(f"datasets.{name}: unknown dataset; known: {', '.join(known_datasets)}")
     known_methods = _known("method")
+    documented = _schema()["properties"]["methods"]["properties"]
     for name in config["methods"]:
         if name not in known_methods and name != "pure":
             errors.append(f"methods.{name}: unknown method; known: {', '.join(known_methods)}")
+        elif name in known_methods and name not in documented:
+            errors.append(
+                f"methods.{name}: registered in kdflow.losses, but config/schema.yaml has no "
+                f"`methods.{name}` entry to check its settings against; add one"
+            )
     return errors
 
 
@@ -271,8 +280,9 @@ class Sweep:
         settings = self.config["datasets"][dataset]
         return {"mem_mb": settings["mem_mb"], "runtime": settings["runtime"]}
 
-    def temperature(self, method: str) -> float:
-        return float(self.config["methods"][method]["temperature"])
+    def method_settings(self, method: str) -> dict[str, Any]:
+        """The validated `methods.<method>` entry, every setting filled in from the schema."""
+        return dict(self.config["methods"][method])
 
     def experiments(self) -> list[Experiment]:
         """Every training job, seed-major so that the queue fills in the order results matter."""

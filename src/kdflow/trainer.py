@@ -9,7 +9,7 @@ import os
 import random
 import socket
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from kdflow.checkpoint import (
 )
 from kdflow.data import load_prepared
 from kdflow.loader import DeviceBatches, channel_stats
-from kdflow.losses import build_method
+from kdflow.losses import build_method, resolve_settings
 from kdflow.models import build_model
 
 log = logging.getLogger("kdflow.trainer")
@@ -51,7 +51,7 @@ IDENTITY_FIELDS = (
     "method",
     "teacher",
     "alpha",
-    "temperature",
+    "method_settings",
     "batch_size",
     "lr",
     "momentum",
@@ -85,7 +85,7 @@ class TrainSpec:
     teacher: str | None = None
     teacher_dir: str | None = None
     alpha: float = 0.0
-    temperature: float = 4.0
+    method_settings: dict[str, Any] = field(default_factory=dict)  # config's `methods.<method>`
     threads: int = 1
     device: str = "auto"
 
@@ -97,6 +97,13 @@ class TrainSpec:
             raise ValueError(f"unknown training parameters {unknown}; known: {sorted(known)}")
         values = dict(params)
         values["lr_milestones"] = tuple(values.get("lr_milestones", ()))
+        method, settings = values.get("method", "pure"), values.get("method_settings") or {}
+        if method == "pure":
+            if settings:
+                raise ValueError(f"a pure run has no method settings, got {settings}")
+        else:
+            # every setting, defaults included, so that the checkpoint identity is complete
+            values["method_settings"] = resolve_settings(method, settings)
         spec = cls(**values)
         if spec.method != "pure" and not (spec.teacher and spec.teacher_dir):
             raise ValueError(f"method {spec.method!r} needs a teacher and its teacher_dir")
@@ -231,9 +238,24 @@ def check_owner(files: ExperimentFiles, qstat=None) -> None:
         )
 
 
+def _flat(identity: dict[str, Any]) -> dict[str, Any]:
+    """{'method_settings': {'beta': 8}} -> {'method_settings.beta': 8}, for readable diffs."""
+    out = {}
+    for key, value in identity.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def _check_same_experiment(spec: TrainSpec, state: dict[str, Any], path: Path) -> None:
-    saved = state.get("identity", {})
-    changed = {k: (saved.get(k), v) for k, v in spec.identity.items() if saved.get(k) != v}
+    saved, wanted = _flat(state.get("identity", {})), _flat(spec.identity)
+    changed = {
+        k: (saved.get(k), wanted.get(k))
+        for k in {**saved, **wanted}
+        if saved.get(k) != wanted.get(k)
+    }
     if changed:
         detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise RuntimeError(
@@ -286,8 +308,16 @@ def train(spec: TrainSpec, out_dir: str | Path, log_path: str | Path | None = No
     np.random.seed(spec.seed % 2**32)
     memory_format = torch.channels_last if on_gpu else torch.contiguous_format
     model = build_model(spec.model, data.num_classes).to(device, memory_format=memory_format)
+    teacher = distill = None
+    trainable = list(model.parameters())
+    if spec.method != "pure":
+        teacher = load_teacher(spec, data.num_classes, device).to(memory_format=memory_format)
+        distill = build_method(spec.method, alpha=spec.alpha, **spec.method_settings)
+        distill.setup(model, teacher, image_shape=tuple(train_x.shape[1:]))
+        distill.to(device, memory_format=memory_format)
+        trainable += distill.parameters()  # e.g. FitNet's regressor, trained with the student
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        trainable,
         lr=spec.lr,
         momentum=spec.momentum,
         weight_decay=spec.weight_decay,
@@ -295,10 +325,6 @@ def train(spec: TrainSpec, out_dir: str | Path, log_path: str | Path | None = No
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(spec.lr_milestones), gamma=spec.lr_decay
     )
-    teacher = distill = None
-    if spec.method != "pure":
-        teacher = load_teacher(spec, data.num_classes, device).to(memory_format=memory_format)
-        distill = build_method(spec.method, alpha=spec.alpha, temperature=spec.temperature)
 
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, start_epoch = -1.0, -1, 0
@@ -306,6 +332,8 @@ def train(spec: TrainSpec, out_dir: str | Path, log_path: str | Path | None = No
     if state is not None:
         _check_same_experiment(spec, state, files.checkpoint)
         model.load_state_dict(state["model"])
+        if distill is not None:
+            distill.load_state_dict(state.get("method", {}))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -364,6 +392,7 @@ def train(spec: TrainSpec, out_dir: str | Path, log_path: str | Path | None = No
                 "identity": spec.identity,
                 "threads": spec.threads,
                 "model": model.state_dict(),
+                "method": distill.state_dict() if distill is not None else {},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
@@ -409,19 +438,15 @@ def train(spec: TrainSpec, out_dir: str | Path, log_path: str | Path | None = No
 
 def _train_epoch(model, teacher, distill, optimizer, batches, seed, epoch, on_gpu):
     model.train()
+    if distill is not None:
+        distill.train()  # a method's own modules (FitNet's regressor) train with the student
     total_loss = torch.zeros((), device=batches.device)
     correct = torch.zeros((), device=batches.device, dtype=torch.long)
     seen = 0
     for x, y in batches.epoch(seed, epoch):
         # bf16 needs no GradScaler; on the CPU autocast stays off so resume is bit-exact
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-            logits = model(x)
-            if teacher is None:
-                loss = F.cross_entropy(logits, y)
-            else:
-                with torch.inference_mode():
-                    teacher_logits = teacher(x)
-                loss = distill(logits, teacher_logits.clone(), y)
+            logits, loss = _loss(model, teacher, distill, x, y, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -430,6 +455,32 @@ def _train_epoch(model, teacher, distill, optimizer, batches, seed, epoch, on_gp
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
     return total_loss.item() / seen, 100.0 * correct.item() / seen
+
+
+def _loss(model, teacher, distill, x, y, epoch):
+    """The student's logits and its training loss on one batch: CE alone, or the method's."""
+    if teacher is None:
+        logits = model(x)
+        return logits, F.cross_entropy(logits, y)
+    features = distill.needs_features  # stage maps only for methods that use them
+    student_maps, logits = _forward(model, x, features)
+    with torch.inference_mode():
+        teacher_maps, teacher_logits = _forward(teacher, x, features)
+    # inference tensors cannot be saved for backward: the method gets ordinary copies
+    loss = distill(
+        logits,
+        teacher_logits.clone(),
+        y,
+        epoch=epoch,
+        student_features=student_maps,
+        teacher_features=[m.clone() for m in teacher_maps] if features else None,
+    )
+    return logits, loss
+
+
+def _forward(net, x, features: bool):
+    """(stage feature maps, or None where they are not needed; logits)."""
+    return net.forward_features(x) if features else (None, net(x))
 
 
 @torch.inference_mode()
