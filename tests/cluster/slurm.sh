@@ -47,6 +47,7 @@ installed() {
 		-x $SBIN/mariadbd ]] &&
 		command -v sbatch >/dev/null && command -v scontrol >/dev/null &&
 		command -v sacctmgr >/dev/null && command -v mariadb-install-db >/dev/null &&
+		command -v mariadb-admin >/dev/null &&
 		command -v mariadb >/dev/null
 }
 
@@ -136,6 +137,7 @@ JobAcctGatherFrequency=2
 JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
