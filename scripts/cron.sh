@@ -85,8 +85,9 @@ cmd_off() {
 }
 
 sweep_finished() { # true when Snakemake has nothing left to do
-    snakemake --profile "$PROFILE" ${KDFLOW_SNAKEMAKE_ARGS:-} -n --quiet 2>&1 |
-        grep -q "Nothing to be done"
+    local plan # captured first: `| grep -q` would SIGPIPE snakemake and fail under pipefail
+    plan=$(snakemake --profile "$PROFILE" ${KDFLOW_SNAKEMAKE_ARGS:-} -n --quiet 2>&1 || true)
+    [[ $plan == *"Nothing to be done"* ]]
 }
 
 refresh() { # the dashboard into the log, and the live plots
