@@ -95,7 +95,19 @@ def _weights(directory):
     return torch.load(directory / "best.pth", weights_only=False)["model"]
 
 
-def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, tmp_path):
+def _stop_on_teardown(request, process):
+    """A failed assertion must not leave a controller or a reference run going for minutes."""
+
+    def stop():
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # started in a session of its own
+            process.wait()
+
+    request.addfinalizer(stop)
+    return process
+
+
+def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, tmp_path, request):
     env = {**pbs_cluster.env, "SNAKEMAKE_PBS_QUEUE": "workq", "SNAKEMAKE_PBS_PROJECT": "ci"}
     pbs, local = tmp_path / "pbs", tmp_path / "local"
     for d in (pbs, local):
@@ -109,10 +121,12 @@ def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, t
         [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(local), *config,
          "--profile", str(ROOT / "profiles/local"), "--cores", "1"],
         env=env, cwd=local, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
+    _stop_on_teardown(request, reference)
     sampler = QueueSampler(env, pbs)
     sampler.start()
-    first = _controller(pbs, env, *profile)
+    first = _stop_on_teardown(request, _controller(pbs, env, *profile))
     # kill the controller while the teacher trains (after its first walltime kill, if that
     # comes first) and the student's baseline is done or running
     pbs_cluster.wait_for(
@@ -131,7 +145,7 @@ def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, t
         env=env, cwd=pbs, capture_output=True, text=True,
     )  # fmt: skip
     assert unlock.returncode == 0, unlock.stderr
-    second = _controller(pbs, env, *profile)
+    second = _stop_on_teardown(request, _controller(pbs, env, *profile))
     assert second.wait(timeout=900) == 0, (pbs / "controller.log").read_text()[-5000:]
     sampler.stop.set()
     sampler.join()
