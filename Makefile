@@ -7,7 +7,7 @@ STAMP := $(VENV)/.kdflow-installed
 # Cluster facts for the demo sweep through profiles/local come from the profile.
 DEMO := --profile profiles/local --configfile config/demo.yaml --replace-workflow-config
 
-.PHONY: setup demo test lint format cluster bench clean-demo
+.PHONY: setup demo test lint format cluster bench clean-demo chaos
 
 setup: $(STAMP)
 
@@ -36,8 +36,18 @@ cluster:
 		bash tests/cluster/slurm.sh install && bash tests/cluster/slurm.sh start; \
 	else echo "cluster: not root on Debian: the scheduler, cron and ssh tests will be skipped"; fi
 
+# tests/chaos runs in `make chaos` (small counts without KDFLOW_CHAOS=full: `pytest tests/chaos`)
 test: setup cluster
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/chaos
+
+# Chaos and load at full counts (tests/chaos, which `make test` runs at small counts): kills,
+# scheduler and storage faults, bad input; prints the summary table. Record it in the docs
+# with: $(BIN)/python tests/chaos/summary.py $(CHAOS_REPORT) --docs docs/RELIABILITY.md
+CHAOS_REPORT ?= logs/chaos/report.jsonl
+chaos: setup cluster
+	@mkdir -p $(dir $(CHAOS_REPORT)) && rm -f $(CHAOS_REPORT)
+	KDFLOW_CHAOS=full KDFLOW_CHAOS_REPORT=$(CHAOS_REPORT) $(BIN)/python -m pytest -q tests/chaos; \
+		status=$$?; $(BIN)/python tests/chaos/summary.py $(CHAOS_REPORT); exit $$status
 
 lint: setup
 	$(BIN)/ruff format --check .

@@ -4,7 +4,11 @@ from kdflow.config import Sweep
 
 # Validates against config/schema.yaml and checks what a schema cannot (pairs naming models
 # that are not trained as pure, duplicates, unknown names); raises before any job exists.
-SWEEP = Sweep(config, source=" + ".join(map(str, workflow.configfiles)) or "config")
+SWEEP = Sweep(
+    config,
+    source=" + ".join(map(str, workflow.configfiles)) or "config",
+    files=workflow.configfiles,
+)
 EXPERIMENTS = SWEEP.experiments()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -31,18 +32,30 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     directory so the rename itself survives a node crash. On any error the temp file goes.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a quota: say which file could not be written
+            raise _naming(exc, path) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """`exc` with the path in its message (a failed write() or fsync() names no file)."""
+    if str(path) in str(exc):
+        return exc
+    return OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -74,11 +87,18 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    """torch.save, atomically."""
+    """torch.save, atomically.
+
+    Serialized in memory first: torch's zip writer turns a failed write (a full disk) into
+    "unexpected pos ..." with no path and no errno; a plain write says "No space left on
+    device" and atomic_file adds the path.
+    """
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_file(path) as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())
 
 
 class CheckpointError(RuntimeError):
@@ -87,6 +107,10 @@ class CheckpointError(RuntimeError):
 
 def previous_path(path: Path) -> Path:
     return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def damaged_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".damaged" + path.suffix)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -98,7 +122,46 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
     if path.exists():
         os.replace(path, previous_path(path))
-    save_torch(path, state)
+    save_torch(path, {**state, DIGEST_KEY: state_digest(state)})
+
+
+# A checkpoint carries the SHA-256 of its own contents: torch.load reads a flipped bit in a
+# tensor without complaint, and a run resumed from it would silently differ.
+DIGEST_KEY = "sha256"
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 over a checkpoint's contents (tensors by their bytes, other values by repr),
+    in their order; equal before saving and after loading."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(x.shape)}:".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, np.ndarray):
+            h.update(f"N{x.dtype}{x.shape}:".encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}:".encode())
+            for key, value in x.items():
+                feed(key)
+                feed(value)
+        elif isinstance(x, list | tuple):
+            h.update(f"{type(x).__name__[0]}{len(x)}:".encode())
+            for value in x:
+                feed(value)
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    feed(state)
+    return h.hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
@@ -123,8 +186,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
             problems.append(f"{candidate}: not a kdflow checkpoint")
             log.warning("checkpoint %s is not a kdflow checkpoint; trying an older one", candidate)
             continue
+        digest = state.pop(DIGEST_KEY, None)  # checkpoints written before digests have none
+        if digest is not None and digest != state_digest(state):
+            problems.append(f"{candidate}: contents do not match their SHA-256 (damaged)")
+            log.warning(
+                "checkpoint %s cannot be loaded (its contents do not match their SHA-256: "
+                "bit rot or a damaged copy); trying an older one",
+                candidate,
+            )
+            continue
         if candidate != path:
             log.warning("resuming from the previous checkpoint %s", candidate)
+            # Out of the way: the next save would rotate the damaged file over the good
+            # previous one, and a kill before the new checkpoint is written would leave none.
+            if path.exists():
+                try:
+                    os.replace(path, damaged_path(path))
+                    log.warning("moved the damaged %s to %s", path, damaged_path(path))
+                except OSError as exc:
+                    log.warning("could not move the damaged %s aside: %s", path, exc)
         return state
     if problems:
         raise CheckpointError(

@@ -49,6 +49,23 @@ def _status(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
+def _seconds(maximum: float):
+    """An argparse type: a number of seconds above 0 and at most `maximum`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not 0 < value <= maximum:  # also false for nan
+            raise argparse.ArgumentTypeError(
+                f"must be more than 0 and at most {maximum:g} seconds, not {text!r}"
+            )
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdflow", description="Knowledge-distillation sweeps.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -68,10 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--registry", default=".kdflow/pbs", help="the PBS executor's registry")
     status.add_argument("--json", action="store_true", help="one record per experiment, as JSON")
     status.add_argument(
-        "--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C"
+        "--watch",
+        type=_seconds(86400),
+        metavar="SECONDS",
+        help="refresh every SECONDS until Ctrl-C",
     )
     status.add_argument("--no-qstat", action="store_true", help="do not ask the scheduler")
-    status.add_argument("--qstat-timeout", type=float, default=60, help="seconds to wait for qstat")
+    status.add_argument(
+        "--qstat-timeout", type=_seconds(3600), default=60, help="seconds to wait for qstat"
+    )
     status.set_defaults(run=_status)
     return parser
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -105,8 +105,61 @@ def _validator():
                     instance[key] = _copy(sub["default"])
         yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
 
-    filling = jsonschema.validators.extend(base, {"properties": fill_defaults})
+    def is_integer(checker, instance):
+        # JSON Schema counts 4.0 as an integer; a float here would reach range() and paths
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    filling = jsonschema.validators.extend(
+        base,
+        {"properties": fill_defaults},
+        type_checker=base.TYPE_CHECKER.redefine("integer", is_integer),
+    )
     return filling(_schema())
+
+
+def duplicate_keys(text: str) -> list[str]:
+    """Keys given twice in one mapping of a YAML (or JSON) text, which loaders silently
+    resolve by keeping the last one."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return []  # a syntax error: the loader reports it
+    errors: list[str] = []
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag.endswith(":merge"):
+                    walk(value, where)
+                    continue
+                path = f"{where}.{key.value}" if where else key.value
+                line = key.start_mark.line + 1
+                first = seen.setdefault((key.tag, key.value), line)
+                if first != line:
+                    errors.append(
+                        f"{path}: given twice (lines {first} and {line}); only the last would "
+                        "count: remove one"
+                    )
+                walk(value, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{where}[{i}]")
+
+    walk(root, "")
+    return errors
+
+
+def _file_errors(files) -> list[str]:
+    errors = []
+    for file in files:
+        try:
+            text = Path(file).read_text()
+        except (OSError, UnicodeDecodeError):
+            continue  # reading the config is Snakemake's (or from_file's) business
+        prefix = f"{file}: " if len(files) > 1 else ""
+        errors += [prefix + error for error in duplicate_keys(text)]
+    return errors
 
 
 def _schema() -> dict[str, Any]:
@@ -220,11 +273,18 @@ def _semantic_errors(config: dict[str, Any], check_names: bool = True) -> list[s
 class Sweep:
     """A validated config and the experiments it expands to."""
 
-    def __init__(self, config: Mapping[str, Any], source: str = "config", check_names=True):
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        source: str = "config",
+        check_names=True,
+        files: Iterable[str | Path] = (),
+    ):
         """Validate `config`; check_names=False skips the model/dataset/method registries,
-        which import torch (the dashboard reads a config the workflow already checked)."""
+        which import torch (the dashboard reads a config the workflow already checked).
+        `files` are the config files `config` was read from, checked for keys given twice."""
         self.config = _copy(dict(config))
-        errors = _schema_errors(self.config)
+        errors = _file_errors(list(files)) + _schema_errors(self.config)
         if not errors:
             errors = _semantic_errors(self.config, check_names)
         if errors:
@@ -242,7 +302,7 @@ class Sweep:
             raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the config must be a mapping of keys, got {data!r}")
-        return cls(data, source=str(path), check_names=check_names)
+        return cls(data, source=str(path), check_names=check_names, files=[path])
 
     @property
     def seeds(self) -> list[int]:

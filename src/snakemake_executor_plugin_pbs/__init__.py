@@ -1,5 +1,6 @@
 """Snakemake executor plugin for PBS Pro / OpenPBS (and Torque): `snakemake --executor pbs`."""
 
+import re
 import shlex
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from .controller import Controller, ControllerConfig, Finished, Target
 from .policy import Limits
 from .registry import Registry
 from .submit import job_name
+
+# What a queue, project or select setting may contain: it is written into `#PBS` lines of the
+# job script, where a space, a quote or a newline would change what the script says.
+_DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_.@:=+,/-]+\Z")
 
 
 def _setting(default, help_text: str, type_=None, env_var: bool = True):
@@ -133,6 +138,13 @@ class ExecutorSettings(ExecutorSettingsBase):
     )
 
     def __post_init__(self):
+        for name in ("queue", "project", "select_extra"):
+            value = getattr(self, name)
+            if value and not _DIRECTIVE_VALUE.match(value):
+                raise WorkflowError(
+                    f"--pbs-{name.replace('_', '-')} = {value!r}: it goes into the job script's "
+                    "#PBS lines; use only letters, digits and _ . @ : = + , / -"
+                )
         if self.mem_growth <= 1:
             raise WorkflowError(f"--pbs-mem-growth must be greater than 1, not {self.mem_growth}")
         if self.status_interval < 1 or self.command_timeout < 1:
@@ -188,6 +200,14 @@ def _number_resource(resources, *names: str) -> float | None:
     return None
 
 
+def _queue_resource(value) -> str | None:
+    if value in (None, ""):
+        return None
+    if not _DIRECTIVE_VALUE.match(str(value)):
+        raise WorkflowError(f"Resource pbs_queue = {value!r} is not a PBS queue name")
+    return str(value)
+
+
 def _int_resource(resources, *names: str) -> int | None:
     value = _number_resource(resources, *names)
     return None if value is None else round(value)
@@ -213,6 +233,12 @@ class Executor(RemoteExecutor):
             Registry(workdir / settings.registry_dir),
             logger=self.logger,
         )
+        # jobs that ended while no controller ran: record how, so that every finished
+        # target's record says so (Snakemake never asks about a target whose outputs exist)
+        try:
+            self.controller.reconcile()
+        except Exception as e:  # bookkeeping only: never keep a sweep from starting for it
+            self.logger.warning(f"PBS: could not record how earlier jobs ended: {e}")
         self.next_seconds_between_status_checks = settings.status_interval
 
     def target(self, job: JobExecutorInterface) -> Target:
@@ -229,7 +255,7 @@ class Executor(RemoteExecutor):
             runtime_minutes=_number_resource(resources, "runtime") or None,
             gpus=_int_resource(resources, "gpu", "gpus") or 0,
             envvars=tuple(self.envvars()),
-            queue=resources.get("pbs_queue") or None,
+            queue=_queue_resource(resources.get("pbs_queue")),
         )
 
     def run_jobs(self, jobs: list[JobExecutorInterface]):
@@ -271,6 +297,16 @@ class Executor(RemoteExecutor):
                 job_info.aux["pbs"] = result
                 job_info.external_jobid = result.job_id
                 yield job_info
+
+    def shutdown(self):
+        super().shutdown()
+        # Record how the jobs ended that ended since the last poll, also those whose outputs
+        # made Snakemake skip their targets while they were still ending (wait a little).
+        settings = self.workflow.executor_settings
+        try:
+            self.controller.reconcile(settle_seconds=min(60, 3 * settings.status_interval))
+        except Exception as e:  # bookkeeping only: never fail a finished run for it
+            self.logger.warning(f"PBS: could not record how the last jobs ended: {e}")
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
         self.controller.cancel(job_info.aux["pbs"] for job_info in active_jobs)

@@ -116,6 +116,22 @@ def _same_directory(a: str, b: Path) -> bool:
         return False
 
 
+def _queued_at(info: JobInfo) -> float | None:
+    """When the job was queued (`qtime`, as qstat prints it), in seconds since the epoch."""
+    text = info.times.get("qtime")
+    if not text:
+        return None
+    try:
+        return time.mktime(time.strptime(text.strip(), "%a %b %d %H:%M:%S %Y"))
+    except ValueError:
+        return None
+
+
+def _sequence(job_id: str) -> tuple[int, str]:
+    head = job_id.split(".", 1)[0].split("[", 1)[0]
+    return (int(head), job_id) if head.isdigit() else (-1, job_id)
+
+
 def _current_user() -> str | None:
     try:
         return getpass.getuser()
@@ -171,6 +187,96 @@ class Controller:
             # met by one holds back the rest.
             results.update(self._start(due, ready=resubmit))
             return results
+
+    def reconcile(self, settle_seconds: float = 0) -> None:
+        """Record how the jobs ended that ended while no controller watched them.
+
+        A controller killed while its jobs run leaves their records open, and one killed in
+        qsub leaves an intent without a job id. A job that then succeeds is never asked
+        about again (its outputs exist, so Snakemake does not want its target any more) and
+        its record would say forever that it might still be running. This looks at every
+        open record with one qstat (and, for intents, one listing of all jobs, history
+        included): an ended job is classified and counted as at a poll; a live one is left
+        to be adopted; one the server forgot without an exit record, for later.
+
+        `settle_seconds`: wait up to this long for live jobs whose outputs all exist (they
+        are ending: the job's own Snakemake wrote them) and record them too.
+        """
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            with self._lock:
+                ending = self._reconcile_once()
+            if not ending or time.monotonic() >= deadline:
+                return
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+    def _reconcile_once(self) -> list[TargetRecord]:
+        records = [
+            r
+            for r in self.registry.records()
+            if r.last is not None and r.last.is_open and not r.failed
+        ]
+        known = [r for r in records if r.last.job_id]
+        intents = [r for r in records if not r.last.job_id]
+        if not records:
+            return []
+        try:
+            infos = dict(self.qstat.query([r.last.job_id for r in known])) if known else {}
+            listed = self.qstat.list_all() if intents else {}
+        except StatusUnknown as e:
+            self.logger.warning(f"PBS: cannot look at the jobs of earlier controllers: {e}")
+            return []
+        for record in intents:
+            info = self._job_of_intent(record, listed)
+            if info is not None:
+                record.last.job_id = info.id
+                self.registry.save(record)
+                self.logger.info(
+                    f"PBS: job {info.id} is the one a controller killed in qsub submitted for "
+                    f"target {record.name}"
+                )
+                infos[info.id] = info
+                known.append(record)
+        ending = []
+        for record in known:
+            submission = record.last
+            info = lookup(infos, submission.job_id)
+            if info is not None and info.alive:
+                outputs = [self.config.workdir / output for output in record.outputs]
+                if outputs and all(path.exists() for path in outputs):
+                    ending.append(record)
+                continue
+            code = self.registry.exit_record(submission.job_id)
+            if info is None and code is None:
+                continue
+            target = Target(
+                name=record.name, rule=record.rule or "?", outputs=tuple(record.outputs), command=""
+            )
+            self._conclude(target, record, submission, info, code)
+        return ending
+
+    def _job_of_intent(self, record: TargetRecord, listed: dict[str, JobInfo]) -> JobInfo | None:
+        """The job an interrupted qsub of `record` created: the newest job of the target's
+        name, from this directory, queued since the intent, not already in the record."""
+        taken = {s.job_id for s in record.submissions if s.job_id}
+        since = record.last.submitted_at - 300  # clocks of login node and server may differ
+        found = [
+            info
+            for info in listed.values()
+            if self._ours(info, record.name)
+            and info.id not in taken
+            and (_queued_at(info) is None or _queued_at(info) >= since)
+        ]
+        found.sort(key=lambda info: _sequence(info.id))
+        return found[-1] if found else None
+
+    def _ours(self, info: JobInfo, name: str) -> bool:
+        user = _current_user()
+        return (
+            info.name == name
+            and (info.user is None or user is None or info.user == user)
+            and (info.workdir is None or _same_directory(info.workdir, self.config.workdir))
+        )
 
     def cancel(self, tracked: Iterable[Tracked]) -> None:
         """qdel every job this controller tracks, in one call."""

@@ -108,6 +108,8 @@ class TargetRecord:
     @classmethod
     def from_json(cls, text: str) -> "TargetRecord":
         data = json.loads(text)
+        if not isinstance(data, dict):  # `null`, a list: damaged, like text that is no JSON
+            raise ValueError(f"not a JSON object but {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         record = cls(**{k: v for k, v in data.items() if k in known and k != "submissions"})
         record.submissions = [Submission(**s) for s in data.get("submissions", [])]

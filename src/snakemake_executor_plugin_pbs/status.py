@@ -205,6 +205,15 @@ def query_argv(dialect: Dialect, job_ids: Iterable[str]) -> list[str]:
     return ["qstat", "-f", *ids]  # Torque: -x means XML there
 
 
+def history_argv(dialect: Dialect) -> list[str]:
+    """qstat for every job the server shows, finished ones included where it keeps history."""
+    if dialect is Dialect.PBSPRO_JSON:
+        return ["qstat", "-x", "-f", "-F", "json"]
+    if dialect is Dialect.PBSPRO_TEXT:
+        return ["qstat", "-x", "-f"]
+    return ["qstat", "-f"]  # Torque shows completed jobs for a while anyway
+
+
 def listing_argv(dialect: Dialect) -> list[str]:
     """qstat for every job the server shows us that has not finished (no history)."""
     if dialect is Dialect.PBSPRO_JSON:
@@ -265,6 +274,10 @@ class Qstat:
     def list_live(self) -> dict[str, JobInfo]:
         """Every job the server shows that has not finished (to find a job by its name)."""
         return {job_id: info for job_id, info in self._ask(listing_argv).items() if info.alive}
+
+    def list_all(self) -> dict[str, JobInfo]:
+        """Every job the server shows, finished ones included where it keeps history."""
+        return self._ask(history_argv)
 
     def _ask(self, argv_for: Callable[[Dialect], list[str]]) -> dict[str, JobInfo]:
         dialect = self.dialect

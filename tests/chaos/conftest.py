@@ -1,0 +1,178 @@
+"""Chaos and load tests: counts, the figures every test reports, and the real scheduler.
+
+Counts come from here and nowhere else: `KDFLOW_CHAOS=full` (what `make chaos` sets) runs the
+full counts, anything else the small ones that `make test` runs.
+
+Every test asks for the `chaos` fixture and sets its figures on it (kills survived, faults
+injected, bad inputs tried, duplicate jobs seen, results differing from clean runs); one JSON
+line per test is appended to `KDFLOW_CHAOS_REPORT` (default: `chaos-report.jsonl` in pytest's
+base temp dir), also when the test fails. `tests/chaos/summary.py` prints the table from it.
+
+`pbs_cluster` is tests/cluster's fixture (the real single-node Slurm with PBS Pro shims),
+loaded from there; every test that uses it first waits until Slurm answers, so that a
+scheduler restarted by someone else between tests is waited for rather than failed on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CLUSTER_DIR = ROOT / "tests" / "cluster"
+
+FULL = os.environ.get("KDFLOW_CHAOS", "").strip().lower() == "full"
+MODE = "full" if FULL else "small"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much chaos each test inflicts (small: `make test`; full: `make chaos`)."""
+
+    controller_kills: int  # SIGKILLs of the controller during a sweep through profiles/pbs
+    pbs_job_kills: int  # qdel / scancel -s KILL of real training jobs during that sweep
+    job_kills: int  # kills of training processes, SIGKILL/SIGTERM and inside writes
+    fault_rounds: int  # times each scheduler fault scenario is run
+    corruptions: int  # corrupted-file variants per kind of file
+
+
+COUNTS = (
+    Counts(controller_kills=50, pbs_job_kills=10, job_kills=100, fault_rounds=2, corruptions=6)
+    if FULL
+    else Counts(controller_kills=10, pbs_job_kills=2, job_kills=20, fault_rounds=1, corruptions=3)
+)
+
+
+def _load(name: str, path: Path):
+    """Import a module from a file under a private name (tests/ has no packages)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+cluster_conftest = _load("kdflow_cluster_conftest", CLUSTER_DIR / "conftest.py")
+PBSCluster = cluster_conftest.PBSCluster
+# tests/cluster's session fixture, under another name: `pbs_cluster` below waits for Slurm
+_cluster_session = cluster_conftest.pbs_cluster
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "chaos: tests/chaos (KDFLOW_CHAOS=full for full counts)")
+    config.addinivalue_line("markers", "cluster: needs the single-node Slurm with PBS shims")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.chaos)
+            if "pbs_cluster" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.cluster)
+
+
+def scheduler_answers(env: dict[str, str]) -> bool:
+    try:
+        info = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%T"], env=env,
+                              capture_output=True, text=True, timeout=20)  # fmt: skip
+        queue = subprocess.run(["squeue", "-h", "-u", cluster_conftest.USER], env=env,
+                               capture_output=True, text=True, timeout=20)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    state = info.stdout.strip().rstrip("*~#!%$@^-")
+    return (
+        info.returncode == 0
+        and queue.returncode == 0
+        and state in {"idle", "mixed", "allocated", "completing"}
+    )
+
+
+def wait_for_scheduler(env: dict[str, str], timeout: float = 180) -> None:
+    """Slurm may be restarted by someone else: wait until it takes jobs again."""
+    deadline = time.monotonic() + timeout
+    while not scheduler_answers(env):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Slurm did not answer within {timeout:.0f}s (sinfo/squeue)")
+        time.sleep(2)
+
+
+@pytest.fixture
+def pbs_cluster(_cluster_session):
+    """tests/cluster's PBSCluster, once Slurm answers."""
+    wait_for_scheduler(_cluster_session.env)
+    return _cluster_session
+
+
+@pytest.fixture(autouse=True)
+def _cancel_jobs_after_test(request):
+    """Cancel the jobs a test left behind (after each test that used the cluster)."""
+    yield
+    if "pbs_cluster" in request.fixturenames:
+        cluster_conftest._cancel_all(request.getfixturevalue("_cluster_session"))
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    """What one test did to the system and what it found; one JSON line of the report."""
+
+    test: str
+    mode: str = MODE
+    seed: int = 0
+    kills: int = 0  # kills survived (controller, job and process kills)
+    faults: int = 0  # faults injected (scheduler, storage, corrupted files)
+    bad_inputs: int = 0  # malformed configs and command lines tried
+    duplicates: int = 0  # moments two live jobs trained one experiment
+    differing: int = 0  # results that differ from a clean run
+    detail: dict = field(default_factory=dict)
+    outcome: str = "unknown"
+    seconds: float = 0.0
+    finished_at: str = ""
+
+
+def report_path(base_temp: Path) -> Path:
+    return Path(os.environ.get("KDFLOW_CHAOS_REPORT") or base_temp / "chaos-report.jsonl")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        item._chaos_outcome = report.outcome  # passed / failed / skipped
+
+
+@pytest.fixture
+def chaos(request, tmp_path_factory):
+    """Figures of this test; written to the report when it ends (whatever the outcome).
+
+    `chaos.rng` is seeded from KDFLOW_CHAOS_SEED when set (to replay a run), else at random;
+    the seed is in the report and in failure messages.
+    """
+    # not the global `random`: in-process training seeds it
+    seed = int(os.environ.get("KDFLOW_CHAOS_SEED") or random.SystemRandom().randrange(2**31))
+    figures = Figures(test=request.node.nodeid.split("tests/chaos/", 1)[-1], seed=seed)
+    figures.rng = random.Random(seed)  # type: ignore[attr-defined]
+    started = time.monotonic()
+    yield figures
+    figures.seconds = round(time.monotonic() - started, 1)
+    figures.outcome = getattr(request.node, "_chaos_outcome", "failed")
+    figures.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S")
+    path = report_path(tmp_path_factory.getbasetemp())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(asdict(figures), sort_keys=True) + "\n")

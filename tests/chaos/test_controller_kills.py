@@ -1,0 +1,247 @@
+"""Controller kills: a demo-shaped sweep through profiles/pbs whose controller is SIGKILLed at
+random instants (and right after a qsub or a qstat starts) and restarted each time by a cron
+tick (scripts/cron.sh cron), while a few of its training jobs are killed too (qdel, and
+scancel -s KILL). Afterwards every experiment completed exactly once, no two live jobs ever
+trained one experiment, and every result is bit-identical to a clean local run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from chaoslib import (
+    ROOT,
+    SNAKEMAKE,
+    alive,
+    call_lines,
+    controller_pid,
+    cron_env,
+    differences,
+    e2e,
+    experiment_dirs,
+    job_history,
+    kill_controllers,
+    line_count,
+    make_project,
+    outcomes,
+    overlapping_jobs,
+    registry,
+    registry_problems,
+    successes_by_name,
+    tick,
+    wait_until,
+)
+from conftest import COUNTS, FULL
+
+pytestmark = pytest.mark.slow
+
+E2E = e2e()
+# The demo's shape (tests/cluster/test_e2e_pbs.py's SWEEP: two baselines, one teacher ->
+# student pair, one seed, one alpha) with a smaller teacher and fewer epochs, so that it can be
+# killed many times in a few minutes; a 10-minute walltime, so that every end of a job here is
+# a kill of ours or a success.
+SWEEP = {
+    **E2E.SWEEP,
+    "datasets": {"digits": {"mem_mb": 2000, "runtime": 10}},
+    "models": ["resnet14", "resnet8"],
+    "pairs": [{"teacher": "resnet14", "student": "resnet8"}],
+    "train": {**E2E.SWEEP["train"], "epochs": 8, "lr_milestones": [6]},
+}
+EXPERIMENTS = sorted(
+    [
+        "results/digits/pure/resnet14/seed0",
+        "results/digits/pure/resnet8/seed0",
+        "results/digits/logit/resnet14-resnet8/alpha0.5/seed0",
+    ]
+)
+# this machine: 2 cores, no GPU (as in test_e2e_pbs.py); a poll every 2 s
+ARGS = [*E2E.ON_THIS_MACHINE, "--pbs-status-interval", "2"]
+# half at random instants, a quarter as a qsub starts, a quarter as a poll starts
+KILL_MODES = ("random", "random", "qsub", "qstat")
+
+
+def _wait_and_kill(cluster, pid: int, mode: str, rng) -> bool | str:
+    """SIGKILL the controller `pid` at an instant chosen by `mode`; False if it ended first,
+    "landed" if the qsub or qstat it waited for started (else it kills after 20 s anyway).
+
+    random: after 0.5-6 s. qsub: as soon as a qsub starts (its job may or may not exist
+    yet; the registry holds only the intent). qstat: just after one of its polls starts.
+    """
+    deadline, landed = time.monotonic() + 20, False
+    if mode == "random":
+        deadline = time.monotonic() + rng.uniform(0.5, 6)
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.05)
+    else:
+        tool = "qsub" if mode == "qsub" else "qstat"
+        start = line_count(cluster.state_dir / f"{tool}.calls")
+        while time.monotonic() < deadline and alive(pid):
+            new = call_lines(cluster, tool, start)
+            if tool == "qsub" and new or any(" -x " in f" {line} " for line in new):
+                time.sleep(rng.uniform(0, 0.3))
+                landed = True
+                break
+            time.sleep(0.01)
+    if not alive(pid):
+        return False
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), 10, 0.05)
+    return "landed" if landed else True
+
+
+def _kill_a_training_job(cluster, project, killed_per_target, how: str) -> str | None:
+    """qdel (SIGTERM, then SIGKILL) or scancel -s KILL one running training job of `project`
+    (at most twice per target, so that the executor's limits never give one up)."""
+    rules = {r["name"]: r["rule"] for r in registry(project)}
+    running = [
+        job_id
+        for job_id, job in job_history(cluster, project).items()
+        if job["state"] == "R"
+        and rules.get(job["name"], "").startswith("train")
+        and killed_per_target.get(job["name"], 0) < 2
+    ]
+    if not running:
+        return None
+    job_id = running[0]
+    if how == "qdel":
+        p = cluster.run("qdel", job_id)
+    else:
+        p = cluster.run("scancel", "-s", "KILL", job_id.split(".")[0])
+    if p.returncode != 0:
+        return None
+    name = job_history(cluster, project).get(job_id, {}).get("name")
+    killed_per_target[name] = killed_per_target.get(name, 0) + 1
+    return job_id
+
+
+@pytest.mark.timeout(4 * 3600 if FULL else 1200)
+def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
+    pbs_cluster, chaos, tmp_path
+):
+    rng = chaos.rng
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    # the same sweep, never interrupted, on this machine alongside (the cores are shared)
+    reference = subprocess.Popen(
+        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(local), "--configfile",
+         "sweep.yaml", "--replace-workflow-config", "--profile", str(ROOT / "profiles/local"),
+         "--cores", "1"],
+        env=pbs_cluster.env, cwd=local, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    env = cron_env(pbs_cluster.env, *ARGS)
+    n = COUNTS.controller_kills
+    kills, job_kills, modes, landed = 0, [], {}, {}
+    plan = [KILL_MODES[i % len(KILL_MODES)] for i in range(n)]
+    rng.shuffle(plan)
+    # before which controller kills a training job is killed too (not the first ones: no
+    # training job runs yet); one that finds none running is tried again at the next
+    job_kill_at = set(rng.sample(range(min(2, n - 1), n), COUNTS.pbs_job_kills))
+    pending_job_kills = 0
+    rounds, problems = [], []
+    chaos.detail.update(kill_modes=modes, landed=landed, rounds=rounds, job_kills=job_kills)
+    try:
+        while kills < COUNTS.controller_kills:
+            # a round: one sweep in a fresh directory, killed until it is finished or the
+            # count is reached; a sweep that finishes first is followed by another
+            project = make_project(tmp_path / f"round{len(rounds)}", SWEEP)
+            sampler = E2E.QueueSampler(pbs_cluster.env, project)
+            sampler.start()
+            killed_per_target: dict[str, int] = {}
+            self_exits, round_kills = 0, 0
+            while kills < COUNTS.controller_kills:
+                result = tick(project, env)
+                assert result.returncode == 0, result.stdout + result.stderr
+                if "the sweep is finished" in result.stdout:
+                    break
+                assert "started controller" in result.stdout, result.stdout
+                # the pid file names `setsid nohup snakemake` until it has exec'ed snakemake
+                pid = wait_until(lambda p=project: controller_pid(p), 15, 0.05)
+                if kills in job_kill_at:
+                    job_kill_at.discard(kills)
+                    pending_job_kills += 1
+                if pending_job_kills:
+                    time.sleep(rng.uniform(0, 3))
+                    how = ("qdel", "scancel -s KILL")[len(job_kills) % 2]
+                    job = _kill_a_training_job(pbs_cluster, project, killed_per_target, how)
+                    if job:
+                        pending_job_kills -= 1
+                        job_kills.append(f"{how} {job}")
+                mode = plan[kills]
+                hit = pid and _wait_and_kill(pbs_cluster, pid, mode, rng)
+                if hit:
+                    kills += 1
+                    round_kills += 1
+                    modes[mode] = modes.get(mode, 0) + 1
+                    if hit == "landed":
+                        landed[mode] = landed.get(mode, 0) + 1
+                else:
+                    self_exits += 1
+                    log = (project / "logs/cron/controller.log").read_text()[-3000:]
+                    assert self_exits <= 3, f"the controller keeps exiting by itself:\n{log}"
+                chaos.kills = kills + len(job_kills)
+
+            # let the last controller finish the sweep, then check that cron agrees
+            for _ in range(3):
+                result = tick(project, env)
+                if "the sweep is finished" in result.stdout:
+                    break
+                pid = wait_until(lambda p=project: controller_pid(p), 15, 0.05)
+                while pending_job_kills and pid and alive(pid):  # job kills still owed
+                    time.sleep(rng.uniform(1, 3))
+                    how = ("qdel", "scancel -s KILL")[len(job_kills) % 2]
+                    job = _kill_a_training_job(pbs_cluster, project, killed_per_target, how)
+                    if job:
+                        pending_job_kills -= 1
+                        job_kills.append(f"{how} {job}")
+                if pid:
+                    assert wait_until(lambda pid=pid: not alive(pid), 900, 1), "sweep too slow"
+            assert "the sweep is finished" in result.stdout, result.stdout + result.stderr
+            sampler.stop.set()
+            sampler.join()
+
+            history = job_history(pbs_cluster, project)
+            overlaps = overlapping_jobs(history)
+            once = {n: c for n, c in successes_by_name(history).items() if c != 1}
+            chaos.duplicates += len(sampler.duplicates) + len(overlaps)
+            problems += registry_problems(project) + overlaps
+            problems += [f"{n}: {c} jobs ended with exit status 0" for n, c in once.items()]
+            problems += [f"two live jobs named {n} (queue sample)" for n in sampler.duplicates]
+            rounds.append(
+                {
+                    "kills": round_kills,
+                    "jobs": len(history),
+                    "queue_samples": sampler.samples,
+                    "outcomes": outcomes(project),
+                }
+            )
+            assert sampler.samples > 10 and sampler.jobs_seen
+            assert experiment_dirs(project) == EXPERIMENTS
+
+        chaos.kills = kills + len(job_kills)
+        # identical to the uninterrupted local run, bit for bit
+        _, errors = reference.communicate(timeout=900)
+        assert reference.returncode == 0, errors[-3000:]
+        assert experiment_dirs(local) == EXPERIMENTS
+        for i in range(len(rounds)):
+            project = tmp_path / f"round{i}"
+            differing = [d for e in EXPERIMENTS for d in differences(project / e, local / e)]
+            if (project / "results/summary/results.csv").read_text() != (
+                local / "results/summary/results.csv"
+            ).read_text():
+                differing.append(f"{project}: results.csv differs")
+            chaos.differing += len(differing)
+            problems += differing
+        assert kills == COUNTS.controller_kills
+        assert len(job_kills) == COUNTS.pbs_job_kills, job_kills
+        assert problems == [], f"seed {chaos.seed}:\n" + "\n".join(problems)
+    finally:
+        for i in range(len(rounds) + 1):
+            kill_controllers(tmp_path / f"round{i}")
+        if reference.poll() is None:
+            reference.kill()

@@ -1,0 +1,103 @@
+"""The registry after controller kills (found by test_controller_kills.py): jobs that end
+while no controller watches them still get their outcome recorded, by the next controller
+at start (Controller.reconcile) or by the last one as it shuts down (settle_seconds).
+Against tests/test_pbs_controller.py's fake qsub/qstat on PATH; fast, no cluster."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from snakemake_executor_plugin_pbs.registry import Submission
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+unit = _load("kdflow_test_pbs_controller", ROOT / "tests/test_pbs_controller.py")
+fake_pbs = unit.fake_pbs
+
+
+@pytest.fixture
+def pbs(tmp_path, monkeypatch):
+    fake = fake_pbs.FakePbs(tmp_path / "pbs")
+    for key, value in fake.env().items():
+        monkeypatch.setenv(key, value)
+    return fake
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+def test_a_job_that_succeeded_while_no_controller_ran_is_recorded_at_start(pbs, workdir, chaos):
+    t = unit.target()
+    first = unit.make_controller(workdir).start([t])[t.name]
+    pbs.finish(first.job_id, 0)  # the controller was killed; the job succeeded meanwhile
+    controller = unit.make_controller(workdir)
+    controller.reconcile()
+    record = controller.registry.load(t.name)
+    assert record.done and record.last.outcome == "success" and record.last.job_id == first.job_id
+    chaos.kills = 1
+
+
+def test_live_jobs_are_left_to_be_adopted(pbs, workdir, chaos):
+    t = unit.target()
+    first = unit.make_controller(workdir).start([t])[t.name]
+    controller = unit.make_controller(workdir)
+    controller.reconcile()
+    assert controller.registry.load(t.name).last.outcome is None
+    assert controller.start([t])[t.name].job_id == first.job_id  # adopted
+    chaos.kills = 1
+
+
+def test_the_job_of_an_interrupted_qsub_is_found_in_the_history(pbs, workdir, chaos):
+    t = unit.target()
+    controller = unit.make_controller(workdir)
+    old = unit.make_controller(workdir).start([t])[t.name]
+    pbs.finish(old.job_id, 271)  # an earlier job of the target, killed: in the record
+    record = controller.registry.load(t.name)
+    record.last.outcome, record.last.ended_at = "killed", time.time()
+    # the controller recorded its intent, called qsub, and was killed before the job id
+    # came back; the job ran and succeeded while no controller watched
+    record.submissions.append(Submission(job_id=None, submitted_at=time.time()))
+    controller.registry.save(record)
+    job_id = pbs.add_job(5000, t.name, str(workdir), state="F", exit_status=0)
+    pbs.add_job(4000, t.name, str(workdir / "elsewhere"), state="F", exit_status=0)
+    unit.make_controller(workdir).reconcile()
+    record = controller.registry.load(t.name)
+    assert [s.job_id for s in record.submissions] == [old.job_id, job_id]
+    assert record.done and record.last.outcome == "success"
+    chaos.kills = 1
+
+
+def test_shutdown_waits_for_jobs_whose_outputs_exist_and_records_them(pbs, workdir, chaos):
+    t = unit.target()
+    job = unit.make_controller(workdir).start([t])[t.name]
+    output = workdir / t.outputs[0]
+    output.parent.mkdir(parents=True)
+    output.write_text("done\n")  # the job's own Snakemake wrote it; the job is ending
+    threading.Timer(1.0, pbs.finish, args=(job.job_id, 0)).start()
+    controller = unit.make_controller(workdir)
+    controller.reconcile(settle_seconds=20)
+    assert controller.registry.load(t.name).done
+    # a live job whose outputs do not exist is not waited for
+    other = unit.target(1)
+    unit.make_controller(workdir).start([other])
+    started = time.monotonic()
+    controller.reconcile(settle_seconds=20)
+    assert time.monotonic() - started < 5
+    assert controller.registry.load(other.name).last.outcome is None

@@ -1,0 +1,414 @@
+"""Storage faults: a disk that fills up while a run writes (a small tmpfs, filled at the start
+and right after a checkpoint rotation or any other write), and damaged files (checkpoint.pth
+and its .prev, status.json, history.csv, metrics.json, the PBS registry's records). Every
+fault is recovered from or reported by path; a run resumes once space is back and ends
+bit-identical to a clean one; `kdflow status` and `kdflow report` keep working."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from chaoslib import HERE, SNAKEMAKE, Sampler, differences, job_history, overlapping_jobs
+from conftest import COUNTS, FULL
+
+from kdflow.checkpoint import CheckpointError, load_checkpoint, previous_path
+from kdflow.data import ImageSet, save_prepared
+from kdflow.trainer import TrainSpec, train
+
+pytestmark = pytest.mark.slow
+DISK_DRIVER = HERE / "disk_driver.py"
+EPOCHS = 6
+KDFLOW = [str(Path(sys.executable).parent / "kdflow")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny dataset; a teacher; references of a baseline and a student, never interrupted."""
+    root = tmp_path_factory.mktemp("storage")
+    g = np.random.default_rng(2)
+    images = ImageSet(
+        train_x=g.integers(0, 256, (96, 3, 16, 16), dtype=np.uint8),
+        train_y=g.integers(0, 4, 96).astype(np.int64),
+        test_x=g.integers(0, 256, (32, 3, 16, 16), dtype=np.uint8),
+        test_y=g.integers(0, 4, 32).astype(np.int64),
+        classes=["a", "b", "c", "d"],
+    )
+    save_prepared(images, root / "prepared.npz")
+    pure = {
+        "dataset": "tiny",
+        "data_path": str(root / "prepared.npz"),
+        "seed": 7,
+        "epochs": EPOCHS,
+        "batch_size": 16,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_milestones": [EPOCHS - 2],
+        "lr_decay": 0.1,
+        "crop_padding": 2,
+        "flip": True,
+        "threads": 1,
+        "device": "cpu",
+        "model": "resnet8",
+    }
+    teacher = root / "results/tiny/pure/resnet14/seed7"
+    train(TrainSpec.from_params({**pure, "model": "resnet14"}), teacher)
+    student = {**pure, "method": "logit", "teacher": "resnet14", "teacher_dir": str(teacher),
+               "alpha": 0.5}  # fmt: skip
+    train(TrainSpec.from_params(pure), root / "results/tiny/pure/resnet8/seed7")
+    train(
+        TrainSpec.from_params(student), root / "results/tiny/logit/resnet14-resnet8/alpha0.5/seed7"
+    )
+    # the same baseline stopped after epoch 2: what the resume cases start from
+    train(TrainSpec.from_params({**pure, "epochs": 3}), root / "partial")
+    (root / "partial/completed").unlink()
+    (root / "partial/metrics.json").unlink()
+    return {"root": root, "pure": pure, "reference": root / "results/tiny/pure/resnet8/seed7"}
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs, unmounted after the test (needs root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        _unavailable("mounting a small tmpfs to fill needs root")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "kdflow-chaos", str(disk)],
+                       capture_output=True, text=True)  # fmt: skip
+    if p.returncode != 0:
+        _unavailable(f"cannot mount a tmpfs: {p.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _drive(spec, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(DISK_DRIVER), json.dumps(spec), str(out)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+FULL_DISK = re.compile(r"cannot write (\S+): No space left on device")
+
+
+@pytest.mark.timeout(1800 if FULL else 600)
+def test_a_full_disk_fails_the_write_by_path_keeps_the_checkpoint_and_resumes(
+    tiny, small_disk, chaos
+):
+    rng = chaos.rng
+    spec, reference = tiny["pure"], tiny["reference"]
+    filler = small_disk / "filler"
+    # where the disk fills up: before anything is written, right after the checkpoint
+    # rotation (so that the new checkpoint's write fails), or after a random write
+    plan = ["start", "rotation"] + [
+        rng.choice(["rotation", "any"]) for _ in range(2 * COUNTS.corruptions - 2)
+    ]
+    failed_writes: dict[str, int] = {}
+    chaos.detail.update(failed_writes=failed_writes, plan=plan)
+    run, problems = 0, []
+    out = small_disk / f"run{run}"
+    last_epoch = -1
+    for where in plan:
+        env = {"FILL_FILE": str(filler), "FILL_AT_REPLACE": "0"}
+        if where == "rotation":
+            env.update(FILL_AT_REPLACE=str(rng.randint(1, 2)), FILL_AFTER="checkpoint.prev.pth")
+        elif where == "any":
+            env.update(FILL_AT_REPLACE=str(rng.randint(1, 10)))
+        result = _drive(spec, out, env)
+        filler.unlink(missing_ok=True)  # space is back
+        if result.returncode == 0:  # finished before the disk filled: check it, start another
+            problems += differences(out, reference)
+            run += 1
+            out, last_epoch = small_disk / f"run{run}", -1
+            continue
+        chaos.faults += 1
+        match = FULL_DISK.search(result.stderr)
+        assert match, (
+            f"no 'cannot write PATH: No space left on device' in:\n{result.stderr[-3000:]}"
+        )
+        failed = Path(match.group(1))
+        assert failed.parent == out, failed
+        failed_writes[failed.name] = failed_writes.get(failed.name, 0) + 1
+        assert not list(out.glob(".*.tmp")), "a failed write must not leave its temp file"
+        # the last good checkpoint is intact (checkpoint.pth, or its .prev after a rotation)
+        state = load_checkpoint(out / "checkpoint.pth")
+        if state is not None:
+            assert state["epoch"] >= last_epoch
+            last_epoch = state["epoch"]
+        status = json.loads((out / "status.json").read_text()) if where != "start" else {}
+        assert status.get("status", "in_progress") in ("in_progress", "completed")
+    result = _drive(spec, out, {})
+    assert result.returncode == 0, result.stderr[-3000:]
+    problems += differences(out, reference)
+    chaos.differing = len(problems)
+    assert "checkpoint.pth" in failed_writes and "status.json" in failed_writes, failed_writes
+    assert problems == [], f"seed {chaos.seed}:\n" + "\n".join(problems)
+
+
+# -- damaged files ----------------------------------------------------------------------------
+
+
+def truncate(path: Path, rng) -> str:
+    data = path.read_bytes()
+    path.write_bytes(data[: rng.randrange(1, len(data) - 2)])  # JSON loses its closing brace
+    return "truncated"
+
+
+def empty(path: Path, rng) -> str:
+    path.write_bytes(b"")
+    return "emptied"
+
+
+def garbage(path: Path, rng) -> str:
+    path.write_bytes(bytes(rng.randrange(256) for _ in range(max(64, path.stat().st_size // 8))))
+    return "garbage"
+
+
+def flip(path: Path, rng) -> str:
+    data = bytearray(path.read_bytes())
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(data) // 4, len(data))  # past the header: the data itself
+        data[i] ^= 1 << rng.randrange(8)
+    path.write_bytes(bytes(data))
+    return "bits flipped"
+
+
+def wrong_json(path: Path, rng) -> str:
+    path.write_text(rng.choice(['["a", "list"]', "null", '"text"', "{", '{"epoch": "x"}']))
+    return "wrong JSON"
+
+
+def wrong_csv(path: Path, rng) -> str:
+    lines = path.read_text().splitlines()
+    path.write_text(
+        rng.choice(
+            [
+                "\n".join(lines[:-1] + [lines[-1][: len(lines[-1]) // 2]]),  # a row cut short
+                "epoch;loss\n1;2\n",  # another format
+                "\n".join([lines[0]] + [",".join(["x"] * 8)] * 3),  # text where numbers go
+            ]
+        )
+    )
+    return "damaged CSV"
+
+
+CHECKPOINT_DAMAGE = [truncate, empty, garbage, flip]
+JSON_DAMAGE = [truncate, empty, garbage, wrong_json]
+CSV_DAMAGE = [truncate, empty, garbage, wrong_csv]
+# a history cut at a row boundary is a valid shorter history: nothing to report
+REPORT_CSV_DAMAGE = [empty, garbage, wrong_csv]
+
+
+def _train_logged(spec, out: Path) -> tuple[bool, str]:
+    """Resume `spec` in `out` in this process; (finished?, the run's log)."""
+    log = out / "train.log"
+    try:
+        train(TrainSpec.from_params(spec), out, log_path=log)
+        ok = True
+    except CheckpointError as exc:
+        ok = False
+        log.write_text(log.read_text() + f"\nCheckpointError: {exc}\n")
+    return ok, log.read_text()
+
+
+@pytest.mark.timeout(1200 if FULL else 600)
+def test_damaged_run_files_are_recovered_or_reported_by_path(tiny, chaos, tmp_path):
+    """A run resumed after its files were damaged: a bad checkpoint.pth is reported by path and
+    its .prev used (also when the resumed run is killed right after its next rotation); both
+    bad: reported by path, nothing trained; status.json and history.csv are rewritten. Each
+    recovered run ends bit-identical to the clean one."""
+    rng, partial, reference = chaos.rng, tiny["root"] / "partial", tiny["reference"]
+    cases = []
+    for damage in rng.sample(CHECKPOINT_DAMAGE, k=min(COUNTS.corruptions, 4)):
+        cases += [("checkpoint.pth", damage), ("both checkpoints", damage)]
+        cases += [("checkpoint.pth, then a kill after the rotation", damage)]
+    cases += [("status.json", d) for d in rng.sample(JSON_DAMAGE, k=min(COUNTS.corruptions, 4))]
+    cases += [("history.csv", d) for d in rng.sample(CSV_DAMAGE, k=min(COUNTS.corruptions, 4))]
+    problems = []
+    for i, (what, damage) in enumerate(cases):
+        out = tmp_path / f"case{i}"
+        shutil.copytree(partial, out)
+        if what == "both checkpoints":
+            for path in (out / "checkpoint.pth", previous_path(out / "checkpoint.pth")):
+                how = damage(path, rng)
+        else:
+            how = damage(out / what.split(",")[0], rng)
+        chaos.faults += 1
+        label = f"{what} {how}"
+        if what.startswith("checkpoint.pth, then a kill"):
+            # the run resumes from .prev, and is killed right after its next checkpoint
+            # rotation (save_checkpoint's first step), before the new checkpoint exists
+            checkpoint = out / "checkpoint.pth"
+            if load_checkpoint(checkpoint) is None:
+                problems.append(f"{label}: the previous checkpoint was not used")
+            if checkpoint.exists():
+                os.replace(checkpoint, previous_path(checkpoint))
+            chaos.kills += 1
+        ok, log = _train_logged(tiny["pure"], out)
+        if what == "both checkpoints":
+            # nothing to resume from: refused, naming both files, and nothing overwritten
+            if ok or str(out / "checkpoint.pth") not in log or "checkpoint.prev.pth" not in log:
+                problems.append(f"{label}: not refused by path:\n{log[-1500:]}")
+            continue
+        if not ok:
+            problems.append(f"{label}: not recovered:\n{log[-1500:]}")
+            continue
+        if what == "checkpoint.pth" and str(out / "checkpoint.pth") not in log:
+            problems.append(f"{label}: the damaged checkpoint was not reported by path")
+        found = differences(out, reference)
+        chaos.differing += bool(found)
+        problems += [f"{label}: {d}" for d in found]
+    chaos.detail["cases"] = [f"{w} {d.__name__}" for w, d in cases]
+    assert problems == [], f"seed {chaos.seed}:\n" + "\n\n".join(problems)
+
+
+def _sweep_workdir(tiny, workdir: Path) -> list[str]:
+    """A workdir with the tiny sweep's config and finished results (copies)."""
+    config = {
+        "seeds": [7],
+        "datasets": {"tiny": {}},
+        "models": ["resnet14", "resnet8"],
+        "pairs": [{"teacher": "resnet14", "student": "resnet8"}],
+        "alphas": [0.5],
+        "train": {"epochs": EPOCHS, "lr_milestones": [EPOCHS - 2]},
+    }
+    (workdir / "config").mkdir(parents=True)
+    (workdir / "config/experiments.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(tiny["root"] / "results", workdir / "results")
+    return sorted(str(p.parent) for p in (workdir / "results").glob("**/completed"))
+
+
+@pytest.mark.timeout(600)
+def test_status_and_report_work_over_damaged_files(tiny, chaos, tmp_path):
+    """`kdflow status` and `kdflow report` over finished results whose metrics.json,
+    history.csv and status.json are damaged, and unreadable registry records: both exit 0;
+    every damaged metrics.json and history.csv is named in a warning; the rest is shown."""
+    rng = chaos.rng
+    experiments = _sweep_workdir(tiny, tmp_path)
+    damaged: dict[str, list[str]] = {"metrics.json": [], "history.csv": [], "status.json": []}
+    rounds = COUNTS.corruptions
+    problems = []
+    for r in range(rounds):
+        shutil.rmtree(tmp_path / "results")
+        shutil.copytree(tiny["root"] / "results", tmp_path / "results")
+        for kind in damaged:
+            damaged[kind] = []
+        # one experiment at least keeps good files; the others lose one file each
+        victims = rng.sample(experiments, k=len(experiments) - 1)
+        for directory, kind in zip(victims, rng.sample(list(damaged), k=len(victims)),
+                                   strict=False):  # fmt: skip
+            damage = rng.choice(JSON_DAMAGE if kind.endswith(".json") else REPORT_CSV_DAMAGE)
+            damage(Path(directory) / kind, rng)
+            damaged[kind].append(str(Path(directory) / kind))
+            chaos.faults += 1
+        records = tmp_path / ".kdflow/pbs/targets"
+        records.mkdir(parents=True, exist_ok=True)
+        (records / "kd0000000000.json").write_text('{"name": "kd0000000000", "submissions": [')
+        (records / "kd1111111111.json").write_bytes(os.urandom(64))
+        chaos.faults += 2
+
+        status = subprocess.run([*KDFLOW, "status", "--no-qstat", "--json"], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        if status.returncode != 0:
+            problems.append(f"round {r}: kdflow status failed:\n{status.stderr[-2000:]}")
+        else:
+            rows = json.loads(status.stdout)["experiments"]
+            if {row["state"] for row in rows} != {"done"} or len(rows) != len(experiments):
+                problems.append(f"round {r}: kdflow status shows {rows}")
+        plain = subprocess.run([*KDFLOW, "status", "--no-qstat"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        if plain.returncode != 0 or "finished 3/3" not in plain.stdout:
+            problems.append(f"round {r}: kdflow status (table): {plain.stdout}{plain.stderr}")
+        report = subprocess.run([*KDFLOW, "report"], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        if report.returncode != 0:
+            problems.append(f"round {r}: kdflow report failed:\n{report.stderr[-2000:]}")
+            continue
+        for path in damaged["metrics.json"] + damaged["history.csv"]:
+            if str(Path(path).relative_to(tmp_path)) not in report.stderr:
+                problems.append(f"round {r}: kdflow report did not name {path}:\n{report.stderr}")
+        rows = (tmp_path / "results/summary/results.csv").read_text().splitlines()[1:]
+        if len(rows) != len(experiments) - len(damaged["metrics.json"]):
+            problems.append(f"round {r}: results.csv has {len(rows)} rows")
+        chaos.detail[f"round {r}"] = {
+            kind: [str(Path(p).parent.relative_to(tmp_path)) for p in paths]
+            for kind, paths in damaged.items()
+        }
+    assert problems == [], f"seed {chaos.seed}:\n" + "\n\n".join(problems)
+
+
+# -- damaged registry records while jobs run --------------------------------------------------
+
+
+@pytest.mark.timeout(600)
+def test_unreadable_registry_records_of_live_jobs_are_set_aside_and_the_jobs_adopted(
+    pbs_cluster, chaos, tmp_path
+):
+    """The controller is SIGKILLed while its jobs run, every registry record is damaged, and a
+    new controller starts: it sets the records aside (by path), finds each live job by its
+    name and adopts it; nothing is submitted twice and everything completes."""
+    rng = chaos.rng
+    env = {**pbs_cluster.env, "SNAKEMAKE_PBS_QUEUE": "workq"}
+    argv = [*SNAKEMAKE, "-s", str(HERE / "workflows/Snakefile"), "-d", str(tmp_path),
+            "--executor", "pbs", "--jobs", "8", "--retries", "0", "--latency-wait", "10",
+            "--pbs-status-interval", "1", "--config", "jobs=3", "nap=25"]  # fmt: skip
+    with Sampler(pbs_cluster.env, tmp_path) as sampler:
+        first = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        targets = tmp_path / ".kdflow/pbs/targets"
+
+        def all_submitted():
+            records = [json.loads(p.read_text()) for p in targets.glob("*.json")]
+            return len(records) == 3 and all(r["submissions"][-1]["job_id"] for r in records)
+
+        deadline = time.monotonic() + 120
+        while not all_submitted() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all_submitted(), "the first controller did not submit its 3 jobs"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        for path in targets.glob("*.json"):
+            rng.choice([truncate, empty, garbage, wrong_json])(path, rng)
+            chaos.faults += 1
+        # as a cron tick does: the killed controller's lock is stale
+        subprocess.run([*argv, "--unlock"], env=env, cwd=tmp_path, capture_output=True)
+        second = subprocess.run([*argv, "--rerun-incomplete"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=400)  # fmt: skip
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-4000:]
+    history = job_history(pbs_cluster, tmp_path)
+    overlaps = overlapping_jobs(history)
+    chaos.kills = 1
+    chaos.duplicates = len(sampler.duplicates) + len(overlaps)
+    assert len(history) == 3, f"jobs submitted twice: {history}"
+    assert log.count("adopting live job") == 3, log[-4000:]
+    assert len(list(targets.glob("*.json.unreadable-*"))) == 3
+    assert sampler.duplicates == [] and overlaps == []
+    assert sorted(p.name for p in tmp_path.glob("quick*.done")) == [
+        f"quick{i}.done" for i in range(3)
+    ]
