@@ -339,7 +339,11 @@ cmd_start() {
 	fi
 	if ! pid_alive "$RUN/slurmctld.pid"; then
 		rm -f "$RUN/slurmctld.pid"
-		"$SBIN/slurmctld" 9>&- || {
+		# a cold start (slurmd down too: the machine's processes were ended) begins with an
+		# empty queue (-c): jobs saved by an earlier session must not run into this one
+		local clear=()
+		pid_alive "$RUN/slurmd.pid" || clear=(-c)
+		"$SBIN/slurmctld" "${clear[@]}" 9>&- || {
 			log_tail
 			die "slurmctld failed to start"
 		}
