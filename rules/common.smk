@@ -7,7 +7,13 @@ from kdflow.config import Sweep
 SWEEP = Sweep(
     config,
     source=" + ".join(map(str, workflow.configfiles)) or "config",
-    files=workflow.configfiles,
+    # checked for keys given twice: the files the config was read from (with
+    # --replace-workflow-config, the `configfile:` above is read, then discarded)
+    files=(
+        workflow.config_settings.configfiles
+        if workflow.config_settings.replace_workflow_config
+        else workflow.configfiles
+    ),
 )
 EXPERIMENTS = SWEEP.experiments()
 
