@@ -6,6 +6,7 @@ trained one experiment, and every result is bit-identical to a clean local run."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -93,15 +94,31 @@ def _wait_and_kill(cluster, pid: int, mode: str, rng) -> bool | str:
     return "landed" if landed else True
 
 
+def _training(project, record) -> bool:
+    """Is the experiment of this registry record training, with an epoch or more to go?
+    (A job killed after it wrote `completed` is not a lost experiment: its target is done.)"""
+    directory = project / record["outputs"][0].rsplit("/", 1)[0]
+    try:
+        status = json.loads((directory / "status.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return status.get("status") == "in_progress" and status["epoch"] < status["epochs"] - 1
+
+
 def _kill_a_training_job(cluster, project, killed_per_target, how: str) -> str | None:
     """qdel (SIGTERM, then SIGKILL) or scancel -s KILL one running training job of `project`
-    (at most twice per target, so that the executor's limits never give one up)."""
-    rules = {r["name"]: r["rule"] for r in registry(project)}
+    while it trains (at most twice per target, so that the executor's limits never give one
+    up)."""
+    training = {
+        r["name"]
+        for r in registry(project)
+        if r["rule"].startswith("train") and r["outputs"] and _training(project, r)
+    }
     running = [
         job_id
         for job_id, job in job_history(cluster, project).items()
         if job["state"] == "R"
-        and rules.get(job["name"], "").startswith("train")
+        and job["name"] in training
         and killed_per_target.get(job["name"], 0) < 2
     ]
     if not running:
