@@ -166,6 +166,17 @@ def test_every_problem_is_listed_at_once(good):
     assert "resnet9000" in str(err.value) and "methods.crd" in str(err.value)
 
 
+def test_a_registered_method_without_a_schema_entry_is_named(good, monkeypatch):
+    # a new method class whose settings config/schema.yaml does not document yet
+    from kdflow import losses
+
+    monkeypatch.setitem(losses.METHODS, "crd", losses.LogitKD)
+    good["methods"]["crd"] = {}
+    with pytest.raises(ConfigError, match=r"methods.crd: registered in kdflow.losses, but "
+                       r"config/schema.yaml has no `methods.crd` entry"):  # fmt: skip
+        Sweep(good)
+
+
 def test_unreadable_file_is_named(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text("seeds: [0\n")

@@ -5,7 +5,8 @@ from functools import cache
 import pytest
 import torch
 
-from kdflow.models import MODELS, FeatureNet, build_model, model_names
+from kdflow.architectures import model_names
+from kdflow.models import MODELS, FeatureNet, build_model
 
 # Parameter counts for 100 classes, computed from RepDistiller's own models/resnet.py, wrn.py
 # and vgg.py (vggN = vggN_bn there), which these architectures must reproduce exactly.

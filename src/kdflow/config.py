@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+from kdflow.architectures import model_names
+from kdflow.data import dataset_names
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 # Names end up in paths and PBS job names; '-' is reserved to join teacher and student.
@@ -188,51 +191,51 @@ def _schema_errors(config: dict[str, Any]) -> list[str]:
     return errors
 
 
-def _known(kind: str) -> list[str]:
-    # Imported here: the registries pull in torch, which `kdflow --help` does not need.
-    if kind == "model":
-        from kdflow.models import model_names
-
-        return model_names()
-    if kind == "dataset":
-        from kdflow.data import dataset_names
-
-        return dataset_names()
+def _registered_methods() -> list[str]:
+    # Imported here: the method classes need torch, which checking a sweep does not.
     from kdflow.losses import method_names
 
     return method_names()
 
 
 def _unknown_names(config: dict[str, Any]) -> list[str]:
+    """Names the config uses that kdflow does not know. Torch-free on a good config: models
+    come from kdflow.architectures and methods from the schema, which documents every method
+    registered in kdflow.losses (tests/test_config.py keeps the two equal); the registry is
+    asked only to explain a name the schema lacks."""
     errors = []
-    known_models = _known("model")
+    known_models = model_names()
     for i, model in enumerate(config["models"]):
         if model not in known_models:
             errors.append(
                 f"models[{i}] = {model!r}: unknown model; known: {', '.join(known_models)}"
             )
-    known_datasets = _known("dataset")
+    known_datasets = dataset_names()
     for name in config["datasets"]:
         if name not in known_datasets:
             errors.append(f"datasets.{name}: unknown dataset; known: {', '.join(known_datasets)}")
-    known_methods = _known("method")
-    documented = _schema()["properties"]["methods"]["properties"]
+    documented = documented_methods()
     for name in config["methods"]:
-        if name not in known_methods and name != "pure":
-            errors.append(f"methods.{name}: unknown method; known: {', '.join(known_methods)}")
-        elif name in known_methods and name not in documented:
+        if name in documented or name == "pure":
+            continue
+        if name in _registered_methods():
             errors.append(
                 f"methods.{name}: registered in kdflow.losses, but config/schema.yaml has no "
                 f"`methods.{name}` entry to check its settings against; add one"
             )
+        else:
+            errors.append(f"methods.{name}: unknown method; known: {', '.join(documented)}")
     return errors
 
 
-def _semantic_errors(config: dict[str, Any], check_names: bool = True) -> list[str]:
-    errors = []
+def documented_methods() -> list[str]:
+    """The distillation methods config/schema.yaml documents, each with its settings."""
+    return sorted(_schema()["properties"]["methods"]["properties"])
+
+
+def _semantic_errors(config: dict[str, Any]) -> list[str]:
+    errors = _unknown_names(config)
     models = config["models"]
-    if check_names:
-        errors += _unknown_names(config)
     if "pure" in config["methods"]:
         errors.append("methods.pure: 'pure' is reserved for the baselines listed in `models`")
 
@@ -277,16 +280,13 @@ class Sweep:
         self,
         config: Mapping[str, Any],
         source: str = "config",
-        check_names=True,
         files: Iterable[str | Path] = (),
     ):
-        """Validate `config`; check_names=False skips the model/dataset/method registries,
-        which import torch (the dashboard reads a config the workflow already checked).
-        `files` are the config files `config` was read from, checked for keys given twice."""
+        """Validate `config`, read from `files` (checked for keys given twice)."""
         self.config = _copy(dict(config))
         errors = _file_errors(list(files)) + _schema_errors(self.config)
         if not errors:
-            errors = _semantic_errors(self.config, check_names)
+            errors = _semantic_errors(self.config)
         if errors:
             raise ConfigError(
                 f"{source}: {len(errors)} problem(s); nothing was run or submitted:\n  - "
@@ -294,7 +294,7 @@ class Sweep:
             )
 
     @classmethod
-    def from_file(cls, path: str | Path, check_names: bool = True) -> Sweep:
+    def from_file(cls, path: str | Path) -> Sweep:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text())
@@ -302,7 +302,7 @@ class Sweep:
             raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the config must be a mapping of keys, got {data!r}")
-        return cls(data, source=str(path), check_names=check_names, files=[path])
+        return cls(data, source=str(path), files=[path])
 
     @property
     def seeds(self) -> list[int]:

@@ -6,6 +6,8 @@ from functools import partial
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from kdflow.architectures import ARCHITECTURES
+
 
 class FeatureNet(nn.Module):
     """A stack of stages whose last feature map is globally average-pooled and classified.
@@ -179,16 +181,6 @@ class WideResNet(FeatureNet):
         return maps
 
 
-# Output channels of each 3x3 conv, per block, for the five blocks of each VGG.
-_VGG_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
-    "vgg8": ((64,), (128,), (256,), (512,), (512,)),
-    "vgg11": ((64,), (128,), (256,) * 2, (512,) * 2, (512,) * 2),
-    "vgg13": ((64,) * 2, (128,) * 2, (256,) * 2, (512,) * 2, (512,) * 2),
-    "vgg16": ((64,) * 2, (128,) * 2, (256,) * 3, (512,) * 3, (512,) * 3),
-    "vgg19": ((64,) * 2, (128,) * 2, (256,) * 4, (512,) * 4, (512,) * 4),
-}
-
-
 def _vgg_block(in_ch: int, widths: tuple[int, ...]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in widths:
@@ -228,29 +220,12 @@ class VGG(FeatureNet):
         return maps
 
 
-_CIFAR_WIDTHS = (16, 16, 32, 64)
-_X4_WIDTHS = (32, 64, 128, 256)
+FAMILIES: dict[str, type[FeatureNet]] = {"resnet": ResNet, "wide_resnet": WideResNet, "vgg": VGG}
 
 MODELS: dict[str, Callable[[int], FeatureNet]] = {
-    **{
-        f"resnet{depth}": partial(ResNet, depth=depth, widths=_CIFAR_WIDTHS)
-        for depth in (8, 14, 20, 32, 44, 56, 110)
-    },
-    "resnet8x4": partial(ResNet, depth=8, widths=_X4_WIDTHS),
-    "resnet32x4": partial(ResNet, depth=32, widths=_X4_WIDTHS),
-    **{
-        f"wrn_{depth}_{k}": partial(WideResNet, depth=depth, widen_factor=k)
-        for depth in (16, 40)
-        for k in (1, 2)
-    },
-    **{name: partial(VGG, config=config) for name, config in _VGG_CONFIGS.items()},
+    name: partial(FAMILIES[family], **kwargs) for name, (family, kwargs) in ARCHITECTURES.items()
 }
-"""Model name -> constructor taking ``num_classes``."""
-
-
-def model_names() -> list[str]:
-    """Names of all registered models, grouped by family."""
-    return list(MODELS)
+"""Model name -> constructor taking ``num_classes`` (the names and shapes: kdflow.architectures)."""
 
 
 def build_model(name: str, num_classes: int) -> FeatureNet:
