@@ -211,3 +211,46 @@ def write_tinyimagenet(
         test_gray=np.asarray(test_gray),
         val_annotations=annotations,
     )
+
+
+# ------------------------------------------------ kdflow's prepared format, for trainer tests
+
+
+def write_prepared(path: Path, n_train: int = 96, n_test: int = 32, seed: int = 0) -> Path:
+    """A 4-class dataset of random 16x16 images in kdflow's prepared format (what
+    `prepare_dataset` writes): for tests of the trainer, which need the format, not the content."""
+    from kdflow.data import ImageSet, save_prepared
+
+    g = np.random.default_rng(seed)
+    images = ImageSet(
+        train_x=g.integers(0, 256, (n_train, 3, 16, 16), dtype=np.uint8),
+        train_y=g.integers(0, 4, n_train).astype(np.int64),
+        test_x=g.integers(0, 256, (n_test, 3, 16, 16), dtype=np.uint8),
+        test_y=g.integers(0, 4, n_test).astype(np.int64),
+        classes=["a", "b", "c", "d"],
+    )
+    save_prepared(images, path)
+    return path
+
+
+def train_params(data_path: Path, **overrides) -> dict:
+    """The params of a TrainSpec (kdflow.trainer) for a quick run on write_prepared's data:
+    one epoch of resnet8 with the CIFAR recipe's optimizer, on one CPU thread."""
+    return {
+        "dataset": "tiny",
+        "data_path": str(data_path),
+        "model": "resnet8",
+        "seed": 0,
+        "epochs": 1,
+        "batch_size": 16,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_milestones": [],
+        "lr_decay": 0.1,
+        "crop_padding": 2,
+        "flip": True,
+        "threads": 1,
+        "device": "cpu",
+        **overrides,
+    }

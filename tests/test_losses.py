@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from fakedata import train_params, write_prepared
 from torch import nn
 
-from kdflow.data import ImageSet, save_prepared
 from kdflow.losses import (
     DKD,
     FitNet,
@@ -317,30 +317,7 @@ def test_every_method_has_its_settings_in_the_schema_with_the_same_defaults():
 def tiny(tmp_path_factory):
     """A tiny 4-class dataset and a VGG teacher trained one epoch on it."""
     root = tmp_path_factory.mktemp("methods")
-    g = np.random.default_rng(0)
-    images = ImageSet(
-        train_x=g.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8),
-        train_y=g.integers(0, 4, 64).astype(np.int64),
-        test_x=g.integers(0, 256, (32, 3, 16, 16), dtype=np.uint8),
-        test_y=g.integers(0, 4, 32).astype(np.int64),
-        classes=["a", "b", "c", "d"],
-    )
-    save_prepared(images, root / "prepared.npz")
-    base = {
-        "dataset": "tiny",
-        "data_path": str(root / "prepared.npz"),
-        "seed": 0,
-        "epochs": 1,
-        "batch_size": 16,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "lr_milestones": [],
-        "lr_decay": 0.1,
-        "crop_padding": 2,
-        "threads": 1,
-        "device": "cpu",
-    }
+    base = train_params(write_prepared(root / "prepared.npz", n_train=64))
     train(TrainSpec.from_params({**base, "model": "vgg8"}), root / "teacher")
     return root, base
 

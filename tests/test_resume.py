@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from fakedata import train_params, write_prepared
 
-from kdflow.data import ImageSet, save_prepared
 from kdflow.trainer import TrainSpec, train
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
@@ -25,30 +24,7 @@ pytestmark = pytest.mark.slow
 def setup(tmp_path_factory):
     """A tiny 4-class dataset, and a teacher trained on it."""
     root = tmp_path_factory.mktemp("resume")
-    g = np.random.default_rng(0)
-    images = ImageSet(
-        train_x=g.integers(0, 256, (96, 3, 16, 16), dtype=np.uint8),
-        train_y=g.integers(0, 4, 96).astype(np.int64),
-        test_x=g.integers(0, 256, (32, 3, 16, 16), dtype=np.uint8),
-        test_y=g.integers(0, 4, 32).astype(np.int64),
-        classes=["a", "b", "c", "d"],
-    )
-    save_prepared(images, root / "prepared.npz")
-    base = {
-        "dataset": "tiny",
-        "data_path": str(root / "prepared.npz"),
-        "seed": 3,
-        "batch_size": 16,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "lr_milestones": [3],
-        "lr_decay": 0.1,
-        "crop_padding": 2,
-        "flip": True,
-        "threads": 1,
-        "device": "cpu",
-    }
+    base = train_params(write_prepared(root / "prepared.npz"), seed=3, lr_milestones=[3])
     train(TrainSpec.from_params({**base, "model": "resnet8", "epochs": 1}), root / "teacher")
     student = {
         **base,

@@ -14,12 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from chaoslib import ROOT, differences
 from conftest import COUNTS, FULL
+from fakedata import train_params, write_prepared
 
-from kdflow.data import ImageSet, save_prepared
 from kdflow.trainer import TrainSpec, train
 
 pytestmark = pytest.mark.slow
@@ -42,32 +41,8 @@ def specs(tmp_path_factory):
     """A tiny 4-class dataset, a teacher, and two uninterrupted references: a baseline and a
     distilled student."""
     root = tmp_path_factory.mktemp("jobkills")
-    g = np.random.default_rng(1)
-    images = ImageSet(
-        train_x=g.integers(0, 256, (96, 3, 16, 16), dtype=np.uint8),
-        train_y=g.integers(0, 4, 96).astype(np.int64),
-        test_x=g.integers(0, 256, (32, 3, 16, 16), dtype=np.uint8),
-        test_y=g.integers(0, 4, 32).astype(np.int64),
-        classes=["a", "b", "c", "d"],
-    )
-    save_prepared(images, root / "prepared.npz")
-    base = {
-        "dataset": "tiny",
-        "data_path": str(root / "prepared.npz"),
-        "seed": 5,
-        "epochs": EPOCHS,
-        "batch_size": 16,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "lr_milestones": [EPOCHS - 3],
-        "lr_decay": 0.1,
-        "crop_padding": 2,
-        "flip": True,
-        "threads": 1,
-        "device": "cpu",
-        "model": "resnet8",
-    }
+    data = write_prepared(root / "prepared.npz", seed=1)
+    base = train_params(data, seed=5, epochs=EPOCHS, lr_milestones=[EPOCHS - 3])
     train(TrainSpec.from_params({**base, "epochs": 1}), root / "teacher")
     student = {**base, "method": "logit", "teacher": "resnet8",
                "teacher_dir": str(root / "teacher"), "alpha": 0.5}  # fmt: skip

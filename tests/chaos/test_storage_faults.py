@@ -16,14 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from chaoslib import HERE, SNAKEMAKE, Sampler, differences, job_history, overlapping_jobs
 from conftest import COUNTS, FULL
+from fakedata import train_params, write_prepared
 
 from kdflow.checkpoint import CheckpointError, load_checkpoint, previous_path
-from kdflow.data import ImageSet, save_prepared
 from kdflow.trainer import TrainSpec, train
 
 pytestmark = pytest.mark.slow
@@ -36,32 +35,8 @@ KDFLOW = [str(Path(sys.executable).parent / "kdflow")]
 def tiny(tmp_path_factory):
     """A tiny dataset; a teacher; references of a baseline and a student, never interrupted."""
     root = tmp_path_factory.mktemp("storage")
-    g = np.random.default_rng(2)
-    images = ImageSet(
-        train_x=g.integers(0, 256, (96, 3, 16, 16), dtype=np.uint8),
-        train_y=g.integers(0, 4, 96).astype(np.int64),
-        test_x=g.integers(0, 256, (32, 3, 16, 16), dtype=np.uint8),
-        test_y=g.integers(0, 4, 32).astype(np.int64),
-        classes=["a", "b", "c", "d"],
-    )
-    save_prepared(images, root / "prepared.npz")
-    pure = {
-        "dataset": "tiny",
-        "data_path": str(root / "prepared.npz"),
-        "seed": 7,
-        "epochs": EPOCHS,
-        "batch_size": 16,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "lr_milestones": [EPOCHS - 2],
-        "lr_decay": 0.1,
-        "crop_padding": 2,
-        "flip": True,
-        "threads": 1,
-        "device": "cpu",
-        "model": "resnet8",
-    }
+    data = write_prepared(root / "prepared.npz", seed=2)
+    pure = train_params(data, seed=7, epochs=EPOCHS, lr_milestones=[EPOCHS - 2])
     teacher = root / "results/tiny/pure/resnet14/seed7"
     train(TrainSpec.from_params({**pure, "model": "resnet14"}), teacher)
     student = {**pure, "method": "logit", "teacher": "resnet14", "teacher_dir": str(teacher),
