@@ -39,7 +39,7 @@ def sweep_of(size: int) -> Sweep:
         "pairs": [{"teacher": t, "student": s} for t, s in pairs],
         "alphas": [0.25, 0.5, 0.75, 0.95],
     }
-    sweep = Sweep(config)
+    sweep = Sweep(config, check_names=False)
     assert len(sweep.experiments()) == size, len(sweep.experiments())
     return sweep
 

@@ -26,7 +26,7 @@ def _status(args: argparse.Namespace) -> int:
     from kdflow.status import collect, render, to_json
 
     try:
-        sweep = Sweep.from_file(args.configfile)
+        sweep = Sweep.from_file(args.configfile, check_names=False)
     except ConfigError as exc:
         print(f"kdflow status: {exc}", file=sys.stderr)
         return 2

@@ -233,8 +233,8 @@ def documented_methods() -> list[str]:
     return sorted(_schema()["properties"]["methods"]["properties"])
 
 
-def _semantic_errors(config: dict[str, Any]) -> list[str]:
-    errors = _unknown_names(config)
+def _semantic_errors(config: dict[str, Any], check_names: bool) -> list[str]:
+    errors = _unknown_names(config) if check_names else []
     models = config["models"]
     if "pure" in config["methods"]:
         errors.append("methods.pure: 'pure' is reserved for the baselines listed in `models`")
@@ -281,12 +281,15 @@ class Sweep:
         config: Mapping[str, Any],
         source: str = "config",
         files: Iterable[str | Path] = (),
+        check_names: bool = True,
     ):
-        """Validate `config`, read from `files` (checked for keys given twice)."""
+        """Validate `config`, read from `files` (checked for keys given twice). check_names=False
+        accepts models, datasets and methods kdflow does not know: the dashboard shows whatever
+        a config names (the workflow has refused it already if they are unknown)."""
         self.config = _copy(dict(config))
         errors = _file_errors(list(files)) + _schema_errors(self.config)
         if not errors:
-            errors = _semantic_errors(self.config)
+            errors = _semantic_errors(self.config, check_names)
         if errors:
             raise ConfigError(
                 f"{source}: {len(errors)} problem(s); nothing was run or submitted:\n  - "
@@ -294,7 +297,7 @@ class Sweep:
             )
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Sweep:
+    def from_file(cls, path: str | Path, check_names: bool = True) -> Sweep:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text())
@@ -302,7 +305,7 @@ class Sweep:
             raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the config must be a mapping of keys, got {data!r}")
-        return cls(data, source=str(path), files=[path])
+        return cls(data, source=str(path), files=[path], check_names=check_names)
 
     @property
     def seeds(self) -> list[int]:
