@@ -38,7 +38,7 @@ cluster:
 
 # tests/chaos runs in `make chaos` (small counts without KDFLOW_CHAOS=full: `pytest tests/chaos`)
 test: setup cluster
-	$(BIN)/python -m pytest -q --ignore=tests/chaos
+	$(BIN)/python -m pytest -q
 
 # Chaos and load at full counts (tests/chaos, which `make test` runs at small counts): kills,
 # scheduler and storage faults, bad input; prints the summary table. Record it in the docs
