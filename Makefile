@@ -36,7 +36,7 @@ cluster:
 		bash tests/cluster/slurm.sh install && bash tests/cluster/slurm.sh start; \
 	else echo "cluster: not root on Debian: the scheduler, cron and ssh tests will be skipped"; fi
 
-# tests/chaos runs in `make chaos` (small counts without KDFLOW_CHAOS=full: `pytest tests/chaos`)
+# Everything, tests/chaos at small counts (`make chaos` runs the full counts)
 test: setup cluster
 	$(BIN)/python -m pytest -q
 
