@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -303,39 +302,6 @@ def experiment_dirs(workdir: Path) -> list[str]:
     )
 
 
-class Sampler(threading.Thread):
-    """Like test_e2e_pbs.QueueSampler (every second: the live jobs submitted from `workdir`,
-    any name seen twice), but its qstat calls read `-F json -f` in <state>/qstat.calls, so
-    that they can be told from the executor's (`-x -f -F json ...`) when counting faults."""
-
-    ARGV = ("qstat", "-F", "json", "-f")
-
-    def __init__(self, env, workdir):
-        super().__init__(daemon=True)
-        self.env, self.workdir = env, str(workdir)
-        self.stop, self.samples, self.duplicates = threading.Event(), 0, []
-        self.jobs_seen: set[str] = set()
-
-    def run(self):
-        while not self.stop.is_set():
-            out = subprocess.run(self.ARGV, env=self.env, capture_output=True, text=True)
-            if out.returncode == 0:
-                jobs = json.loads(out.stdout).get("Jobs", {})
-                names = [
-                    j["Job_Name"]
-                    for j in jobs.values()
-                    if j["job_state"] not in "FXC"
-                    and j.get("Variable_List", {}).get("PBS_O_WORKDIR") == self.workdir
-                ]
-                self.duplicates += [n for n in set(names) if names.count(n) > 1]
-                self.jobs_seen |= set(names)
-                self.samples += 1
-            self.stop.wait(1.0)
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.join()
+# Every second: the live jobs submitted from a directory, and any name seen twice. A context
+# manager: `with Sampler(env, workdir) as sampler:` samples until the block ends.
+Sampler = e2e().QueueSampler

@@ -10,8 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from snakemake_executor_plugin_pbs.registry import Submission
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,19 +26,8 @@ unit = _load("kdflow_test_pbs_controller", ROOT / "tests/test_pbs_controller.py"
 fake_pbs = unit.fake_pbs
 
 
-@pytest.fixture
-def pbs(tmp_path, monkeypatch):
-    fake = fake_pbs.FakePbs(tmp_path / "pbs")
-    for key, value in fake.env().items():
-        monkeypatch.setenv(key, value)
-    return fake
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
+# the unit tests' fixtures: a fake PBS on PATH, and the controller's working directory
+pbs, workdir = unit.pbs, unit.workdir
 
 
 def test_a_job_that_succeeded_while_no_controller_ran_is_recorded_at_start(pbs, workdir, chaos):

@@ -75,6 +75,14 @@ class QueueSampler(threading.Thread):
                 self.samples += 1
             self.stop.wait(1.0)
 
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.join()
+
 
 def _controller(workdir, env, *extra):
     return subprocess.Popen(
