@@ -77,12 +77,14 @@ def train_hparams(wildcards):
     }
 
 
-def dataset_mem_mb(wildcards):
-    return SWEEP.resources(wildcards.dataset)["mem_mb"]
-
-
-def dataset_runtime(wildcards):
-    return SWEEP.resources(wildcards.dataset)["runtime"]
+def dataset_resource(name):
+    """A training job's `name` resource (mem_mb, runtime) from its dataset's settings: a number
+    where all datasets agree, else a function of the wildcards (Snakemake calls a function
+    once per job, which a 10,000-job dry run notices)."""
+    values = {SWEEP.resources(dataset)[name] for dataset in SWEEP.datasets}
+    if len(values) == 1:
+        return values.pop()
+    return lambda wildcards: SWEEP.resources(wildcards.dataset)[name]
 
 
 def pure_priority(wildcards):

@@ -15,8 +15,8 @@ rule train_pure:
         "../envs/kdflow.yaml"
     threads: 1  # profiles set the real count (set-threads); keep it fixed within a sweep
     resources:
-        mem_mb=dataset_mem_mb,
-        runtime=dataset_runtime,
+        mem_mb=dataset_resource("mem_mb"),
+        runtime=dataset_resource("runtime"),
     params:
         hparams=train_hparams,
     script:
@@ -36,8 +36,8 @@ rule train_kd:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=dataset_mem_mb,
-        runtime=dataset_runtime,
+        mem_mb=dataset_resource("mem_mb"),
+        runtime=dataset_resource("runtime"),
     params:
         hparams=train_hparams,
     script:

@@ -66,6 +66,25 @@ def test_every_student_is_fed_by_its_teacher():
         assert teachers[0]["model"] == labels[student]["teacher"]
 
 
+@pytest.mark.parametrize("datasets", [["digits"], ["digits", "cifar10"]])
+def test_every_training_job_gets_its_datasets_memory_and_runtime(tmp_path, datasets):
+    # one dataset: the numbers are constants of the rules; two that differ: a function per job
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    settings = {
+        "digits": {"mem_mb": 2000, "runtime": 10},
+        "cifar10": {"mem_mb": 9000, "runtime": 600},
+    }
+    config["datasets"] = {name: settings[name] for name in datasets}
+    out = snakemake(tmp_path, "-n", config=config).stdout
+    jobs = [block for block in out.split("rule ")[1:] if block.startswith("train_")]
+    assert len(jobs) == 8 * len(datasets)
+    for block in jobs:
+        dataset = re.search(r"wildcards: dataset=(\w+)", block)[1]
+        resources = dict(re.findall(r"(\w+)=(\w+)", re.search(r"resources: (.*)", block)[1]))
+        assert int(resources["mem_mb"]) == settings[dataset]["mem_mb"], block
+        assert int(resources["runtime"]) == settings[dataset]["runtime"], block
+
+
 def test_bad_config_stops_before_anything_runs(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config["alphas"] = [0.5, 1.5]

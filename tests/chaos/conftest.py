@@ -138,6 +138,7 @@ class Figures:
     bad_inputs: int = 0  # malformed configs and command lines tried
     duplicates: int = 0  # moments two live jobs trained one experiment
     differing: int = 0  # results that differ from a clean run
+    load: list = field(default_factory=list)  # {"measure", "result", "goal"} of load tests
     detail: dict = field(default_factory=dict)
     outcome: str = "unknown"
     seconds: float = 0.0
