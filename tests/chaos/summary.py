@@ -47,7 +47,7 @@ def table(records: list[dict]) -> str:
     """A Markdown table of the records, with a totals row."""
     rows = [[_cell(r, key) for key, _ in COLUMNS] for r in records]
     totals = {
-        "test": f"**total ({len(records)} tests)**",
+        "test": f"**total ({len(records)} test{'s' if len(records) != 1 else ''})**",
         "outcome": ", ".join(
             f"{sum(r['outcome'] == o for r in records)} {o}"
             for o in ("passed", "failed", "skipped")
@@ -60,6 +60,16 @@ def table(records: list[dict]) -> str:
     header = [title for _, title in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load_table(records: list[dict]) -> str:
+    """A Markdown table of the load figures (tests/chaos/test_load.py), or "" if none ran."""
+    rows = [entry for r in records for entry in r.get("load", [])]
+    if not rows:
+        return ""
+    lines = ["| load | result | goal |", "|---|---|---|"]
+    lines += [f"| {e['measure']} | {e['result']} | {e['goal']} |" for e in rows]
     return "\n".join(lines)
 
 
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no chaos report found: run the tests in tests/chaos first", file=sys.stderr)
         return 2
     records = read(path)
-    text = heading(records) + "\n\n" + table(records)
+    text = "\n\n".join(filter(None, [heading(records), table(records), load_table(records)]))
     print(f"{path}\n\n{text}")
     if args.docs:
         update_docs(args.docs, text)
