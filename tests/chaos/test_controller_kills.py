@@ -163,9 +163,10 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
     rounds, problems = [], []
     chaos.detail.update(kill_modes=modes, landed=landed, rounds=rounds, job_kills=job_kills)
     try:
-        while kills < COUNTS.controller_kills:
+        while kills < COUNTS.controller_kills or pending_job_kills:
             # a round: one sweep in a fresh directory, killed until it is finished or the
-            # count is reached; a sweep that finishes first is followed by another
+            # count is reached; a sweep that finishes first is followed by another, and so is
+            # one that ends with a job kill still owed (jobs are killed only while they train)
             project = make_project(tmp_path / f"round{len(rounds)}", SWEEP)
             sampler = E2E.QueueSampler(pbs_cluster.env, project)
             sampler.start()
