@@ -185,3 +185,41 @@ rule slow:
     assert "adopting live job 1000.fakesrv" in second.stderr
     assert len(pbs.calls("qsub")) == 1
     assert (work / "results" / "slow.txt").read_text() == "ok\n"
+
+
+@pytest.mark.slow
+def test_a_job_that_succeeded_after_its_controller_was_killed_is_not_run_again(workflow):
+    # The next controller asks for the target although the killed one's job wrote its output
+    # and succeeded (as when its DAG was built before the job ended; here: -R): that success
+    # is reported, and no second job runs. Asked again, the target is submitted as usual.
+    work, pbs, env = workflow
+    (work / "Snakefile").write_text(
+        """
+rule slow:
+    output: "results/slow.txt"
+    shell: "sleep 3; echo ok > {output}"
+"""
+    )
+    args = ("--executor", "pbs", "-j", "2", "--pbs-status-interval", "1")
+    first = subprocess.Popen(
+        [*SNAKEMAKE, *args], cwd=work, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while not any(job["state"] == "R" for job in pbs.jobs()) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    while any(job["state"] != "F" for job in pbs.jobs()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert (work / "results" / "slow.txt").read_text() == "ok\n"
+    assert snakemake(work, env, "--unlock").returncode == 0
+    second = snakemake(work, env, *args, "-R", "slow")
+    assert second.returncode == 0, second.stderr
+    assert "job 1000.fakesrv succeeded while no controller watched it" in second.stderr
+    assert len(pbs.calls("qsub")) == 1
+    record = json.loads(next((work / ".kdflow" / "pbs" / "targets").glob("*.json")).read_text())
+    assert record["done"] and [s["outcome"] for s in record["submissions"]] == ["success"]
+    third = snakemake(work, env, *args, "-R", "slow")
+    assert third.returncode == 0, third.stderr
+    assert len(pbs.calls("qsub")) == 2

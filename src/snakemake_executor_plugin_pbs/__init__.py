@@ -271,7 +271,10 @@ class Executor(RemoteExecutor):
         results = self.controller.start(target for _, target in targets)
         for job, target in targets:
             result = results[target.name]
-            if isinstance(result, Finished):
+            if isinstance(result, Finished) and result.succeeded:
+                # a job of an earlier controller did it: handed over at the next poll
+                self.report_job_submission(SubmittedJobInfo(job, aux={"pbs": result}))
+            elif isinstance(result, Finished):
                 self.report_job_error(
                     SubmittedJobInfo(job), msg=result.message, aux_logs=list(result.logs)
                 )
@@ -285,8 +288,14 @@ class Executor(RemoteExecutor):
     ) -> AsyncGenerator[SubmittedJobInfo, None]:
         if not active_jobs:
             return
-        async with self.status_rate_limiter:
-            results = self.controller.poll(job_info.aux["pbs"] for job_info in active_jobs)
+        done = {j.aux["pbs"].target.name: j.aux["pbs"] for j in active_jobs
+                if isinstance(j.aux["pbs"], Finished)}  # fmt: skip
+        tracked = [j.aux["pbs"] for j in active_jobs if not isinstance(j.aux["pbs"], Finished)]
+        results = {}
+        if tracked:
+            async with self.status_rate_limiter:
+                results = self.controller.poll(tracked)
+        results.update(done)
         for job_info in active_jobs:
             result = results[job_info.aux["pbs"].target.name]
             if isinstance(result, Finished) and result.succeeded:
@@ -309,7 +318,9 @@ class Executor(RemoteExecutor):
             self.logger.warning(f"PBS: could not record how the last jobs ended: {e}")
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
-        self.controller.cancel(job_info.aux["pbs"] for job_info in active_jobs)
+        self.controller.cancel(
+            j.aux["pbs"] for j in active_jobs if not isinstance(j.aux["pbs"], Finished)
+        )
 
     def get_job_args(self, job: JobExecutorInterface, **kwargs) -> str:
         # RemoteExecutor also makes every job wait for this controller's temporary directory;

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cancel import qdel
-from .classify import Outcome, classify
+from .classify import Kind, Outcome, classify
 from .policy import Action, Decision, Limits, decide
 from .progress import read_progress
 from .registry import Registry, Submission, TargetRecord
@@ -252,6 +252,7 @@ class Controller:
             target = Target(
                 name=record.name, rule=record.rule or "?", outputs=tuple(record.outputs), command=""
             )
+            submission.unreported = True
             self._conclude(target, record, submission, info, code)
         return ending
 
@@ -307,6 +308,11 @@ class Controller:
             if record.failed:
                 self._clear_failure(record)
             last = record.last
+            if last is not None and last.unreported:
+                finished = self._unwatched_success(t, record)
+                if finished is not None:
+                    results[t.target.name] = finished
+                    continue
             if last is None or not last.is_open:
                 ready.append((t, record))
             elif last.job_id:
@@ -335,12 +341,39 @@ class Controller:
                 results[t.target.name] = self._adopt(t, submission, info)
                 continue
             code = self.registry.exit_record(submission.job_id)
+            submission.unreported = True
             outcome, decision = self._conclude(t.target, record, submission, info, code)
             if decision.action is Action.FAIL:
                 results[t.target.name] = self._failed(t.target, submission, outcome, decision)
-            else:  # Snakemake wants the target (again): whatever ended, submit a new job
+            elif (finished := self._unwatched_success(t, record)) is not None:
+                results[t.target.name] = finished
+            else:  # Snakemake wants the target (again): submit a new job
                 ready.append((t, record))
         return results
+
+    def _unwatched_success(self, t: Tracked, record: TargetRecord) -> Finished | None:
+        """The target's last job succeeded while no controller watched it, so no Snakemake
+        learned of it: the killed controller's Snakemake left the target marked incomplete,
+        and the next one asks for it again although the job wrote every output. If they all
+        exist, report that success (once) instead of running the target a second time."""
+        last = record.last
+        outputs = [self.config.workdir / output for output in t.target.outputs]
+        if (
+            last is None
+            or not last.unreported
+            or last.outcome != Kind.SUCCESS.value
+            or not outputs
+            or not all(path.exists() for path in outputs)
+        ):
+            return None
+        last.unreported = False
+        self.registry.save(record)
+        message = (
+            f"job {last.job_id} succeeded while no controller watched it; its outputs exist, "
+            "so it is reported instead of submitting another"
+        )
+        self.logger.info(f"PBS: {t.target.rule} target {t.target.name}: {message}")
+        return Finished(t.target, True, message)
 
     def _resume_intents(self, intents, ready) -> dict[str, "Tracked | Finished"]:
         """Targets whose qsub was interrupted: adopt a live job of their name, or submit."""

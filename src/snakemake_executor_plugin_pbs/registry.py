@@ -62,6 +62,9 @@ class Submission:
     outcome: str | None = None  # a classify.Kind value; "lost": qsub interrupted, no job found
     reason: str | None = None
     ended_at: float | None = None
+    # ended while no controller watched it, and no Snakemake has been told how (see
+    # Controller._unwatched_success)
+    unreported: bool = False
 
     @property
     def is_open(self) -> bool:

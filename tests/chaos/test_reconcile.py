@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from snakemake_executor_plugin_pbs.registry import Submission
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,3 +90,60 @@ def test_shutdown_waits_for_jobs_whose_outputs_exist_and_records_them(pbs, workd
     controller.reconcile(settle_seconds=20)
     assert time.monotonic() - started < 5
     assert controller.registry.load(other.name).last.outcome is None
+
+
+def _finish_with_output(pbs, workdir, t, job_id):
+    output = workdir / t.outputs[0]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("done\n")  # the job's own Snakemake wrote it
+    pbs.finish(job_id, 0)
+
+
+@pytest.mark.parametrize("reconciled", [True, False], ids=["reconciled first", "found at start"])
+def test_a_success_no_snakemake_heard_of_is_reported_not_run_again(pbs, workdir, chaos, reconciled):
+    """The controller is killed; its job succeeds; the next controller's Snakemake built its
+    DAG before the job ended (or kept the target's incomplete mark) and asks for the target:
+    the success is reported, and no second job runs. Asked again after that (a forced rerun),
+    the target is submitted as usual."""
+    t = unit.target()
+    first = unit.make_controller(workdir).start([t])[t.name]
+    _finish_with_output(pbs, workdir, t, first.job_id)
+    controller = unit.make_controller(workdir)
+    if reconciled:
+        controller.reconcile()
+    result = controller.start([t])[t.name]
+    assert isinstance(result, unit.Finished) and result.succeeded, result
+    assert "succeeded while no controller watched it" in result.message
+    assert len(pbs.calls("qsub")) == 1
+    record = controller.registry.load(t.name)
+    assert record.done and [s.outcome for s in record.submissions] == ["success"]
+    assert not record.last.unreported
+    again = controller.start([t])[t.name]
+    assert isinstance(again, unit.Tracked) and again.job_id != first.job_id
+    assert len(pbs.calls("qsub")) == 2
+    chaos.kills = 1
+
+
+def test_a_success_without_its_outputs_is_run_again(pbs, workdir, chaos):
+    """If the outputs of the unwatched success are gone, the target runs again."""
+    t = unit.target()
+    first = unit.make_controller(workdir).start([t])[t.name]
+    pbs.finish(first.job_id, 0)
+    result = unit.make_controller(workdir).start([t])[t.name]
+    assert isinstance(result, unit.Tracked) and result.job_id != first.job_id
+    assert len(pbs.calls("qsub")) == 2
+    chaos.kills = 1
+
+
+def test_a_success_a_controller_reported_is_not_reported_twice(pbs, workdir, chaos):
+    """A success the watching controller saw (and handed to its Snakemake) is not unreported:
+    a later request for the target (a forced rerun) submits."""
+    t = unit.target()
+    controller = unit.make_controller(workdir)
+    first = controller.start([t])[t.name]
+    _finish_with_output(pbs, workdir, t, first.job_id)
+    polled = controller.poll([first])[t.name]
+    assert isinstance(polled, unit.Finished) and polled.succeeded
+    assert not controller.registry.load(t.name).last.unreported
+    again = unit.make_controller(workdir).start([t])[t.name]
+    assert isinstance(again, unit.Tracked) and len(pbs.calls("qsub")) == 2
