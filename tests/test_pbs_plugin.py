@@ -156,6 +156,23 @@ rule flaky:
     assert "failed without progress: retry 1 of 2" in run.stderr
 
 
+ARGS = ("--executor", "pbs", "-j", "2", "--pbs-status-interval", "1")
+
+
+def _sigkill_the_controller_while_a_job_runs(work, pbs, env):
+    """Start `snakemake *ARGS`, SIGKILL it once a job runs, and release its lock."""
+    first = subprocess.Popen(
+        [*SNAKEMAKE, *ARGS], cwd=work, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while not any(job["state"] == "R" for job in pbs.jobs()) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert snakemake(work, env, "--unlock").returncode == 0
+
+
 @pytest.mark.slow
 def test_a_sigkilled_controller_leaves_one_job_which_the_next_one_adopts(workflow):
     work, pbs, env = workflow
@@ -166,21 +183,8 @@ rule slow:
     shell: "sleep 5; echo ok > {output}"
 """
     )
-    args = ("--executor", "pbs", "-j", "2", "--pbs-status-interval", "1")
-    first = subprocess.Popen(
-        [*SNAKEMAKE, *args],
-        cwd=work,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 60
-    while not any(job["state"] == "R" for job in pbs.jobs()) and time.time() < deadline:
-        time.sleep(0.2)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-    assert snakemake(work, env, "--unlock").returncode == 0
-    second = snakemake(work, env, *args, "--rerun-incomplete")
+    _sigkill_the_controller_while_a_job_runs(work, pbs, env)
+    second = snakemake(work, env, *ARGS, "--rerun-incomplete")
     assert second.returncode == 0, second.stderr
     assert "adopting live job 1000.fakesrv" in second.stderr
     assert len(pbs.calls("qsub")) == 1
@@ -200,26 +204,17 @@ rule slow:
     shell: "sleep 3; echo ok > {output}"
 """
     )
-    args = ("--executor", "pbs", "-j", "2", "--pbs-status-interval", "1")
-    first = subprocess.Popen(
-        [*SNAKEMAKE, *args], cwd=work, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    _sigkill_the_controller_while_a_job_runs(work, pbs, env)
     deadline = time.time() + 60
-    while not any(job["state"] == "R" for job in pbs.jobs()) and time.time() < deadline:
-        time.sleep(0.2)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
     while any(job["state"] != "F" for job in pbs.jobs()) and time.time() < deadline:
         time.sleep(0.2)
     assert (work / "results" / "slow.txt").read_text() == "ok\n"
-    assert snakemake(work, env, "--unlock").returncode == 0
-    second = snakemake(work, env, *args, "-R", "slow")
+    second = snakemake(work, env, *ARGS, "-R", "slow")
     assert second.returncode == 0, second.stderr
     assert "job 1000.fakesrv succeeded while no controller watched it" in second.stderr
     assert len(pbs.calls("qsub")) == 1
     record = json.loads(next((work / ".kdflow" / "pbs" / "targets").glob("*.json")).read_text())
     assert record["done"] and [s["outcome"] for s in record["submissions"]] == ["success"]
-    third = snakemake(work, env, *args, "-R", "slow")
+    third = snakemake(work, env, *ARGS, "-R", "slow")
     assert third.returncode == 0, third.stderr
     assert len(pbs.calls("qsub")) == 2

@@ -209,7 +209,7 @@ def _registered_methods() -> list[str]:
 def _unknown_names(config: dict[str, Any]) -> list[str]:
     """Names the config uses that kdflow does not know. Torch-free on a good config: models
     come from kdflow.architectures and methods from the schema, which documents every method
-    registered in kdflow.losses (tests/test_config.py keeps the two equal); the registry is
+    registered in kdflow.losses (tests/test_losses.py keeps the two equal); the registry is
     asked only to explain a name the schema lacks."""
     errors = []
     known_models = model_names()
@@ -222,7 +222,7 @@ def _unknown_names(config: dict[str, Any]) -> list[str]:
     for name in config["datasets"]:
         if name not in known_datasets:
             errors.append(f"datasets.{name}: unknown dataset; known: {', '.join(known_datasets)}")
-    documented = documented_methods()
+    documented = _documented_methods()
     for name in config["methods"]:
         if name in documented or name == "pure":
             continue
@@ -236,7 +236,7 @@ def _unknown_names(config: dict[str, Any]) -> list[str]:
     return errors
 
 
-def documented_methods() -> list[str]:
+def _documented_methods() -> list[str]:
     """The distillation methods config/schema.yaml documents, each with its settings."""
     return sorted(_schema()["properties"]["methods"]["properties"])
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from conftest import load_module
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -26,15 +27,7 @@ SMALL_WORKFLOW = ROOT / "tests/cluster/workflows/Snakefile"
 
 def e2e():
     """tests/cluster/test_e2e_pbs.py (SWEEP, ON_THIS_MACHINE, QueueSampler), loaded once."""
-    import importlib.util
-
-    name = "kdflow_e2e_pbs"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests/cluster/test_e2e_pbs.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_module("kdflow_e2e_pbs", ROOT / "tests/cluster/test_e2e_pbs.py")
 
 
 # -- projects driven by scripts/cron.sh -------------------------------------------------------

@@ -53,7 +53,7 @@ COUNTS = (
 )
 
 
-def _load(name: str, path: Path):
+def load_module(name: str, path: Path):
     """Import a module from a file under a private name (tests/ has no packages)."""
     if name in sys.modules:
         return sys.modules[name]
@@ -64,7 +64,7 @@ def _load(name: str, path: Path):
     return module
 
 
-cluster_conftest = _load("kdflow_cluster_conftest", CLUSTER_DIR / "conftest.py")
+cluster_conftest = load_module("kdflow_cluster_conftest", CLUSTER_DIR / "conftest.py")
 PBSCluster = cluster_conftest.PBSCluster
 # tests/cluster's session fixture, under another name: `pbs_cluster` below waits for Slurm
 _cluster_session = cluster_conftest.pbs_cluster

@@ -160,6 +160,16 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
     # training job runs yet); one that finds none running is tried again at the next
     job_kill_at = set(rng.sample(range(min(2, n - 1), n), COUNTS.pbs_job_kills))
     pending_job_kills = 0
+
+    def kill_an_owed_job() -> None:
+        """qdel and scancel -s KILL in turn, a job of the current round's project that trains."""
+        nonlocal pending_job_kills
+        how = ("qdel", "scancel -s KILL")[len(job_kills) % 2]
+        job = _kill_a_training_job(pbs_cluster, project, killed_per_target, how)
+        if job:
+            pending_job_kills -= 1
+            job_kills.append(f"{how} {job}")
+
     rounds, problems = [], []
     chaos.detail.update(kill_modes=modes, landed=landed, rounds=rounds, job_kills=job_kills)
     try:
@@ -185,11 +195,7 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
                     pending_job_kills += 1
                 if pending_job_kills:
                     time.sleep(rng.uniform(0, 3))
-                    how = ("qdel", "scancel -s KILL")[len(job_kills) % 2]
-                    job = _kill_a_training_job(pbs_cluster, project, killed_per_target, how)
-                    if job:
-                        pending_job_kills -= 1
-                        job_kills.append(f"{how} {job}")
+                    kill_an_owed_job()
                 mode = plan[kills]
                 hit = pid and _wait_and_kill(pbs_cluster, pid, mode, rng)
                 if hit:
@@ -212,11 +218,7 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
                 pid = wait_until(lambda p=project: controller_pid(p), 15, 0.05)
                 while pending_job_kills and pid and alive(pid):  # job kills still owed
                     time.sleep(rng.uniform(1, 3))
-                    how = ("qdel", "scancel -s KILL")[len(job_kills) % 2]
-                    job = _kill_a_training_job(pbs_cluster, project, killed_per_target, how)
-                    if job:
-                        pending_job_kills -= 1
-                        job_kills.append(f"{how} {job}")
+                    kill_an_owed_job()
                 if pid:
                     assert wait_until(lambda pid=pid: not alive(pid), 900, 1), "sweep too slow"
             assert "the sweep is finished" in result.stdout, result.stdout + result.stderr

@@ -8,7 +8,6 @@ pass/fail (the machines are shared). The measuring code is bench/'s, so that `ma
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,21 +15,15 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import FULL
+from conftest import FULL, load_module
 
 ROOT = Path(__file__).resolve().parents[2]
 KDFLOW = Path(sys.executable).parent / "kdflow"
 
 
 def _bench(name: str):
-    """bench/<name>.py, imported under a private name (bench/ is scripts, not a package)."""
-    module_name = f"kdflow_bench_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, ROOT / "bench" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    """bench/<name>.py (bench/ is scripts, not a package)."""
+    return load_module(f"kdflow_bench_{name}", ROOT / "bench" / f"{name}.py")
 
 
 def test_dry_run_of_10000_experiments_against_a_bare_snakefile(chaos):

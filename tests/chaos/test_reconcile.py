@@ -5,26 +5,19 @@ Against tests/test_pbs_controller.py's fake qsub/qstat on PATH; fast, no cluster
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import load_module
 
 from snakemake_executor_plugin_pbs.registry import Submission
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-unit = _load("kdflow_test_pbs_controller", ROOT / "tests/test_pbs_controller.py")
+unit = load_module("kdflow_test_pbs_controller", ROOT / "tests/test_pbs_controller.py")
 fake_pbs = unit.fake_pbs
 
 
