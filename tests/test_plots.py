@@ -6,6 +6,7 @@ import logging
 import pytest
 from PIL import Image
 
+from kdflow.plots import read_histories
 from kdflow.summary import write_report
 
 HEADER = "epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_seconds,images_per_s\n"
@@ -70,3 +71,34 @@ def test_report_of_an_empty_sweep_draws_nothing(tmp_path):
     (tmp_path / "results").mkdir()
     table, figures = write_report(tmp_path / "results", tmp_path / "summary")
     assert table.empty and figures == []
+
+
+@pytest.mark.parametrize(
+    "last_line",
+    [
+        "2,1.5,52,1.4,4",  # cut inside test_acc: "4" parses, a wrong accuracy
+        "2,1.5,52,1.4,42,0.05,1.0,9",  # cut inside the last field: every column present
+        "2,1.5,52,1.4,42,0.0",  # cut after test_acc: only the unread columns are missing
+    ],
+)
+def test_a_history_row_cut_short_is_left_out_by_path(tmp_path, caplog, last_line):
+    d = tmp_path / "results/cifar100/pure/r8/seed0"
+    d.mkdir(parents=True)
+    (d / "history.csv").write_text(
+        HEADER + "0,2.0,50,1.5,40,0.05,1.0,900\n1,1.8,51,1.5,41,0.05,1.0,900\n" + last_line
+    )
+    with caplog.at_level(logging.WARNING):
+        history = read_histories(tmp_path / "results")[d]
+    assert list(history["epoch"]) == [0, 1] and list(history["test_acc"]) == [40, 41]
+    assert f"{d / 'history.csv'}: ignoring 1 incomplete row(s)" in caplog.text
+
+
+def test_a_whole_history_is_kept(tmp_path, caplog):
+    d = tmp_path / "results/cifar100/pure/r8/seed0"
+    d.mkdir(parents=True)
+    (d / "history.csv").write_text(
+        HEADER + "0,2.0,50,1.5,40,0.05,1.0,900\n1,1.8,51,1.5,41,0.05,1.0,900\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        history = read_histories(tmp_path / "results")[d]
+    assert list(history["test_acc"]) == [40, 41] and caplog.text == ""

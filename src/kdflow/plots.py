@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -41,21 +42,30 @@ def experiment_label(directory: Path, results_dir: Path) -> tuple[str, str, str]
 
 
 def read_histories(results_dir: str | Path) -> dict[Path, pd.DataFrame]:
-    """Every experiment's history.csv, finished or not; damaged ones are skipped by path."""
+    """Every experiment's history.csv, finished or not; damaged ones are skipped by path.
+
+    The trainer writes whole lines, so a last line without its newline was cut short (by a copy
+    or a full disk) even where every field still parses: "25.0" cut to "2" is a number, a wrong
+    one. Such a row, and any row with a field missing, is left out with a warning.
+    """
     results_dir = Path(results_dir)
     out = {}
     for path in sorted(results_dir.glob("*/*/**/seed*/history.csv")):
         try:
-            history = pd.read_csv(path)
+            text = path.read_text()
+            cut = bool(text) and not text.endswith("\n")
+            history = pd.read_csv(io.StringIO(text))
             missing = HISTORY_COLUMNS - set(history.columns)
             if missing:
                 raise ValueError(f"missing columns {sorted(missing)}")
-            history = history[sorted(HISTORY_COLUMNS)].apply(pd.to_numeric, errors="raise")
+            history = history.apply(pd.to_numeric, errors="raise")
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             log.warning("skipping %s: %s", path, exc)
             continue
         partial = history.isna().any(axis=1)
-        if partial.any():  # a row cut short by a copy or a full disk
+        if cut and len(history):
+            partial.iloc[-1] = True
+        if partial.any():
             log.warning("%s: ignoring %d incomplete row(s)", path, partial.sum())
             history = history[~partial]
         if not history.empty:

@@ -180,16 +180,15 @@ def wrong_json(path: Path, rng) -> str:
 
 def wrong_csv(path: Path, rng) -> str:
     lines = path.read_text().splitlines()
-    path.write_text(
-        rng.choice(
-            [
-                "\n".join(lines[:-1] + [lines[-1][: len(lines[-1]) // 2]]),  # a row cut short
-                "epoch;loss\n1;2\n",  # another format
-                "\n".join([lines[0]] + [",".join(["x"] * 8)] * 3),  # text where numbers go
-            ]
-        )
+    how, text = rng.choice(
+        [
+            ("a row cut short", "\n".join(lines[:-1] + [lines[-1][: len(lines[-1]) // 2]])),
+            ("another format", "epoch;loss\n1;2\n"),
+            ("text where numbers go", "\n".join([lines[0]] + [",".join(["x"] * 8)] * 3)),
+        ]
     )
-    return "damaged CSV"
+    path.write_text(text)
+    return f"damaged CSV: {how}"
 
 
 CHECKPOINT_DAMAGE = [truncate, empty, garbage, flip]
@@ -293,12 +292,13 @@ def test_status_and_report_work_over_damaged_files(tiny, chaos, tmp_path):
         shutil.copytree(tiny["root"] / "results", tmp_path / "results")
         for kind in damaged:
             damaged[kind] = []
+        how: dict[str, str] = {}
         # one experiment at least keeps good files; the others lose one file each
         victims = rng.sample(experiments, k=len(experiments) - 1)
         for directory, kind in zip(victims, rng.sample(list(damaged), k=len(victims)),
                                    strict=False):  # fmt: skip
             damage = rng.choice(JSON_DAMAGE if kind.endswith(".json") else REPORT_CSV_DAMAGE)
-            damage(Path(directory) / kind, rng)
+            how[str(Path(directory) / kind)] = damage(Path(directory) / kind, rng)
             damaged[kind].append(str(Path(directory) / kind))
             chaos.faults += 1
         records = tmp_path / ".kdflow/pbs/targets"
@@ -326,7 +326,9 @@ def test_status_and_report_work_over_damaged_files(tiny, chaos, tmp_path):
             continue
         for path in damaged["metrics.json"] + damaged["history.csv"]:
             if str(Path(path).relative_to(tmp_path)) not in report.stderr:
-                problems.append(f"round {r}: kdflow report did not name {path}:\n{report.stderr}")
+                problems.append(
+                    f"round {r}: kdflow report did not name {path} ({how[path]}):\n{report.stderr}"
+                )
         rows = (tmp_path / "results/summary/results.csv").read_text().splitlines()[1:]
         if len(rows) != len(experiments) - len(damaged["metrics.json"]):
             problems.append(f"round {r}: results.csv has {len(rows)} rows")
