@@ -9,9 +9,11 @@ from kdflow.checkpoint import (
     CheckpointError,
     atomic_write_text,
     load_checkpoint,
+    load_verified,
     previous_path,
     read_json,
     save_checkpoint,
+    save_verified,
 )
 
 
@@ -94,3 +96,28 @@ def test_read_json_tolerates_damage(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert read_json(path) is None
     assert str(path) in caplog.text
+
+
+def test_a_changed_tensor_in_a_verified_file_is_refused_by_path(tmp_path):
+    """torch.load reads a flipped bit in a tensor without complaint; the SHA-256 does not."""
+    path = tmp_path / "best.pth"
+    save_verified(path, {"model": {"w": torch.arange(4.0)}, "model_name": "r8"})
+    assert torch.equal(load_verified(path)["model"]["w"], torch.arange(4.0))
+    saved = torch.load(path, weights_only=False)
+    saved["model"]["w"][2] = 2.0000002  # one bit of one weight
+    torch.save(saved, path)
+    with pytest.raises(CheckpointError, match="SHA-256") as err:
+        load_verified(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"junk" * 10, None], ids=["empty", "garbage", "a list"])
+def test_an_unreadable_verified_file_is_refused_by_path(tmp_path, content):
+    path = tmp_path / "best.pth"
+    if content is None:
+        torch.save([1, 2], path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_verified(path)
+    assert str(path) in str(err.value)

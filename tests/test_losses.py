@@ -1,6 +1,7 @@
 """Every method against a hand computation; the registry; one epoch of each through the trainer."""
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -350,3 +351,31 @@ def test_each_method_trains_an_epoch(tiny, name):
         assert checkpoint["method"]["regressor.0.weight"].shape == (512, 64, 1, 1)
     else:
         assert optimized == student_params and checkpoint["method"] == {}
+
+
+def test_a_student_refuses_a_teacher_whose_best_weights_changed(tiny, tmp_path):
+    """A bit flipped in the teacher's best.pth would train every student against a different
+    teacher without a word; the SHA-256 stops the student before its first epoch."""
+    root, base = tiny
+    teacher = tmp_path / "teacher"
+    shutil.copytree(root / "teacher", teacher)
+    saved = torch.load(teacher / "best.pth", weights_only=False)
+    weight = next(iter(saved["model"].values()))
+    weight.view(-1)[0] = weight.view(-1)[0] * 1.0000001 + 1e-7
+    torch.save(saved, teacher / "best.pth")
+    spec = TrainSpec.from_params(
+        {
+            **base,
+            "model": "resnet8",
+            "method": "logit",
+            "teacher": "vgg8",
+            "teacher_dir": str(teacher),
+            "alpha": 0.5,
+        }  # fmt: skip
+    )
+    with pytest.raises(RuntimeError, match="SHA-256") as err:
+        train(spec, tmp_path / "student")
+    assert str(teacher / "best.pth") in str(err.value)
+    assert f"move {teacher} away" in str(err.value)
+    assert not (tmp_path / "student/completed").exists()
+    assert not (tmp_path / "student/checkpoint.pth").exists()

@@ -105,6 +105,14 @@ class CheckpointError(RuntimeError):
     """No checkpoint could be loaded although one exists."""
 
 
+class DamagedFile(CheckpointError):
+    """A torch file that cannot be loaded, or whose contents do not match their SHA-256."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
 def previous_path(path: Path) -> Path:
     return path.with_name(path.stem + ".prev" + path.suffix)
 
@@ -122,7 +130,31 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
     if path.exists():
         os.replace(path, previous_path(path))
+    save_verified(path, state)
+
+
+def save_verified(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save `state` atomically with the SHA-256 of its contents (see load_verified)."""
     save_torch(path, {**state, DIGEST_KEY: state_digest(state)})
+
+
+def load_verified(path: str | Path) -> dict[str, Any]:
+    """A dict written by save_verified, its SHA-256 checked; DamagedFile names the file and what
+    is wrong with it when it cannot be loaded, is not a dict, or its contents changed."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any unpickling error means "this file is damaged"
+        raise DamagedFile(path, f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise DamagedFile(path, f"not a kdflow file (a {type(state).__name__})")
+    digest = state.pop(DIGEST_KEY, None)  # files written before digests have none
+    if digest is not None and digest != state_digest(state):
+        raise DamagedFile(
+            path, "its contents do not match their SHA-256 (bit rot or a damaged copy)"
+        )
+    return state
 
 
 # A checkpoint carries the SHA-256 of its own contents: torch.load reads a flipped bit in a
@@ -170,29 +202,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
     Every checkpoint that fails to load is reported by path; if one exists but none loads,
     CheckpointError says which files to move away to start over.
     """
-    import torch
 
     path = Path(path)
     candidates = [p for p in (path, previous_path(path)) if p.exists()]
     problems = []
     for candidate in candidates:
         try:
-            state = torch.load(candidate, map_location="cpu", weights_only=False)
-        except Exception as exc:  # any unpickling error means "this file is damaged"
-            problems.append(f"{candidate}: {type(exc).__name__}: {exc}")
-            log.warning("checkpoint %s cannot be loaded (%s); trying an older one", candidate, exc)
-            continue
-        if not isinstance(state, dict) or "epoch" not in state:
-            problems.append(f"{candidate}: not a kdflow checkpoint")
-            log.warning("checkpoint %s is not a kdflow checkpoint; trying an older one", candidate)
-            continue
-        digest = state.pop(DIGEST_KEY, None)  # checkpoints written before digests have none
-        if digest is not None and digest != state_digest(state):
-            problems.append(f"{candidate}: contents do not match their SHA-256 (damaged)")
+            state = load_verified(candidate)
+            if "epoch" not in state:
+                raise DamagedFile(candidate, "not a kdflow checkpoint")
+        except DamagedFile as exc:
+            problems.append(str(exc))
             log.warning(
-                "checkpoint %s cannot be loaded (its contents do not match their SHA-256: "
-                "bit rot or a damaged copy); trying an older one",
-                candidate,
+                "checkpoint %s cannot be loaded (%s); trying an older one", exc.path, exc.reason
             )
             continue
         if candidate != path:

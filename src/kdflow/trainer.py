@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from kdflow.checkpoint import (
+    CheckpointError,
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    load_verified,
     read_json,
     save_checkpoint,
-    save_torch,
+    save_verified,
 )
 from kdflow.data import load_prepared
 from kdflow.loader import DeviceBatches, channel_stats
@@ -146,11 +148,12 @@ def load_teacher(spec: TrainSpec, num_classes: int, device: torch.device) -> tor
     """The frozen teacher from its run's best.pth (its `completed` is this job's input)."""
     path = Path(spec.teacher_dir) / "best.pth"
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
+        saved = load_verified(path)
+    except CheckpointError as exc:
         raise RuntimeError(
-            f"cannot load the teacher's weights {path}: {exc}; "
-            f"retrain the teacher (delete {spec.teacher_dir}/completed)"
+            f"cannot load the teacher's weights: {exc}; retrain the teacher: move "
+            f"{spec.teacher_dir} away and run the workflow again (its checkpoint holds the last "
+            f"epoch's weights, not the best)"
         ) from exc
     if saved.get("model_name") != spec.teacher:
         raise RuntimeError(
@@ -376,7 +379,7 @@ def train(spec: TrainSpec, out_dir: str | Path, log_path: str | Path | None = No
         # rewrites best.pth identically; the other order could leave best.pth an epoch stale.
         if test_acc > best_acc:
             best_acc, best_epoch = test_acc, epoch
-            save_torch(
+            save_verified(
                 files.best,
                 {
                     "model": model.state_dict(),
