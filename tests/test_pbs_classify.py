@@ -121,3 +121,31 @@ def test_reasons_are_human_sentences():
     assert classify(finished(1), None, "").reason == "exit status 1"
     killed = classify(finished(265, comment="Job run at ... and terminated"), None, "")
     assert "SIGKILL" in killed.reason and "terminated" in killed.reason
+
+
+ENOSPC_TAIL = (
+    "epoch 12/200 loss 1.21 train 58.1% test 55.3%\n"
+    "Traceback (most recent call last):\n"
+    '  File "/home/u/kdflow/src/kdflow/checkpoint.py", line 47, in atomic_file\n'
+    "OSError: [Errno 28] cannot write /mnt/lustre/u/results/c100/pure/r8/seed0/checkpoint.pth: "
+    "No space left on device\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "line"),
+    [
+        (ENOSPC_TAIL, "cannot write /mnt/lustre/u/results/c100/pure/r8/seed0/checkpoint.pth"),
+        ("OSError: [Errno 122] Disk quota exceeded: 'history.csv'\n", "Disk quota exceeded"),
+    ],
+)
+def test_a_failed_write_to_a_full_disk_or_quota_is_storage_with_its_line(stderr, line):
+    outcome = classify(finished(1), None, stderr)
+    assert outcome.kind is Kind.STORAGE and outcome.exit_status == 1
+    assert line in outcome.reason and "out of disk space" in outcome.reason
+
+
+@pytest.mark.parametrize("code", [0, -29, -27, 265])
+def test_a_full_disk_in_stderr_does_not_hide_success_or_a_kill(code):
+    kind = classify(finished(code), None, ENOSPC_TAIL).kind
+    assert kind is {0: Kind.SUCCESS, -29: Kind.WALLTIME, -27: Kind.MEMORY, 265: Kind.KILLED}[code]

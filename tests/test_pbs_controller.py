@@ -498,3 +498,75 @@ def test_cancel_deletes_all_tracked_jobs_in_one_qdel(pbs, workdir):
     controller.cancel(results.values())
     assert pbs.calls("qdel") == [["qdel", *(r.job_id for r in results.values())]]
     assert {job["state"] for job in pbs.jobs()} == {"F"}
+
+
+# -- out of disk space ---------------------------------------------------------------------
+
+ENOSPC = "OSError: [Errno 28] cannot write results/x/checkpoint.pth: No space left on device\n"
+
+
+def fill_disk(pbs, tracked: Tracked) -> None:
+    """The job ends as kdflow's trainer does when a write finds the disk full."""
+    Path(tracked.log_err).write_text(ENOSPC)
+    pbs.finish(tracked.job_id, 1)
+
+
+def test_a_full_disk_holds_the_target_back_longer_each_time_instead_of_giving_up(pbs, workdir):
+    clock = Clock()
+    limits = Limits(max_error_retries=1, storage_wait=600, max_storage_wait=1000)
+    controller = make_controller(workdir, clock=clock, limits=limits)
+    t = target()
+    results = controller.start([t])
+    for wait in (600, 1000, 1000):
+        fill_disk(pbs, results[t.name])
+        results = poll(controller, results)
+        held = results[t.name]
+        assert isinstance(held, Tracked) and held.job_id is None
+        assert "out of disk space" in held.waiting
+        qsubs = len(pbs.calls("qsub"))
+        clock.now += wait - 1
+        results = poll(controller, results)
+        assert results[t.name].job_id is None and len(pbs.calls("qsub")) == qsubs
+        clock.now += 1
+        results = poll(controller, results)
+        assert results[t.name].job_id and len(pbs.calls("qsub")) == qsubs + 1
+    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    assert [s.outcome for s in record.submissions] == ["storage"] * 3 + [None]
+    assert "No space left on device" in record.submissions[0].reason
+    assert record.failed is None and record.hold_until is None
+
+
+def test_the_wait_for_space_outlives_the_controller_and_retry_failed_ends_it(pbs, workdir):
+    clock = Clock()
+    controller = make_controller(workdir, clock=clock, limits=Limits(storage_wait=600))
+    t = target()
+    results = controller.start([t])
+    fill_disk(pbs, results[t.name])
+    poll(controller, results)  # held back; then the controller is killed
+    clock.now += 300
+    restarted = make_controller(workdir, clock=clock).start([t])[t.name]
+    assert restarted.job_id is None and "out of disk space" in restarted.waiting
+    assert len(pbs.calls("qsub")) == 1
+    # space was freed: the user does not want to wait
+    again = make_controller(workdir, clock=clock, retry_failed=True).start([t])[t.name]
+    assert again.job_id and len(pbs.calls("qsub")) == 2
+    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    assert record.storage_failures == 0 and record.hold_until is None
+
+
+def test_a_disk_full_too_long_is_given_up_with_the_line_that_says_so(pbs, workdir):
+    clock = Clock()
+    limits = Limits(storage_wait=1, max_storage_failures=1)
+    controller = make_controller(workdir, clock=clock, limits=limits)
+    t = target()
+    results = controller.start([t])
+    fill_disk(pbs, results[t.name])
+    results = poll(controller, results)
+    clock.now += 1
+    results = poll(controller, results)
+    fill_disk(pbs, results[t.name])
+    result = poll(controller, results)[t.name]
+    assert isinstance(result, Finished) and not result.succeeded
+    assert "out of disk space 2 times in a row" in result.message
+    assert "cannot write results/x/checkpoint.pth: No space left on device" in result.message
+    assert "--pbs-retry-failed" in result.message

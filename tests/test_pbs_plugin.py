@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import disks
 import pytest
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 
-from snakemake_executor_plugin_pbs import ExecutorSettings, common_settings
+from snakemake_executor_plugin_pbs import ExecutorSettings, common_settings, controller_config
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "pbs"
@@ -218,3 +220,52 @@ rule slow:
     third = snakemake(work, env, *ARGS, "-R", "slow")
     assert third.returncode == 0, third.stderr
     assert len(pbs.calls("qsub")) == 2
+
+
+@pytest.mark.slow
+def test_a_job_that_finds_the_disk_full_waits_for_space_and_then_runs(workflow, tmp_path):
+    """A real ENOSPC (a full tmpfs) fails the job; the executor holds the target back instead
+    of spending its error retries, and resubmits it once the wait is over and space is free."""
+    work, pbs, env = workflow
+    with disks.small_disk(tmp_path / "disk") as disk:
+        (work / "Snakefile").write_text(
+            f"""
+rule write:
+    output: "results/w.txt"
+    shell: "head -c 1000000 /dev/zero > {disk}/data.bin && echo ok > {{output}}"
+"""
+        )
+        disks.fill(disk / "filler")
+        log = tmp_path / "controller.err"
+        with open(log, "w") as err:
+            command = [*SNAKEMAKE, *ARGS, "--pbs-storage-wait", "1", "--pbs-max-error-retries", "0"]
+            run = subprocess.Popen(
+                command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=err
+            )
+        deadline = time.time() + 60
+        while "out of disk space" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.5)
+        held = log.read_text()
+        assert "No space left on device" in held and "resubmitted in 1 min" in held, held
+        assert len(pbs.calls("qsub")) == 1
+        (disk / "filler").unlink()  # someone freed space
+        assert run.wait(timeout=150) == 0, log.read_text()
+    assert (work / "results" / "w.txt").read_text() == "ok\n"
+    assert len(pbs.calls("qsub")) == 2
+    record = json.loads(next((work / ".kdflow" / "pbs" / "targets").glob("*.json")).read_text())
+    assert [s["outcome"] for s in record["submissions"]] == ["storage", "success"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [({"storage_wait": 0}, "--pbs-storage-wait"), ({"max_storage_failures": -1}, "-1")],
+)
+def test_storage_settings_out_of_range_are_refused_by_name(changes, named):
+    with pytest.raises(WorkflowError, match=named):
+        ExecutorSettings(**changes)
+
+
+def test_storage_settings_reach_the_controller_in_seconds(tmp_path):
+    settings = ExecutorSettings(storage_wait=90, max_storage_failures=3)
+    limits = controller_config(settings, tmp_path).limits
+    assert limits.storage_wait == 5400 and limits.max_storage_failures == 3

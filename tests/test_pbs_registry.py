@@ -191,3 +191,32 @@ def test_kills_are_resubmitted_until_too_many_without_progress():
     for _ in range(LIMITS.max_kill_retries):
         assert ended(record, Kind.KILLED).action is Action.RESUBMIT
     assert ended(record, Kind.KILLED).action is Action.FAIL
+
+
+def test_out_of_space_waits_longer_each_time_then_gives_up():
+    record = TargetRecord(name=NAME)
+    limits = Limits(storage_wait=600, max_storage_wait=2000, max_storage_failures=4)
+    waits = []
+    for _ in range(4):
+        submission = Submission(job_id="x", submitted_at=0.0)
+        record.submissions.append(submission)
+        decision = decide(record, submission, Outcome(Kind.STORAGE, "full"), None, limits, 100.0)
+        assert decision.action is Action.RESUBMIT and "out of disk space" in decision.reason
+        waits.append(record.hold_until - 100.0)
+    assert waits == [600, 1200, 2000, 2000]
+    assert record.errors_without_progress == 0  # a full disk spends no error retries
+    submission = Submission(job_id="y", submitted_at=0.0)
+    record.submissions.append(submission)
+    decision = decide(record, submission, Outcome(Kind.STORAGE, "full"), None, limits, 100.0)
+    assert decision.action is Action.FAIL
+    assert "out of disk space 5 times in a row" in decision.reason and record.failed
+
+
+def test_progress_between_full_disks_starts_the_waits_over():
+    record = TargetRecord(name=NAME)
+    limits = Limits(storage_wait=600)
+    for progress in (3, 3, 7):
+        submission = Submission(job_id="x", submitted_at=0.0, progress_at_submit=3)
+        record.submissions.append(submission)
+        decide(record, submission, Outcome(Kind.STORAGE, "full"), progress, limits, 0.0)
+    assert record.storage_failures == 1 and record.hold_until == 600

@@ -18,6 +18,7 @@ STATES = {
     "running": "a PBS job is running it",
     "queued": "a PBS job waits in the queue (Q, H, W, ...)",
     "submitted": "submitted, but qstat did not answer: state unknown",
+    "held": "its job failed on a full disk or quota: resubmitted at the time in its note",
     "ready": "not running; can start now (a killed run resumes from its checkpoint)",
     "waiting": "waits for its teacher to finish",
     "failed": "given up by the PBS executor; see the reason and log",
@@ -122,6 +123,7 @@ def collect(
         except StatusUnknown as exc:
             note = f"qstat did not answer ({exc}); PBS states unknown"
 
+    now = time.time()
     for i, record in records.items():
         row = rows[i]
         submission = open_jobs.get(i)
@@ -143,6 +145,11 @@ def collect(
             row.state = "failed"
             row.reason = record.failed
             row.log = record.last.log_err if record.last else None
+        elif record.hold_until is not None and record.hold_until > now and record.last:
+            row.state = "held"
+            until = time.strftime("%H:%M", time.localtime(record.hold_until))
+            row.reason = f"{record.last.reason}; resubmitted at {until}"
+            row.log = record.last.log_err
     for row in rows:
         if row.state == "ready" and row.epoch and not row.reason:
             row.reason = f"resumes after epoch {row.epoch}"
@@ -182,7 +189,7 @@ def render(rows: list[Row], note: str | None, console=None) -> None:
     table = Table(show_lines=False, header_style="bold")
     for column in ("experiment", "state", "PBS", "epoch", "best acc", "ETA", "note"):
         table.add_column(column, overflow="fold")
-    order = {state: i for i, state in enumerate(["failed", "running", "queued", "submitted"])}
+    order = {s: i for i, s in enumerate(["failed", "held", "running", "queued", "submitted"])}
     shown = sorted((r for r in rows if r.state in order), key=lambda r: (order[r.state], r.path))
     for r in shown:
         pbs = f"[{r.pbs_state} {clock(r.elapsed)}] {r.pbs_id}" if r.pbs_state else (r.pbs_id or "")

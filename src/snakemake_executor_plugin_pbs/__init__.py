@@ -128,11 +128,25 @@ class ExecutorSettings(ExecutorSettingsBase):
         "check instead.",
         int,
     )
+    storage_wait: int = _setting(
+        10,
+        "Minutes before resubmitting a job that failed writing to a full disk or quota "
+        "(No space left on device, Disk quota exceeded); doubled after each such failure "
+        "in a row, up to an hour. Such failures spend no error retries: the job resumes.",
+        int,
+    )
+    max_storage_failures: int = _setting(
+        12,
+        "Give a target up after this many full-disk failures in a row without progress "
+        "(with the default waits, about ten hours of a full disk).",
+        int,
+    )
     retry_failed: bool = field(
         default=False,
         metadata={
             "help": "Try targets again that an earlier run gave up (after too many "
-            "failures without progress); their counters start from zero.",
+            "failures without progress), and resubmit at once those waiting for disk "
+            "space; their counters start from zero.",
             "required": False,
         },
     )
@@ -149,6 +163,11 @@ class ExecutorSettings(ExecutorSettingsBase):
             raise WorkflowError(f"--pbs-mem-growth must be greater than 1, not {self.mem_growth}")
         if self.status_interval < 1 or self.command_timeout < 1:
             raise WorkflowError("--pbs-status-interval and --pbs-command-timeout must be >= 1")
+        if self.storage_wait < 1 or self.max_storage_failures < 0:
+            raise WorkflowError(
+                f"--pbs-storage-wait must be >= 1 (minutes), not {self.storage_wait}, and "
+                f"--pbs-max-storage-failures >= 0, not {self.max_storage_failures}"
+            )
 
 
 common_settings = CommonSettings(
@@ -180,6 +199,8 @@ def controller_config(settings: ExecutorSettings, workdir: Path) -> ControllerCo
             max_kill_retries=settings.max_kill_retries,
             mem_growth=settings.mem_growth,
             max_mem_mb=settings.max_mem_mb,
+            storage_wait=60.0 * settings.storage_wait,
+            max_storage_failures=settings.max_storage_failures,
         ),
         submit_backoff=settings.submit_backoff,
         command_timeout=settings.command_timeout,

@@ -1,4 +1,5 @@
-"""How a PBS job ended: success, walltime kill, memory kill, other kill, or error."""
+"""How a PBS job ended: success, walltime kill, memory kill, other kill, out of disk space,
+or error."""
 
 import re
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ class Kind(Enum):
     WALLTIME = "walltime"  # killed at its walltime limit: resubmit, it resumes
     MEMORY = "memory"  # killed for using more memory than requested: resubmit with more
     KILLED = "killed"  # node failure, preemption, qdel by someone else, vanished: resubmit
+    STORAGE = "storage"  # failed writing to a full disk or quota: wait, then resubmit
     ERROR = "error"  # the job itself failed
 
 
@@ -40,6 +42,12 @@ _MEMORY_MESSAGE = re.compile(
     r"|out of memory: kill[^\n]*"
     r"|\bMemoryError\b[^\n]*",  # a Python host-memory error; CUDA's is OutOfMemoryError
     re.IGNORECASE,
+)
+
+# A write refused for space (ENOSPC, EDQUOT): the line that says so, e.g. kdflow's
+# "OSError: [Errno 28] cannot write <path>: No space left on device".
+_STORAGE_MESSAGE = re.compile(
+    r"[^\n]*(?:No space left on device|Disk quota exceeded)[^\n]*", re.IGNORECASE
 )
 
 
@@ -100,6 +108,11 @@ def classify(info: JobInfo | None, exit_record: int | None, stderr_tail: str = "
         )
     if code in SIGNAL_KILLS or code < 0 or code > 256:
         return _killed(info, code)
+    storage_message = _message(_STORAGE_MESSAGE, stderr_tail)
+    if storage_message:
+        return Outcome(
+            Kind.STORAGE, f"exit status {code}, out of disk space: {storage_message}", code
+        )
     return Outcome(Kind.ERROR, f"exit status {code}", code)
 
 

@@ -127,6 +127,11 @@ def _queued_at(info: JobInfo) -> float | None:
         return None
 
 
+def _held_for_space(record: TargetRecord) -> str:
+    until = time.strftime("%H:%M", time.localtime(record.hold_until))
+    return f"out of disk space, resubmitted at {until} (--pbs-retry-failed: at once)"
+
+
 def _sequence(job_id: str) -> tuple[int, str]:
     head = job_id.split(".", 1)[0].split("[", 1)[0]
     return (int(head), job_id) if head.isdigit() else (-1, job_id)
@@ -305,7 +310,7 @@ class Controller:
             if record.failed and not self.config.retry_failed:
                 results[t.target.name] = self._given_up_earlier(t, record)
                 continue
-            if record.failed:
+            if record.failed or (self.config.retry_failed and record.hold_until):
                 self._clear_failure(record)
             last = record.last
             if last is not None and last.unreported:
@@ -433,6 +438,9 @@ class Controller:
         blocked: tuple[str, float] | None = None
         for t, record in items:
             name = t.target.name
+            if record.hold_until is not None and record.hold_until > self.clock():
+                results[name] = self._hold(t, _held_for_space(record), record.hold_until)
+                continue
             if blocked is not None:
                 results[name] = self._hold(t, *blocked)
                 continue
@@ -490,7 +498,7 @@ class Controller:
             progress_at_submit=self._progress(target),
         )
         record.submissions.append(submission)
-        record.done = False
+        record.done, record.hold_until = False, None
         self.registry.save(record)  # the intent, before qsub: see _resume_intents
         try:
             job_id = run_qsub(
@@ -630,3 +638,5 @@ class Controller:
         record.walltime_stalls = 0
         record.kills_without_progress = 0
         record.errors_without_progress = 0
+        record.storage_failures = 0
+        record.hold_until = None

@@ -24,6 +24,12 @@ class Limits:
     max_kill_retries: int = 5  # node failures/preemptions/qdel in a row without progress
     mem_growth: float = 1.5  # factor on mem_mb after a memory kill
     max_mem_mb: int | None = None  # memory is never raised above this
+    # Out of disk space (or quota): no resubmission for storage_wait seconds, doubled with each
+    # such failure in a row up to max_storage_wait (or storage_wait, if longer); given up
+    # after max_storage_failures.
+    storage_wait: float = 600.0
+    max_storage_wait: float = 3600.0
+    max_storage_failures: int = 12
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ def _reset_stall_counters(record: TargetRecord) -> None:
     record.walltime_stalls = 0
     record.kills_without_progress = 0
     record.errors_without_progress = 0
+    record.storage_failures = 0
 
 
 def _fail(record: TargetRecord, reason: str) -> Decision:
@@ -75,6 +82,8 @@ def decide(
         return _after_memory_kill(record, submission, limits)
     if outcome.kind is Kind.KILLED:
         return _after_kill(record, progressed, limits)
+    if outcome.kind is Kind.STORAGE:
+        return _after_storage_failure(record, limits, now)
     return _after_error(record, progressed, limits)
 
 
@@ -115,6 +124,26 @@ def _after_kill(record: TargetRecord, progressed: bool, limits: Limits) -> Decis
                 record, f"killed {record.kills_without_progress} times in a row without progress"
             )
     return Decision(Action.RESUBMIT, "killed: resubmitted, it resumes from its checkpoint")
+
+
+def _after_storage_failure(record: TargetRecord, limits: Limits, now: float) -> Decision:
+    """A full disk fails every job at once and stays full until someone frees space: wait
+    (longer each time) instead of spending the error retries in seconds; the job resumes."""
+    record.storage_failures += 1
+    if record.storage_failures > limits.max_storage_failures:
+        return _fail(
+            record,
+            f"out of disk space {record.storage_failures} times in a row; free space "
+            "(or raise the quota) first",
+        )
+    longest = max(limits.storage_wait, limits.max_storage_wait)
+    wait = min(limits.storage_wait * 2 ** (record.storage_failures - 1), longest)
+    record.hold_until = now + wait
+    return Decision(
+        Action.RESUBMIT,
+        f"out of disk space ({record.storage_failures} of {limits.max_storage_failures}): "
+        f"resubmitted in {wait / 60:.0f} min, it resumes from its checkpoint",
+    )
 
 
 def _after_error(record: TargetRecord, progressed: bool, limits: Limits) -> Decision:

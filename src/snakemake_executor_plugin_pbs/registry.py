@@ -91,6 +91,8 @@ class TargetRecord:
     walltime_stalls: int = 0  # walltime kills in a row without progress
     kills_without_progress: int = 0  # node failures, preemptions, qdel in a row
     errors_without_progress: int = 0  # errors in a row
+    storage_failures: int = 0  # out of disk space in a row
+    hold_until: float | None = None  # no submission before this time (after a full disk)
     last_progress: int | None = None  # the epoch last seen in the progress file
     failed: str | None = None  # why the target was given up; stays until retried on purpose
     done: bool = False

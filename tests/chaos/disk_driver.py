@@ -10,23 +10,15 @@ FILL_AFTER=NAME counts only the replaces whose destination is called NAME (e.g.
 checkpoint.prev.pth: the rotation, so that the next write is the checkpoint's).
 """
 
-import errno
 import json
 import os
 import sys
+from pathlib import Path
 
-from kdflow.trainer import TrainSpec, train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for disks
+from disks import fill  # noqa: E402
 
-
-def fill(path: str) -> None:
-    with open(path, "ab", buffering=0) as f:
-        for size in (1 << 20, 1 << 12, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
+from kdflow.trainer import TrainSpec, train  # noqa: E402
 
 
 def fill_at_replace(k: int, path: str, name: str | None) -> None:

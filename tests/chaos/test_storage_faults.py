@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import disks
 import pytest
 import yaml
 from chaoslib import HERE, SNAKEMAKE, Sampler, differences, job_history, overlapping_jobs
@@ -55,27 +56,11 @@ def tiny(tmp_path_factory):
 # -- a full disk ------------------------------------------------------------------------------
 
 
-def _unavailable(reason: str):
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     """A 16 MB tmpfs, unmounted after the test (needs root)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        _unavailable("mounting a small tmpfs to fill needs root")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "kdflow-chaos", str(disk)],
-                       capture_output=True, text=True)  # fmt: skip
-    if p.returncode != 0:
-        _unavailable(f"cannot mount a tmpfs: {p.stderr.strip()}")
-    try:
+    with disks.small_disk(tmp_path / "disk") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def _drive(spec, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
