@@ -202,7 +202,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
     Every checkpoint that fails to load is reported by path; if one exists but none loads,
     CheckpointError says which files to move away to start over.
     """
-
     path = Path(path)
     candidates = [p for p in (path, previous_path(path)) if p.exists()]
     problems = []

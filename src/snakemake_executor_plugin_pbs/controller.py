@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .cancel import qdel
 from .classify import Kind, Outcome, classify
-from .policy import Action, Decision, Limits, decide
+from .policy import Action, Decision, Limits, decide, reset_stall_counters
 from .progress import read_progress
 from .registry import Registry, Submission, TargetRecord
 from .status import JobInfo, Qstat, StatusUnknown, lookup
@@ -310,8 +310,10 @@ class Controller:
             if record.failed and not self.config.retry_failed:
                 results[t.target.name] = self._given_up_earlier(t, record)
                 continue
-            if record.failed or (self.config.retry_failed and record.hold_until):
+            if record.failed:
                 self._clear_failure(record)
+            elif self.config.retry_failed:
+                record.hold_until = None  # space was freed: no more waiting for it
             last = record.last
             if last is not None and last.unreported:
                 finished = self._unwatched_success(t, record)
@@ -634,9 +636,5 @@ class Controller:
 
     @staticmethod
     def _clear_failure(record: TargetRecord) -> None:
-        record.failed = None
-        record.walltime_stalls = 0
-        record.kills_without_progress = 0
-        record.errors_without_progress = 0
-        record.storage_failures = 0
-        record.hold_until = None
+        record.failed, record.hold_until = None, None
+        reset_stall_counters(record)

@@ -38,7 +38,8 @@ class Decision:
     reason: str
 
 
-def _reset_stall_counters(record: TargetRecord) -> None:
+def reset_stall_counters(record: TargetRecord) -> None:
+    """The failures-in-a-row counters start from zero (progress, or a retry on purpose)."""
     record.walltime_stalls = 0
     record.kills_without_progress = 0
     record.errors_without_progress = 0
@@ -71,11 +72,11 @@ def decide(
         record.last_progress = progress
     if outcome.kind is Kind.SUCCESS:
         record.done = True
-        _reset_stall_counters(record)
+        reset_stall_counters(record)
         return Decision(Action.SUCCEED, "done")
     record.done = False
     if progressed:
-        _reset_stall_counters(record)
+        reset_stall_counters(record)
     if outcome.kind is Kind.WALLTIME:
         return _after_walltime_kill(record, progressed, limits)
     if outcome.kind is Kind.MEMORY:
