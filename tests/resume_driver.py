@@ -4,7 +4,8 @@
 
 KILL_AT_REPLACE=K makes the K-th os.replace of this process (every atomic write and the
 checkpoint rotation go through it) end in SIGKILL; KILL_MODE says where:
-  truncated  the temp file half written and never renamed (a kill inside the write)
+  truncated  the temp file half written and never renamed (a kill inside the write; at the
+             checkpoint rotation, which has no temp file: a kill before the rename)
   before     the temp file complete, not yet renamed
   after      right after the rename, before anything else is written
 """
@@ -30,8 +31,11 @@ def kill_at_replace(k: int, mode: str) -> None:
         calls += 1
         if calls == k:
             if mode == "truncated":
-                with open(src, "r+b") as f:
-                    f.truncate(os.path.getsize(src) // 2)
+                # only an atomic write's temp file: the checkpoint rotation renames the real
+                # checkpoint, which a kill cannot damage (it dies before the rename instead)
+                if os.path.basename(src).startswith("."):
+                    with open(src, "r+b") as f:
+                        f.truncate(os.path.getsize(src) // 2)
                 die()
             if mode == "before":
                 die()

@@ -80,16 +80,17 @@ def _assert_identical(out: Path, reference: Path):
 
 # Each process restarts its count of os.replace calls: one status write at start, then per
 # epoch best.pth (when it improves), the checkpoint rotation, the checkpoint, history, status.
-KILLS = [
+KILLS = [  # where each lands (traced with this setup's spec; each run starts where the last left)
     (1, "truncated"),  # inside the first status write
-    (3, "truncated"),  # inside the first epoch's checkpoint/best write
-    (3, "before"),
-    (4, "after"),  # right after the checkpoint rotation: checkpoint.pth missing
-    (4, "truncated"),
-    (5, "after"),
-    (7, "truncated"),
-    (9, "before"),
-    (8, "after"),
+    (3, "truncated"),  # inside the first checkpoint write
+    (3, "before"),  # the first checkpoint complete, not renamed
+    (4, "after"),  # right after history.csv is renamed
+    (4, "truncated"),  # resumed from epoch 1: inside the checkpoint write
+    (5, "after"),  # right after the epoch's status write
+    (3, "after"),  # resumed from epoch 2: right after the rotation, checkpoint.pth missing
+    (2, "after"),  # resumed from .prev: right after a status write
+    (4, "truncated"),  # inside the history write
+    (8, "before"),  # resumed from epoch 3: the checkpoint complete, not renamed
 ]
 
 
