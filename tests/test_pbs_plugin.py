@@ -161,8 +161,16 @@ rule flaky:
 ARGS = ("--executor", "pbs", "-j", "2", "--pbs-status-interval", "1")
 
 
-def _sigkill_the_controller_while_a_job_runs(work, pbs, env):
-    """Start `snakemake *ARGS`, SIGKILL it once a job runs, and release its lock."""
+def _sigkill_the_controller_while_a_job_runs(work, pbs, env, job_seconds: int):
+    """Start `snakemake *ARGS` on a one-job workflow whose job takes `job_seconds`, SIGKILL it
+    once the job runs, and release its lock."""
+    (work / "Snakefile").write_text(
+        f"""
+rule slow:
+    output: "results/slow.txt"
+    shell: "sleep {job_seconds}; echo ok > {{output}}"
+"""
+    )
     first = subprocess.Popen(
         [*SNAKEMAKE, *ARGS], cwd=work, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -178,14 +186,7 @@ def _sigkill_the_controller_while_a_job_runs(work, pbs, env):
 @pytest.mark.slow
 def test_a_sigkilled_controller_leaves_one_job_which_the_next_one_adopts(workflow):
     work, pbs, env = workflow
-    (work / "Snakefile").write_text(
-        """
-rule slow:
-    output: "results/slow.txt"
-    shell: "sleep 5; echo ok > {output}"
-"""
-    )
-    _sigkill_the_controller_while_a_job_runs(work, pbs, env)
+    _sigkill_the_controller_while_a_job_runs(work, pbs, env, job_seconds=5)
     second = snakemake(work, env, *ARGS, "--rerun-incomplete")
     assert second.returncode == 0, second.stderr
     assert "adopting live job 1000.fakesrv" in second.stderr
@@ -199,14 +200,7 @@ def test_a_job_that_succeeded_after_its_controller_was_killed_is_not_run_again(w
     # and succeeded (as when its DAG was built before the job ended; here: -R): that success
     # is reported, and no second job runs. Asked again, the target is submitted as usual.
     work, pbs, env = workflow
-    (work / "Snakefile").write_text(
-        """
-rule slow:
-    output: "results/slow.txt"
-    shell: "sleep 3; echo ok > {output}"
-"""
-    )
-    _sigkill_the_controller_while_a_job_runs(work, pbs, env)
+    _sigkill_the_controller_while_a_job_runs(work, pbs, env, job_seconds=3)
     deadline = time.time() + 60
     while any(job["state"] != "F" for job in pbs.jobs()) and time.time() < deadline:
         time.sleep(0.2)

@@ -102,3 +102,28 @@ def test_a_whole_history_is_kept(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         history = read_histories(tmp_path / "results")[d]
     assert list(history["test_acc"]) == [40, 41] and caplog.text == ""
+
+
+def test_a_diverged_run_keeps_its_nan_losses_and_its_curve(tmp_path, caplog):
+    """`nan` is what the trainer writes for a loss that diverged: a result, not damage."""
+    d = tmp_path / "results/cifar100/pure/r8/seed0"
+    d.mkdir(parents=True)
+    rows = "0,2.0,50,1.5,40,0.05,1.0,900\n1,nan,10,nan,1.0,0.05,1.0,900\n"
+    (d / "history.csv").write_text(HEADER + rows)
+    with caplog.at_level(logging.WARNING):
+        history = read_histories(tmp_path / "results")[d]
+    assert list(history["test_acc"]) == [40, 1.0] and history["train_loss"].isna().tolist() == [
+        False,
+        True,
+    ]
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("text", ["", "\x00\xff garbage", "epoch;loss\n1;2\n"])
+def test_an_unreadable_history_is_skipped_by_path(tmp_path, caplog, text):
+    d = tmp_path / "results/cifar100/pure/r8/seed0"
+    d.mkdir(parents=True)
+    (d / "history.csv").write_text(text)
+    with caplog.at_level(logging.WARNING):
+        assert read_histories(tmp_path / "results") == {}
+    assert f"skipping {d / 'history.csv'}" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 from pathlib import Path
@@ -44,30 +45,33 @@ def experiment_label(directory: Path, results_dir: Path) -> tuple[str, str, str]
 def read_histories(results_dir: str | Path) -> dict[Path, pd.DataFrame]:
     """Every experiment's history.csv, finished or not; damaged ones are skipped by path.
 
-    The trainer writes whole lines, so a last line without its newline was cut short (by a copy
-    or a full disk) even where every field still parses: "25.0" cut to "2" is a number, a wrong
-    one. Such a row, and any row with a field missing, is left out with a warning.
+    A row cut short (by a copy or a full disk) is left out with a warning: one with fewer
+    fields than the header, and a last line without its newline, since the trainer writes whole
+    lines and a cut can leave every field parsing: "25.0" cut to "2" is a number, a wrong one.
+    Complete rows are kept as written, a diverged run's `nan` losses included.
     """
     results_dir = Path(results_dir)
     out = {}
     for path in sorted(results_dir.glob("*/*/**/seed*/history.csv")):
         try:
             text = path.read_text()
-            cut = bool(text) and not text.endswith("\n")
-            history = pd.read_csv(io.StringIO(text))
-            missing = HISTORY_COLUMNS - set(history.columns)
+            parsed = [row for row in csv.reader(io.StringIO(text)) if row]
+            if not parsed:
+                raise ValueError("empty file")
+            header, *rows = parsed
+            missing = HISTORY_COLUMNS - set(header)
             if missing:
                 raise ValueError(f"missing columns {sorted(missing)}")
-            history = history.apply(pd.to_numeric, errors="raise")
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            complete = [row for row in rows if len(row) == len(header)]
+            if complete and complete[-1] is rows[-1] and not text.endswith("\n"):
+                complete.pop()
+            history = pd.DataFrame(complete, columns=header)
+            history = history.astype(float)  # "nan" included: a diverged loss
+        except (OSError, ValueError, csv.Error) as exc:
             log.warning("skipping %s: %s", path, exc)
             continue
-        partial = history.isna().any(axis=1)
-        if cut and len(history):
-            partial.iloc[-1] = True
-        if partial.any():
-            log.warning("%s: ignoring %d incomplete row(s)", path, partial.sum())
-            history = history[~partial]
+        if len(complete) < len(rows):
+            log.warning("%s: ignoring %d incomplete row(s)", path, len(rows) - len(complete))
         if not history.empty:
             out[path.parent] = history
     return out

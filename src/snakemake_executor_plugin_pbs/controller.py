@@ -314,12 +314,10 @@ class Controller:
                 self._clear_failure(record)
             elif self.config.retry_failed:
                 record.hold_until = None  # space was freed: no more waiting for it
+            if (finished := self._unwatched_success(t, record)) is not None:
+                results[t.target.name] = finished
+                continue
             last = record.last
-            if last is not None and last.unreported:
-                finished = self._unwatched_success(t, record)
-                if finished is not None:
-                    results[t.target.name] = finished
-                    continue
             if last is None or not last.is_open:
                 ready.append((t, record))
             elif last.job_id:
