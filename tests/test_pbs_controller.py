@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from snakemake_executor_plugin_pbs.controller import (
+    MISSING_POLLS_BEFORE_VANISHED,
     Controller,
     ControllerConfig,
     Finished,
@@ -116,7 +117,7 @@ def test_exactly_one_qstat_per_poll_whatever_the_number_of_jobs(pbs, workdir, co
         assert len(pbs.status_calls()) == round_number
     assert pbs.calls("qsub") == []
     assert len(pbs.calls("qstat")) - len(pbs.status_calls()) <= 1  # --version, once
-    assert len(pbs.status_calls()[-1]) == 5 + count  # qstat -x -f -F json <all ids>
+    assert pbs.status_calls()[-1] == ["qstat", "-x", "-f", *(r.job_id for r in results.values())]
 
 
 def test_one_qstat_per_poll_also_when_jobs_end_and_are_resubmitted(pbs, workdir):
@@ -128,6 +129,73 @@ def test_one_qstat_per_poll_also_when_jobs_end_and_are_resubmitted(pbs, workdir)
     results = poll(controller, results)
     assert len(pbs.status_calls()) == before + 1
     assert len(pbs.calls("qsub")) == 5 + 3
+
+
+# -- absence is not evidence -------------------------------------------------------------
+
+
+def _restart_with_live_jobs(pbs, workdir, count):
+    """A registry with `count` live jobs, as a killed controller leaves it."""
+    registry = Registry(workdir / ".kdflow" / "pbs")
+    targets = [target(i) for i in range(count)]
+    for i, t in enumerate(targets):
+        job_id = pbs.add_job(6000 + i, t.name, str(workdir), state="R" if i % 2 else "Q")
+        registry.save(
+            TargetRecord(name=t.name, submissions=[Submission(job_id=job_id, submitted_at=0.0)])
+        )
+    return targets
+
+
+def test_a_restart_adopts_live_jobs_an_answer_left_out_and_submits_nothing(pbs, workdir):
+    # OpenPBS's `qstat -x -f -F json id1 id2 id3` prints only id1 and exits 0: the executor
+    # took the others for ended and submitted each target again (two jobs per experiment).
+    pbs.configure(first_only=True)
+    targets = _restart_with_live_jobs(pbs, workdir, 4)
+    controller = make_controller(workdir)
+    results = controller.start(targets)
+    assert pbs.calls("qsub") == []
+    assert [results[t.name].job_id for t in targets] == [f"{6000 + i}.fakesrv" for i in range(4)]
+    assert len(pbs.status_calls()) == 1 + 3  # the answer, then each job it left out, alone
+
+
+def test_polls_over_answers_that_leave_out_live_jobs_submit_nothing(pbs, workdir, caplog):
+    controller = make_controller(workdir)
+    results = controller.start([target(i) for i in range(3)])
+    pbs.configure(first_only=True)
+    for _ in range(4):
+        results = poll(controller, results)
+    assert len(pbs.calls("qsub")) == 3
+    assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
+    assert "left out" in caplog.text  # the server's omission is reported
+    # and a job that really ended is still seen to end, though answers leave it out
+    last = list(results.values())[-1]
+    pbs.finish(last.job_id, 0)
+    results = poll(controller, results)
+    assert isinstance(results[last.target.name], Finished) and results[last.target.name].succeeded
+
+
+def test_a_job_missing_from_the_answer_whose_lone_question_fails_is_kept(pbs, workdir):
+    controller = make_controller(workdir)
+    results = controller.start([target(i) for i in range(2)])
+    pbs.configure(first_only=True)
+    # the batch answers (first job only), then the question about the second alone fails
+    for _ in range(MISSING_POLLS_BEFORE_VANISHED + 2):
+        pbs.configure(qstat_failures=[None, [1, "qstat: cannot connect to server"]])
+        results = poll(controller, results)
+    assert len(pbs.calls("qsub")) == 2
+    assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
+
+
+def test_a_job_the_server_says_it_does_not_know_is_resubmitted_after_two_polls(pbs, workdir):
+    controller = make_controller(workdir)
+    t = target()
+    results = controller.start([t])
+    first = results[t.name].job_id
+    (Path(pbs.state) / "jobs" / f"{first.split('.')[0]}.json").unlink()  # purged, no trap ran
+    results = poll(controller, results)
+    assert results[t.name].job_id == first
+    results = poll(controller, results)
+    assert results[t.name].job_id not in (None, first)
 
 
 # -- submitting --------------------------------------------------------------------------
@@ -192,7 +260,7 @@ def test_intent_without_id_and_a_live_job_of_that_name_adopts_it(pbs, workdir):
     tracked = make_controller(workdir).start([t])[t.name]
     assert tracked.job_id == job_id
     assert pbs.calls("qsub") == []
-    assert ["qstat", "-f", "-F", "json"] in pbs.calls("qstat")  # one listing, by name
+    assert ["qstat", "-f"] in pbs.calls("qstat")  # one listing, by name
     record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
     assert record.last.job_id == job_id
 

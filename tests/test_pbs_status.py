@@ -1,6 +1,5 @@
-"""qstat parsing (PBS Pro text and JSON, Torque) and the one-call status query."""
+"""qstat parsing (PBS Pro / OpenPBS and Torque text) and the one-call status query."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from snakemake_executor_plugin_pbs.status import (
     listing_argv,
     lookup,
     parse_duration,
-    parse_qstat_json,
     parse_qstat_text,
     parse_text_attributes,
     query_argv,
@@ -22,7 +20,6 @@ from snakemake_executor_plugin_pbs.status import (
 
 SAMPLES = Path(__file__).parent / "pbs_samples"
 PBSPRO_TEXT = (SAMPLES / "pbspro_qstat_xf.txt").read_text()
-PBSPRO_JSON = (SAMPLES / "pbspro_qstat_xf.json").read_text()
 TORQUE_TEXT = (SAMPLES / "torque_qstat_f.txt").read_text()
 
 WORKDIR = "/mnt/lustre/users/jdoe/kdflow"
@@ -90,24 +87,6 @@ def test_pbspro_text_sample_wrapped_values_are_whole():
     assert running.queue == "gpu_1"
 
 
-def test_json_and_text_of_the_same_jobs_parse_to_the_same_job_infos():
-    assert parse_qstat_json(PBSPRO_JSON) == parse_qstat_text(PBSPRO_TEXT)
-
-
-def test_json_values_are_typed_as_qstat_prints_them():
-    document = json.loads(PBSPRO_JSON)
-    assert document["Jobs"]["4104.sched01"]["Exit_status"] == -29
-    info = parse_qstat_json(PBSPRO_JSON)["4104.sched01"]
-    assert info.exit_status == -29 and info.walltime_used == 3609
-    assert info.walltime_limit == 3600
-
-
-def test_json_without_jobs_is_empty():
-    # All ids unknown: qstat -F json prints only its prologue, without "Jobs".
-    assert parse_qstat_json('{"timestamp": 1, "pbs_version": "22.05.11"}') == {}
-    assert parse_qstat_json("") == {}
-
-
 def test_torque_sample_state_c_and_lowercase_exit_status():
     infos = parse_qstat_text(TORQUE_TEXT)
     assert {job_id: (i.state, i.exit_status) for job_id, i in infos.items()} == {
@@ -140,10 +119,9 @@ def test_durations(text, seconds):
 @pytest.mark.parametrize(
     ("output", "dialect"),
     [
-        ("pbs_version = 22.05.11\n", Dialect.PBSPRO_JSON),
-        ("pbs_version = 19.1.3\n", Dialect.PBSPRO_JSON),
-        ("pbs_version = 18.1.4\n", Dialect.PBSPRO_JSON),
-        ("pbs_version = 14.1.2\n", Dialect.PBSPRO_TEXT),
+        ("pbs_version = 23.06.06\n", Dialect.PBSPRO),
+        ("pbs_version = 19.1.3\n", Dialect.PBSPRO),
+        ("pbs_version = 14.1.2\n", Dialect.PBSPRO),
         ("Version: 6.1.3\nCommit: 1234abcd\n", Dialect.TORQUE),
         ("qstat: invalid option -- '-'\n", None),
     ],
@@ -153,12 +131,11 @@ def test_dialect_from_version(output, dialect):
 
 
 def test_command_lines_per_dialect():
-    assert query_argv(Dialect.PBSPRO_JSON, ["1.s", "2.s"]) == [
-        "qstat", "-x", "-f", "-F", "json", "1.s", "2.s",
-    ]  # fmt: skip
-    assert query_argv(Dialect.PBSPRO_TEXT, ["1.s"]) == ["qstat", "-x", "-f", "1.s"]
+    # PBS Pro is asked in text whatever its version: OpenPBS's JSON with several ids prints
+    # only the first job (openpbs/openpbs issue 2672).
+    assert query_argv(Dialect.PBSPRO, ["1.s", "2.s"]) == ["qstat", "-x", "-f", "1.s", "2.s"]
     assert query_argv(Dialect.TORQUE, ["1.s"]) == ["qstat", "-f", "1.s"]  # -x is XML there
-    assert listing_argv(Dialect.PBSPRO_JSON) == ["qstat", "-f", "-F", "json"]
+    assert listing_argv(Dialect.PBSPRO) == ["qstat", "-f"]
     assert listing_argv(Dialect.TORQUE) == ["qstat", "-f"]
 
 
@@ -173,7 +150,7 @@ def test_lookup_tolerates_a_longer_or_shorter_server_name():
 class Recorder:
     """Stands in for run_command: answers from a script of results and records the calls."""
 
-    def __init__(self, *results: CommandResult, version: str = "pbs_version = 22.05.11"):
+    def __init__(self, *results: CommandResult, version: str = "pbs_version = 23.06.06"):
         self.results = list(results)
         self.version = version
         self.calls: list[list[str]] = []
@@ -190,11 +167,43 @@ def result(returncode, stdout="", stderr=""):
 
 
 def test_query_is_one_call_for_all_ids():
-    run = Recorder(result(0, PBSPRO_JSON))
+    run = Recorder(result(0, PBSPRO_TEXT))
     infos = Qstat(run=run).query(["4101.sched01", "4102.sched01", "4103.sched01"])
-    assert len(run.calls) == 1
-    assert run.calls[0][-3:] == ["4101.sched01", "4102.sched01", "4103.sched01"]
+    assert run.calls == [["qstat", "-x", "-f", "4101.sched01", "4102.sched01", "4103.sched01"]]
     assert infos["4103.sched01"].exit_status == 0
+    assert infos.unknown == frozenset() and infos.omitted == ()
+
+
+def test_a_job_the_answer_leaves_out_is_asked_about_alone():
+    # Asked about two jobs, a server prints one and exits 0: the other is not "ended".
+    run = Recorder(result(0, SINGLE_JOB), result(0, PBSPRO_TEXT))
+    answer = Qstat(run=run).query(["5120.sched01", "4102.sched01"])
+    assert run.calls[1] == ["qstat", "-x", "-f", "4102.sched01"]
+    assert answer["4102.sched01"].state == "R" and answer.omitted == ("4102.sched01",)
+    assert not answer.forgotten("4102.sched01")
+
+
+def test_only_the_server_saying_it_does_not_know_a_job_makes_it_forgotten():
+    unknown = "qstat: Unknown Job Id 4999.sched01\n"
+    run = Recorder(result(153, SINGLE_JOB, unknown), result(153, "", unknown))
+    answer = Qstat(run=run).query(["5120.sched01", "4999.sched01"])
+    assert set(answer) == {"5120.sched01"} and answer.forgotten("4999.sched01")
+    assert len(run.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "alone",
+    [
+        result(1, "", "qstat: cannot connect to server sched01 (errno=111)\n"),
+        CommandResult(("qstat",), None, "", ""),  # timed out
+        result(0, "", ""),  # exit 0 and nothing printed: no word either way
+        result(153, "", "qstat: Error 15010\n"),  # 153 without "Unknown Job Id"
+    ],
+)
+def test_a_left_out_job_whose_lone_question_fails_is_neither_shown_nor_forgotten(alone):
+    run = Recorder(result(0, SINGLE_JOB), alone)
+    answer = Qstat(run=run).query(["5120.sched01", "4102.sched01"])
+    assert set(answer) == {"5120.sched01"} and not answer.forgotten("4102.sched01")
 
 
 @pytest.mark.parametrize("code", [35, 153])
@@ -202,7 +211,7 @@ def test_partial_output_with_per_job_error_codes_is_parsed(code):
     # Several ids, one unknown (153) or finished without -x (35): qstat prints the jobs it
     # knows and exits with the last error.
     stderr = "qstat: Unknown Job Id 4999.sched01\n"
-    run = Recorder(result(code, SINGLE_JOB, stderr), version="pbs_version = 14.1.2")
+    run = Recorder(result(code, SINGLE_JOB, stderr), result(153, "", stderr))
     infos = Qstat(run=run).query(["5120.sched01", "4999.sched01"])
     assert set(infos) == {"5120.sched01"}
 
@@ -213,7 +222,6 @@ def test_partial_output_with_per_job_error_codes_is_parsed(code):
         result(1, "", "qstat: cannot connect to server sched01 (errno=111)\n"),
         result(255, "", "qstat: Error 15010\n"),
         CommandResult(("qstat",), None, "", ""),  # timed out
-        result(0, "{not json", ""),  # truncated output
     ],
 )
 def test_failed_qstat_means_unknown_never_failed(failure):
@@ -221,23 +229,13 @@ def test_failed_qstat_means_unknown_never_failed(failure):
         Qstat(run=Recorder(failure)).query(["4102.sched01"])
 
 
-def test_falls_back_to_text_when_json_is_an_invalid_option():
-    run = Recorder(
-        result(2, "", "qstat: invalid option -- 'F'\nusage: qstat ...\n"),
-        result(0, SINGLE_JOB),
-        result(0, SINGLE_JOB),
-        version="",  # a qstat that does not say what it is
-    )
+def test_a_qstat_that_does_not_say_what_it_is_is_asked_as_pbs_pro():
+    run = Recorder(result(0, SINGLE_JOB), result(0, SINGLE_JOB), version="")
     qstat = Qstat(run=run)
     assert qstat.query(["5120.sched01"])["5120.sched01"].state == "R"
-    assert qstat.dialect is Dialect.PBSPRO_TEXT
+    assert qstat.dialect is Dialect.PBSPRO
     qstat.query(["5120.sched01"])  # detected once: one call per query from now on
-    assert [call[:3] for call in run.calls] == [
-        ["qstat", "-x", "-f"],
-        ["qstat", "-x", "-f"],
-        ["qstat", "-x", "-f"],
-    ]
-    assert "-F" in run.calls[0] and "-F" not in run.calls[1]
+    assert run.calls == [["qstat", "-x", "-f", "5120.sched01"]] * 2
 
 
 def test_torque_is_asked_without_x():
@@ -254,7 +252,7 @@ def test_no_ids_no_call():
 
 
 def test_listing_keeps_only_live_jobs():
-    run = Recorder(result(0, PBSPRO_JSON))
+    run = Recorder(result(0, PBSPRO_TEXT))
     live = Qstat(run=run).list_live()
     assert set(live) == {"4101.sched01", "4102.sched01"}
-    assert run.calls == [["qstat", "-f", "-F", "json"]]
+    assert run.calls == [["qstat", "-f"]]

@@ -113,13 +113,14 @@ def collect(
         for i, record in records.items()
         if record.last is not None and record.last.is_open and record.last.job_id
     }
-    infos, note = {}, None
+    infos, forgotten, note = {}, set(), None
     if open_jobs and qstat is not None:
         from snakemake_executor_plugin_pbs.status import StatusUnknown, lookup
 
         try:
             answer = qstat.query([s.job_id for s in open_jobs.values()])
             infos = {i: lookup(answer, s.job_id) for i, s in open_jobs.items()}
+            forgotten = {i for i, s in open_jobs.items() if answer.forgotten(s.job_id)}
         except StatusUnknown as exc:
             note = f"qstat did not answer ({exc}); PBS states unknown"
 
@@ -130,8 +131,8 @@ def collect(
         if submission is not None:
             row.pbs_id, row.log = submission.job_id, submission.log_err
             info = infos.get(i)
-            if note is not None:
-                row.state = "submitted"
+            if note is not None or (info is None and i not in forgotten):
+                row.state = "submitted"  # no word about it: it may be queued or running
             elif info is not None and info.alive:
                 row.pbs_state = info.state
                 row.elapsed = info.walltime_used

@@ -20,7 +20,7 @@ from .classify import Kind, Outcome, classify
 from .policy import Action, Decision, Limits, decide, reset_stall_counters
 from .progress import read_progress
 from .registry import Registry, Submission, TargetRecord
-from .status import JobInfo, Qstat, StatusUnknown, lookup
+from .status import Answer, JobInfo, Qstat, StatusUnknown, lookup
 from .submit import (
     JobSpec,
     QsubError,
@@ -32,8 +32,9 @@ from .submit import (
 )
 from .submit import qsub as run_qsub
 
-# A job absent from qstat that left no exit record may be a server hiccup: wait one more
-# poll before calling it vanished.
+# A job the server, asked about it alone, says it does not know, and that left no exit
+# record, is taken as vanished (node failure, purged) only when that holds for this many polls
+# in a row. A job merely missing from an answer is never taken as ended.
 MISSING_POLLS_BEFORE_VANISHED = 2
 MAX_BACKOFF_SECONDS = 900
 TAIL_LINES = 20
@@ -346,6 +347,12 @@ class Controller:
                 results[t.target.name] = self._adopt(t, submission, info)
                 continue
             code = self.registry.exit_record(submission.job_id)
+            if info is None and code is None and not self._vanished(t, infos, submission.job_id):
+                # No word that it ended: it may be running. Never submit on silence.
+                results[t.target.name] = self._hold(
+                    t, f"job {submission.job_id} status unknown", self.clock()
+                )
+                continue
             submission.unreported = True
             outcome, decision = self._conclude(t.target, record, submission, info, code)
             if decision.action is Action.FAIL:
@@ -529,19 +536,35 @@ class Controller:
 
     # -- polling -----------------------------------------------------------------------
 
-    def _query(self, job_ids: list[str]) -> dict[str, JobInfo] | None:
+    def _query(self, job_ids: list[str]) -> Answer | None:
         if not job_ids:
-            return {}
+            return Answer()
         try:
-            return self.qstat.query(job_ids)
+            answer = self.qstat.query(job_ids)
         except StatusUnknown as e:
             self.logger.warning(f"PBS: job status unknown this round, asking again later: {e}")
             return None
+        if answer.omitted:
+            self.logger.warning(
+                f"PBS: qstat's answer about {len(job_ids)} jobs left out "
+                f"{', '.join(answer.omitted)}, which the server knows when asked about them alone"
+            )
+        return answer
 
-    def _check(
-        self, t: Tracked, infos: dict[str, JobInfo] | None
-    ) -> "Tracked | Finished | TargetRecord":
-        """A tracked job's state: still active, finished, or the record to resubmit it with."""
+    def _vanished(self, t: Tracked, answer: Answer, job_id: str) -> bool:
+        """Whether a job missing from `answer` is gone: the server said, asked about it alone,
+        that it does not know it, at MISSING_POLLS_BEFORE_VANISHED polls in a row."""
+        if not answer.forgotten(job_id):
+            t.missing_polls = 0
+            return False
+        t.missing_polls += 1
+        return t.missing_polls >= MISSING_POLLS_BEFORE_VANISHED
+
+    def _check(self, t: Tracked, infos: Answer | None) -> "Tracked | Finished | TargetRecord":
+        """A tracked job's state: still active, finished, or the record to resubmit it with.
+
+        Only positive evidence ends a job: qstat showing it ended, its exit record, or the
+        server saying it does not know it (see _vanished)."""
         if infos is None:
             return t
         info = lookup(infos, t.job_id)
@@ -549,10 +572,8 @@ class Controller:
             t.missing_polls = 0
             return t
         code = self.registry.exit_record(t.job_id)
-        if info is None and code is None:
-            t.missing_polls += 1
-            if t.missing_polls < MISSING_POLLS_BEFORE_VANISHED:
-                return t
+        if info is None and code is None and not self._vanished(t, infos, t.job_id):
+            return t
         record = self.registry.load(t.target.name)
         submission = record.submission(t.job_id)
         if submission is None:  # the record was lost or replaced: start it again

@@ -1,6 +1,13 @@
-"""One `qstat` call for all jobs, and the parsers of what it prints (PBS Pro JSON/text, Torque)."""
+"""One `qstat` call for all jobs, the parser of what it prints (PBS Pro / OpenPBS and Torque
+text), and the rule that a job missing from an answer is unknown, never ended.
 
-import json
+PBS Pro and OpenPBS are always asked in text (`qstat -x -f <ids>`), whatever their version:
+OpenPBS's `-F json` with several ids prints only the first job and exits 0 (openpbs/openpbs
+issue 2672, seen on 23.06.06; every other job looked ended and was submitted again), and its
+JSON is invalid for jobs submitted with `qsub -V` and can repeat keys. The text form is what
+qstat.c prints natively on every version.
+"""
+
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -9,15 +16,14 @@ from typing import Any
 
 from .commands import CommandResult, run_command
 
-# Q queued, R running, H held, W waiting, T moving, E exiting, S/U suspended, B array begun,
-# M moved: a job in any of these may still run, so it owns its target.
-ALIVE_STATES = frozenset("QRHWTESUBM")
-# F finished (PBS Pro history), X finished subjob, C completed (Torque).
+# F finished (PBS Pro history), X finished subjob, C completed (Torque). Any other state
+# (Q R H W T E S U B M) may still run, so such a job owns its target.
 ENDED_STATES = frozenset("FXC")
 
 # With several ids qstat prints the jobs it knows and exits with the last error:
 # 153 unknown job id, 35 finished job asked for without -x. Neither means qstat failed.
 PER_JOB_ERROR_CODES = frozenset({35, 153})
+UNKNOWN_JOB_ID = 153
 
 TIME_ATTRIBUTES = ("ctime", "qtime", "etime", "stime", "mtime", "obittime")
 
@@ -27,10 +33,9 @@ class StatusUnknown(Exception):
 
 
 class Dialect(Enum):
-    """Which qstat we talk to, and so which options and parser to use."""
+    """Which qstat we talk to, and so which options to use."""
 
-    PBSPRO_JSON = "PBS Pro 18.1+, qstat -x -f -F json"
-    PBSPRO_TEXT = "PBS Pro before 18.1, qstat -x -f"
+    PBSPRO = "PBS Professional / OpenPBS, qstat -x -f"
     TORQUE = "Torque, qstat -f"
 
 
@@ -40,7 +45,7 @@ class JobInfo:
 
     id: str
     name: str | None
-    state: str  # one letter, see ALIVE_STATES and ENDED_STATES
+    state: str  # one letter, see ENDED_STATES
     exit_status: int | None = None
     walltime_used: int | None = None  # seconds
     walltime_limit: int | None = None  # seconds
@@ -90,12 +95,10 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def parse_variable_list(value: str | Mapping[str, Any] | None) -> dict[str, str]:
-    """`Variable_List` as a dict: text form `A=1,B=2` (commas escaped as `\\,`) or JSON."""
+def parse_variable_list(value: str | None) -> dict[str, str]:
+    """`Variable_List` (`A=1,B=2`, commas in values escaped as `\\,`) as a dict."""
     if value is None:
         return {}
-    if isinstance(value, Mapping):
-        return {str(k): str(v) for k, v in value.items()}
     variables = {}
     for item in re.split(r"(?<!\\),", value):
         key, _, val = item.partition("=")
@@ -163,68 +166,26 @@ def parse_qstat_text(text: str) -> dict[str, JobInfo]:
     }
 
 
-def _flatten(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON job attributes with resource groups flattened to `Resource_List.walltime` keys."""
-    flat: dict[str, Any] = {}
-    for name, value in attrs.items():
-        if isinstance(value, Mapping) and name != "Variable_List":
-            for resource, resource_value in value.items():
-                flat[f"{name}.{resource}"] = resource_value
-        else:
-            flat[name] = value
-    return flat
-
-
-def parse_qstat_json(text: str) -> dict[str, JobInfo]:
-    """Parse `qstat -f -F json` output (PBS Pro 18.1+); raises ValueError if it is not JSON."""
-    if not text.strip():
-        return {}
-    document = json.loads(text)
-    jobs = document.get("Jobs") or {}
-    return {job_id: job_info_from_attributes(job_id, _flatten(a)) for job_id, a in jobs.items()}
-
-
 def detect_dialect(version_output: str) -> Dialect | None:
     """Which qstat printed this `qstat --version`; None if it cannot be told."""
-    pbs = re.search(r"pbs_version\s*=\s*(\d+)\.(\d+)", version_output)
-    if pbs:
-        major, minor = int(pbs.group(1)), int(pbs.group(2))
-        return Dialect.PBSPRO_JSON if (major, minor) >= (18, 1) else Dialect.PBSPRO_TEXT
+    if re.search(r"pbs_version\s*=\s*\d", version_output):
+        return Dialect.PBSPRO
     if re.search(r"^\s*Version:\s*\d", version_output, re.MULTILINE):
         return Dialect.TORQUE
     return None
 
 
 def query_argv(dialect: Dialect, job_ids: Iterable[str]) -> list[str]:
-    """qstat for the given jobs, finished ones included where the server keeps history."""
-    ids = list(job_ids)
-    if dialect is Dialect.PBSPRO_JSON:
-        return ["qstat", "-x", "-f", "-F", "json", *ids]
-    if dialect is Dialect.PBSPRO_TEXT:
-        return ["qstat", "-x", "-f", *ids]
-    return ["qstat", "-f", *ids]  # Torque: -x means XML there
-
-
-def history_argv(dialect: Dialect) -> list[str]:
-    """qstat for every job the server shows, finished ones included where it keeps history."""
-    if dialect is Dialect.PBSPRO_JSON:
-        return ["qstat", "-x", "-f", "-F", "json"]
-    if dialect is Dialect.PBSPRO_TEXT:
-        return ["qstat", "-x", "-f"]
-    return ["qstat", "-f"]  # Torque shows completed jobs for a while anyway
+    """qstat for the given jobs (every job without ids), finished ones included where the
+    server keeps history."""
+    if dialect is Dialect.PBSPRO:
+        return ["qstat", "-x", "-f", *job_ids]
+    return ["qstat", "-f", *job_ids]  # Torque: -x means XML there; it shows completed jobs
 
 
 def listing_argv(dialect: Dialect) -> list[str]:
     """qstat for every job the server shows us that has not finished (no history)."""
-    if dialect is Dialect.PBSPRO_JSON:
-        return ["qstat", "-f", "-F", "json"]
     return ["qstat", "-f"]
-
-
-def parse(dialect: Dialect, text: str) -> dict[str, JobInfo]:
-    if dialect is Dialect.PBSPRO_JSON:
-        return parse_qstat_json(text)
-    return parse_qstat_text(text)
 
 
 def lookup(infos: Mapping[str, JobInfo], job_id: str) -> JobInfo | None:
@@ -236,15 +197,28 @@ def lookup(infos: Mapping[str, JobInfo], job_id: str) -> JobInfo | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def _invalid_option(result: CommandResult) -> bool:
-    text = result.stderr.lower()
-    return result.returncode not in (0, None) and (
-        "invalid option" in text or "illegal option" in text or "unrecognized option" in text
-    )
+class Answer(dict[str, JobInfo]):
+    """qstat's answer about some jobs: {job id: JobInfo} for the jobs it showed.
+
+    `unknown`: ids the server, asked about that job alone, said it does not know (exit 153,
+    `Unknown Job Id`): the only absence that is evidence. A job in neither is unknown this
+    round. `omitted`: ids a several-id answer left out although the server knows them (a
+    server bug; they were asked about alone and are in the answer).
+    """
+
+    def __init__(self, jobs=(), unknown: Iterable[str] = (), omitted: Iterable[str] = ()):
+        super().__init__(jobs)
+        self.unknown = frozenset(unknown)
+        self.omitted = tuple(omitted)
+
+    def forgotten(self, job_id: str) -> bool:
+        """The server said it does not know this job (history off or expired, or purged)."""
+        return job_id in self.unknown
 
 
 class Qstat:
-    """The qstat of one controller: detects the dialect once, then one call per question."""
+    """The qstat of one controller: detects the dialect once, then one call per question,
+    plus one per job that a several-id answer left out."""
 
     def __init__(
         self,
@@ -260,37 +234,46 @@ class Qstat:
     def dialect(self) -> Dialect:
         if self._dialect is None:
             result = self._run(["qstat", "--version"], timeout=self.timeout)
-            # Unknown: try JSON first; a qstat without -F falls back on the first query.
-            self._dialect = detect_dialect(result.stdout + result.stderr) or Dialect.PBSPRO_JSON
+            self._dialect = detect_dialect(result.stdout + result.stderr) or Dialect.PBSPRO
         return self._dialect
 
-    def query(self, job_ids: Iterable[str]) -> dict[str, JobInfo]:
-        """Status of the given jobs in ONE qstat call; unknown jobs are simply absent."""
+    def query(self, job_ids: Iterable[str]) -> Answer:
+        """Status of the given jobs in ONE qstat call.
+
+        A job the answer leaves out is asked about alone before anything is concluded: it is
+        then either in the answer or, if the server says it does not know it, in
+        `Answer.unknown`; if that question fails too, it is in neither (unknown this round).
+        Raises StatusUnknown when the one call fails."""
         ids = list(dict.fromkeys(job_ids))
         if not ids:
-            return {}
-        return self._ask(lambda dialect: query_argv(dialect, ids))
+            return Answer()
+        jobs = self._ask(query_argv(self.dialect, ids))
+        unknown, omitted = [], []
+        for job_id in [i for i in ids if lookup(jobs, i) is None]:
+            result = self._run(query_argv(self.dialect, [job_id]), timeout=self.timeout)
+            if result.returncode == UNKNOWN_JOB_ID and "unknown job id" in result.stderr.lower():
+                unknown.append(job_id)
+            elif result.returncode == 0 and not result.timed_out:
+                alone = parse_qstat_text(result.stdout)
+                info = lookup(alone, job_id)
+                if info is not None:
+                    jobs[info.id] = info
+                    omitted.append(job_id)
+        return Answer(jobs, unknown, omitted)
 
     def list_live(self) -> dict[str, JobInfo]:
         """Every job the server shows that has not finished (to find a job by its name)."""
-        return {job_id: info for job_id, info in self._ask(listing_argv).items() if info.alive}
+        jobs = self._ask(listing_argv(self.dialect))
+        return {job_id: info for job_id, info in jobs.items() if info.alive}
 
     def list_all(self) -> dict[str, JobInfo]:
         """Every job the server shows, finished ones included where it keeps history."""
-        return self._ask(history_argv)
+        return self._ask(query_argv(self.dialect, []))
 
-    def _ask(self, argv_for: Callable[[Dialect], list[str]]) -> dict[str, JobInfo]:
-        dialect = self.dialect
-        result = self._run(argv_for(dialect), timeout=self.timeout)
-        if dialect is Dialect.PBSPRO_JSON and _invalid_option(result):
-            # A PBS Pro older than 18.1 (or one that hid its version): no -F json.
-            self._dialect = dialect = Dialect.PBSPRO_TEXT
-            result = self._run(argv_for(dialect), timeout=self.timeout)
+    def _ask(self, argv: list[str]) -> dict[str, JobInfo]:
+        result = self._run(argv, timeout=self.timeout)
         if result.timed_out or (
             result.returncode != 0 and result.returncode not in PER_JOB_ERROR_CODES
         ):
             raise StatusUnknown(result.describe())
-        try:
-            return parse(dialect, result.stdout)
-        except ValueError as e:  # json.JSONDecodeError is a ValueError
-            raise StatusUnknown(f"cannot parse the output of {' '.join(result.argv)}: {e}") from e
+        return parse_qstat_text(result.stdout)

@@ -6,7 +6,9 @@ State lives in $FAKE_PBS_DIR:
     config.json       behaviour: {"run": bool, "history": bool, "version": str,
                       "qsub_failures": [[rc, stderr], ...], "qstat_failures": [...]}
                       (consumed one per call; qsub ["silent", ""] creates the job but prints
-                      no id; qstat ["sleep", seconds] answers late)
+                      no id; qstat ["sleep", seconds] answers late),
+                      "first_only": bool (asked about several ids, qstat prints only the
+                      first job it knows and exits 0: OpenPBS's `-F json` bug, issue 2672)
 With "run": true, qsub runs the job script in the background the way PBS would (PBS_JOBID,
 PBS_O_WORKDIR, stdout/stderr files) and the job turns F with the script's exit code.
 """
@@ -206,6 +208,9 @@ def qstat(argv: list[str]) -> int:
                 rc = 153
                 continue
             jobs[job["id"]] = attributes(job)
+        if cfg.get("first_only") and jobs:
+            first = next(iter(jobs))
+            jobs, rc = {first: jobs[first]}, 0
     else:
         for path in sorted((STATE / "jobs").glob("*.json")):
             job = json.loads(path.read_text())
