@@ -158,6 +158,33 @@ rule flaky:
     assert "failed without progress: retry 1 of 2" in run.stderr
 
 
+@pytest.mark.slow
+def test_a_resource_the_server_lacks_stops_the_run_with_one_message(workflow):
+    # A stock PBS server has no `ngpus`: every job of the sweep would be refused alike.
+    work, pbs, env = workflow
+    pbs.configure(qsub_failures=[[187, "qsub: Unknown resource: ngpus"]] * 5)
+    run = snakemake(work, env, "--profile", str(PROFILE), "--pbs-status-interval", "1")
+    assert run.returncode != 0
+    assert len(pbs.calls("qsub")) == 1
+    assert run.stderr.count("Unknown resource: ngpus") == 1
+    assert "does not know the resource `ngpus`" in run.stderr
+    assert "--set-resources RULE:gpu=0" in run.stderr
+    assert not (work / ".kdflow" / "pbs" / "targets").exists() or not any(
+        json.loads(p.read_text())["submissions"]
+        for p in (work / ".kdflow" / "pbs" / "targets").glob("*.json")
+    )
+
+
+def test_a_failed_jobs_message_ends_its_line(workflow):
+    # Snakemake writes "For further error details ..." right after the message.
+    work, pbs, env = workflow
+    pbs.configure(qsub_failures=[[170, "qsub: Unknown queue"]])
+    (work / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "touch {output}"\n')
+    run = snakemake(work, env, *ARGS)
+    assert run.returncode != 0
+    assert "qsub: Unknown queue\n" in run.stderr
+
+
 ARGS = ("--executor", "pbs", "-j", "2", "--pbs-status-interval", "1")
 
 

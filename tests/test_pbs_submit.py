@@ -15,6 +15,7 @@ from snakemake_executor_plugin_pbs.submit import (
     QueueLimit,
     Rejected,
     Transient,
+    UnknownResource,
     format_walltime,
     job_name,
     parse_job_id,
@@ -189,12 +190,19 @@ def failed(returncode, stderr):
         (1, "qsub: Project CSCI9999 not found", Rejected),
         (188, "qsub: Job violates queue and/or server resource limits", Rejected),
         (127, "qsub: No such file or directory", Rejected),
+        # OpenPBS 23.06 without `ngpus` defined (tests/pbs_samples/openpbs)
+        (187, "qsub: Unknown resource: ngpus", UnknownResource),
     ],
 )  # fmt: skip
 def test_qsub_failures_are_classified(returncode, stderr, kind):
     error = qsub_failure(failed(returncode, stderr))
     assert type(error) is kind
     assert stderr.split("(")[0].strip() in error.message  # qsub's own words are kept
+
+
+def test_an_unknown_resource_is_named():
+    error = qsub_failure(failed(187, "qsub: Unknown resource: ngpus\n"))
+    assert isinstance(error, Rejected) and error.resource == "ngpus"
 
 
 def test_unreachable_server_created_no_job_but_a_timeout_may_have():

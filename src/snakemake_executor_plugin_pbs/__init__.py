@@ -22,7 +22,7 @@ from .commands import missing_commands
 from .controller import Controller, ControllerConfig, Finished, Target
 from .policy import Limits
 from .registry import Registry
-from .submit import job_name
+from .submit import UnknownResource, job_name
 
 # What a queue, project or select setting may contain: it is written into `#PBS` lines of the
 # job script, where a space, a quote or a newline would change what the script says.
@@ -208,6 +208,33 @@ def controller_config(settings: ExecutorSettings, workdir: Path) -> ControllerCo
     )
 
 
+# Where each select-statement resource comes from in Snakemake's terms.
+_RESOURCE_SOURCES = {
+    "ngpus": "the rules' `gpu` resource (set it to 0 where the site has no GPUs: "
+    "--set-resources RULE:gpu=0)",
+    "mem": "the rules' `mem_mb` resource",
+    "ncpus": "the rules' threads",
+    "walltime": "the rules' `runtime` resource",
+}
+
+
+def _unknown_resource_message(error: UnknownResource) -> str:
+    source = _RESOURCE_SOURCES.get(
+        error.resource, "--pbs-select-extra or --pbs-qsub-extra (the plugin adds nothing else)"
+    )
+    return (
+        f"This PBS server does not know the resource `{error.resource}` ({error.message}). "
+        f"It comes from {source}. Every job that asks for it would be refused the same way, "
+        "so nothing more is submitted: ask for what the site defines (`pbsnodes -a` lists "
+        "each node's resources_available), or have the administrators define it.\n"
+    )
+
+
+def _paragraph(message: str) -> str:
+    """Snakemake appends its own sentence right after a job's error message."""
+    return message if message.endswith("\n") else message + "\n"
+
+
 def _number_resource(resources, *names: str) -> float | None:
     """The first of the named resources that is set, as a number."""
     for name in names:
@@ -289,7 +316,10 @@ class Executor(RemoteExecutor):
 
     def _start(self, jobs: list[JobExecutorInterface]):
         targets = [(job, self.target(job)) for job in jobs]
-        results = self.controller.start(target for _, target in targets)
+        try:
+            results = self.controller.start(target for _, target in targets)
+        except UnknownResource as e:
+            raise WorkflowError(_unknown_resource_message(e)) from None
         for job, target in targets:
             result = results[target.name]
             if isinstance(result, Finished) and result.succeeded:
@@ -297,7 +327,9 @@ class Executor(RemoteExecutor):
                 self.report_job_submission(SubmittedJobInfo(job, aux={"pbs": result}))
             elif isinstance(result, Finished):
                 self.report_job_error(
-                    SubmittedJobInfo(job), msg=result.message, aux_logs=list(result.logs)
+                    SubmittedJobInfo(job),
+                    msg=_paragraph(result.message),
+                    aux_logs=list(result.logs),
                 )
             else:
                 self.report_job_submission(
@@ -322,7 +354,9 @@ class Executor(RemoteExecutor):
             if isinstance(result, Finished) and result.succeeded:
                 self.report_job_success(job_info)
             elif isinstance(result, Finished):
-                self.report_job_error(job_info, msg=result.message, aux_logs=list(result.logs))
+                self.report_job_error(
+                    job_info, msg=_paragraph(result.message), aux_logs=list(result.logs)
+                )
             else:  # still going, maybe as a new job after a walltime or memory kill
                 job_info.aux["pbs"] = result
                 job_info.external_jobid = result.job_id

@@ -27,6 +27,7 @@ from .submit import (
     QueueLimit,
     Rejected,
     Transient,
+    UnknownResource,
     format_walltime,
     render_job_script,
 )
@@ -467,6 +468,8 @@ class Controller:
                     self.clock() + delay,
                 )
                 results[name] = self._hold(t, *blocked)
+            except UnknownResource:
+                raise  # a fact about the site, not this job: see Executor._start
             except Rejected as e:
                 results[name] = Finished(t.target, False, f"qsub rejected the job: {e.message}")
         return results

@@ -20,6 +20,8 @@ _QUEUE_LIMIT_EXIT_CODES = (38, 198)
 _QUEUE_LIMIT_MESSAGES = ("would exceed", "maximum number of jobs")
 # The server could not be reached at all: certainly nothing was submitted.
 _UNREACHABLE_MESSAGES = ("cannot connect to server", "errno=111", "connection refused")
+# A resource the server does not define (PBS Pro / OpenPBS: exit 187).
+_UNKNOWN_RESOURCE = re.compile(r"Unknown resource:?\s*([A-Za-z0-9_.]+)", re.IGNORECASE)
 # The request may or may not have reached the server.
 _TRANSIENT_MESSAGES = ("timed out", "timeout", "communication failure", "end of file")
 
@@ -146,6 +148,15 @@ class Rejected(QsubError):
     """qsub refused the job for good (unknown queue, missing project, bad resources)."""
 
 
+class UnknownResource(Rejected):
+    """The server does not define a resource the job asks for (`qsub: Unknown resource: X`):
+    every job asking for it will be refused the same way, so the run stops at the first."""
+
+    def __init__(self, message: str, resource: str, result: CommandResult | None = None):
+        super().__init__(message, result)
+        self.resource = resource
+
+
 def parse_job_id(stdout: str) -> str | None:
     """The job id qsub printed (`1234.sched01`), or None."""
     for line in stdout.splitlines():
@@ -167,6 +178,9 @@ def qsub_failure(result: CommandResult) -> QsubError:
         return Transient(result.describe(), result, maybe_submitted=False)
     if result.returncode == 0 or any(message in text for message in _TRANSIENT_MESSAGES):
         return Transient(f"{result.describe()}; the job may exist", result)
+    unknown = _UNKNOWN_RESOURCE.search(f"{result.stderr}\n{result.stdout}")
+    if unknown:
+        return UnknownResource(result.describe(), unknown.group(1), result)
     return Rejected(result.describe(), result)
 
 
