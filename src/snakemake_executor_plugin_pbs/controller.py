@@ -420,7 +420,7 @@ class Controller:
                 and (info.user is None or user is None or info.user == user)
                 and (info.workdir is None or _same_directory(info.workdir, self.config.workdir))
             ),
-            key=lambda info: info.id,
+            key=lambda info: _sequence(info.id),  # as numbers: 999.srv before 1000.srv
         )
         if len(matches) > 1:
             self.logger.warning(
