@@ -265,6 +265,14 @@ def test_intent_without_id_and_a_live_job_of_that_name_adopts_it(pbs, workdir):
     assert record.last.job_id == job_id
 
 
+def test_of_two_live_jobs_of_one_name_the_newest_by_number_is_followed(pbs, workdir):
+    t = target()
+    intent_only(workdir, t)
+    pbs.add_job(999, t.name, str(workdir), state="R")
+    newest = pbs.add_job(1000, t.name, str(workdir), state="Q")  # "1000" < "999" as text
+    assert make_controller(workdir).start([t])[t.name].job_id == newest
+
+
 def test_intent_without_id_and_no_live_job_submits_once(pbs, workdir):
     t = target()
     intent_only(workdir, t)
