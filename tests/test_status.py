@@ -41,3 +41,33 @@ def test_a_target_waiting_for_disk_space_is_held_until_its_time(tmp_path):
     render(rows, note, console)
     table = console.file.getvalue()
     assert "held 1" in table and "No space left" in table and "log: logs/7.err" in table
+
+
+class _Qstat:
+    """Stands in for the executor's Qstat: answers from a fixed Answer."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def query(self, job_ids):
+        return self.answer
+
+
+def test_a_job_qstat_says_nothing_about_is_submitted_not_ended(tmp_path):
+    # An answer that leaves a job out (OpenPBS's -F json did) is no news that it ended.
+    from snakemake_executor_plugin_pbs.status import Answer
+
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    sweep = Sweep.from_file(tmp_path / "sweep.yaml", check_names=False)
+    registry = Registry(tmp_path / ".kdflow/pbs")
+    for seed, job_id in ((0, "8.pbs"), (1, "9.pbs")):
+        target = f"results/cifar100/pure/resnet8/seed{seed}/completed"
+        submission = Submission(job_id=job_id, submitted_at=0.0)
+        registry.save(
+            TargetRecord(name=job_name([target]), outputs=[target], submissions=[submission])
+        )
+    rows, note = collect(sweep, tmp_path, qstat=_Qstat(Answer({}, unknown=["9.pbs"])))
+    states = {row.path.rsplit("/", 1)[1]: (row.state, row.pbs_id) for row in rows}
+    assert note is None
+    assert states["seed0"] == ("submitted", "8.pbs")  # no word: may be queued or running
+    assert states["seed1"][0] == "ready"  # the server said it does not know it: it ended
