@@ -1,4 +1,6 @@
-"""How a job ended, from qstat's record, the job's own exit record and its stderr."""
+"""How a job ended, from qstat's record, the job's own exit record and its stderr: on the jobs
+a real OpenPBS 23.06.06 ran and ended (tests/pbs_samples/openpbs, made by capture_openpbs.sh),
+their .e files, and generated Torque and pre-18 PBS Pro records for what it cannot show."""
 
 from pathlib import Path
 
@@ -8,8 +10,24 @@ from snakemake_executor_plugin_pbs.classify import Kind, classify
 from snakemake_executor_plugin_pbs.status import JobInfo, parse_qstat_text
 
 SAMPLES = Path(__file__).parent / "pbs_samples"
-PBSPRO = parse_qstat_text((SAMPLES / "pbspro_qstat_xf.txt").read_text())
-TORQUE = parse_qstat_text((SAMPLES / "torque_qstat_f.txt").read_text())
+CAPTURED = SAMPLES / "openpbs"
+PRE18 = parse_qstat_text((SAMPLES / "generated_pbspro_pre18_qstat_xf.txt").read_text())
+TORQUE = parse_qstat_text((SAMPLES / "generated_torque_qstat_f.txt").read_text())
+
+# role -> job id of the jobs capture_openpbs.sh submitted, and what the server said of them
+_JOBS = [line.split("\t") for line in (CAPTURED / "jobs.tsv").read_text().splitlines()]
+JOB = {role: job_id for role, job_id, _name, _command in _JOBS}
+NAME = {role: name for role, _id, name, _command in _JOBS}
+OPENPBS = parse_qstat_text((CAPTURED / "qstat-xf-several.stdout").read_text())
+
+
+def info(role: str) -> JobInfo:
+    return OPENPBS[JOB[role]]
+
+
+def job_file(role: str, stream: str) -> str:
+    """The job's .o or .e file, as PBS copied it back (`<name>.e<sequence number>`)."""
+    return (CAPTURED / "oe" / f"{NAME[role]}.{stream}{JOB[role].split('.')[0]}").read_text()
 
 
 def finished(exit_status, used=600, limit=3600, comment=None) -> JobInfo:
@@ -25,23 +43,74 @@ def finished(exit_status, used=600, limit=3600, comment=None) -> JobInfo:
 
 
 @pytest.mark.parametrize(
-    ("job_id", "kind"),
+    ("role", "kind", "exit_status"),
     [
-        ("4103.sched01", Kind.SUCCESS),  # Exit_status 0
-        ("4104.sched01", Kind.WALLTIME),  # -29, OpenPBS 2020+
-        ("4105.sched01", Kind.MEMORY),  # -27
-        ("4106.sched01", Kind.WALLTIME),  # 271 with used walltime past the limit (old servers)
-        ("4107.sched01", Kind.KILLED),  # 265 well under the limit: node failure, qdel
-        ("4108.sched01", Kind.ERROR),  # exit 1
+        ("ok", Kind.SUCCESS, 0),
+        ("wall", Kind.WALLTIME, -29),
+        ("mem", Kind.MEMORY, -27),
+        ("del", Kind.KILLED, 271),  # qdel while running, well under its walltime
+        ("exit3", Kind.ERROR, 3),
+        ("kill9", Kind.KILLED, 137),  # the script's bash SIGKILLed; PBS's shell says 137
     ],
 )
-def test_pbspro_history_sample(job_id, kind):
-    assert classify(PBSPRO[job_id], None, "").kind is kind
+def test_each_captured_ending(role, kind, exit_status):
+    outcome = classify(info(role), None, job_file(role, "e"))
+    assert (outcome.kind, outcome.exit_status) == (kind, exit_status)
+    # the same from the record alone, without the .e file
+    assert classify(info(role), None, "").kind is kind
 
 
-def test_torque_sample():
-    assert classify(TORQUE["813.torque01"], None, "").kind is Kind.SUCCESS
-    assert classify(TORQUE["814.torque01"], None, "").kind is Kind.WALLTIME
+def test_captured_walltime_kill_says_so_in_the_e_file():
+    # `=>> PBS: job killed: walltime 4 exceeded limit 3` (the used seconds vary by a second)
+    stderr = job_file("wall", "e")
+    assert stderr.startswith("=>> PBS: job killed: walltime ")
+    assert f"exceeded limit {info('wall').walltime_limit}\n" in stderr.splitlines(True)[0]
+    assert info("wall").comment.endswith(" and exceeded resource walltime")
+    # history off (the server forgot the job) and no exit record: the line alone decides
+    outcome = classify(None, None, stderr)
+    assert outcome.kind is Kind.WALLTIME and "job killed: walltime" in outcome.reason
+    # a job script that trapped the SIGTERM and wrote 143: the line still decides
+    assert classify(None, 143, stderr).kind is Kind.WALLTIME
+
+
+def test_captured_memory_kill_says_so_in_the_e_file():
+    # e.g. `=>> PBS: job killed: mem 307500kb exceeded limit 51200kb` (the kb used vary)
+    stderr = job_file("mem", "e")
+    assert stderr.startswith("=>> PBS: job killed: mem ")
+    assert "kb exceeded limit 51200kb\n" in stderr.splitlines(True)[0]
+    outcome = classify(None, None, stderr)
+    assert outcome.kind is Kind.MEMORY and "job killed: mem" in outcome.reason
+    assert "mem limit" in classify(info("mem"), None, stderr).reason
+
+
+def test_captured_qdel_is_a_kill_with_the_servers_comment():
+    outcome = classify(info("del"), None, job_file("del", "e"))
+    assert job_file("del", "e") == ""  # PBS writes nothing into .e for a qdel
+    assert "SIGTERM" in outcome.reason and "terminated by" in outcome.reason
+
+
+def test_captured_exit_3_and_kill_9():
+    assert classify(info("exit3"), None, job_file("exit3", "e")).reason == "exit status 3"
+    stderr = job_file("kill9", "e")  # `-bash: line 1: <pid> Killed  .../mom_priv/jobs/<id>.SC`
+    assert " Killed " in stderr and f"/mom_priv/jobs/{JOB['kill9']}.SC" in stderr
+    assert "SIGKILL" in classify(info("kill9"), None, stderr).reason
+
+
+def test_jobs_deleted_before_they_ran_are_kills():
+    deleted = parse_qstat_text((CAPTURED / "qstat-xf-deleted.stdout").read_text())
+    for role in ("hold", "queued"):  # F without Exit_status: nothing ran, nothing failed
+        assert classify(deleted[JOB[role]], None, "").kind is Kind.KILLED
+
+
+@pytest.mark.parametrize(
+    ("job_id", "kind"),
+    [
+        ("4106.sched01", Kind.WALLTIME),  # 271 with used walltime past the limit (old servers)
+        ("4107.sched01", Kind.KILLED),  # 265 well under the limit: node failure, qdel
+    ],
+)
+def test_generated_pre18_history_sample(job_id, kind):
+    assert classify(PRE18[job_id], None, "").kind is kind
 
 
 def test_walltime_from_the_message_pbs_writes_into_stderr():

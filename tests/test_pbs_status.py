@@ -1,5 +1,10 @@
-"""qstat parsing (PBS Pro / OpenPBS and Torque text) and the one-call status query."""
+"""qstat parsing and the one-call status query, on output captured from a real OpenPBS 23.06.06
+(tests/pbs_samples/openpbs, made by capture_openpbs.sh) and, for what that server cannot show,
+on generated Torque and pre-18 PBS Pro samples (tests/pbs_samples/generated_*)."""
 
+import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -15,79 +20,204 @@ from snakemake_executor_plugin_pbs.status import (
     parse_duration,
     parse_qstat_text,
     parse_text_attributes,
+    parse_variable_list,
     query_argv,
 )
 
 SAMPLES = Path(__file__).parent / "pbs_samples"
-PBSPRO_TEXT = (SAMPLES / "pbspro_qstat_xf.txt").read_text()
-TORQUE_TEXT = (SAMPLES / "torque_qstat_f.txt").read_text()
-
-WORKDIR = "/mnt/lustre/users/jdoe/kdflow"
-
-# One job as PBS Pro 22.05 prints it for `qstat -f`, with wrapped lines (TAB continuation).
-SINGLE_JOB = """\
-Job Id: 5120.sched01
-    Job_Name = kd9f8e7d6c5b
-    Job_Owner = jdoe@login2.chpc.ac.za
-    job_state = R
-    Resource_List.walltime = 12:00:00
-    resources_used.walltime = 03:14:07
-    Variable_List = PBS_O_HOME=/home/jdoe,PBS_O_LANG=en_US.UTF-8,
-\tPBS_O_LOGNAME=jdoe,PBS_O_WORKDIR=/mnt/lustre/users/jdoe/kdflow/very/long/pa
-\tth/to/the/sweep,PBS_O_QUEUE=gpu_1
-    comment = Job run at Tue Apr 14 at 09:00 on (gpu4012:ncpus=10:ngpus=1:mem=25
-\t165824kb)
-
-"""
+CAPTURED = SAMPLES / "openpbs"
+TORQUE_TEXT = (SAMPLES / "generated_torque_qstat_f.txt").read_text()
+PRE18_TEXT = (SAMPLES / "generated_pbspro_pre18_qstat_xf.txt").read_text()
 
 
-def test_continuation_lines_join_to_the_previous_line_with_nothing_between():
-    attrs = parse_text_attributes(SINGLE_JOB)["5120.sched01"]
-    assert attrs["Variable_List"] == (
-        "PBS_O_HOME=/home/jdoe,PBS_O_LANG=en_US.UTF-8,PBS_O_LOGNAME=jdoe,"
-        "PBS_O_WORKDIR=/mnt/lustre/users/jdoe/kdflow/very/long/path/to/the/sweep,"
-        "PBS_O_QUEUE=gpu_1"
+def _rows(name: str) -> list[list[str]]:
+    return [line.split("\t") for line in (CAPTURED / name).read_text().splitlines()]
+
+
+# role -> job id, and role -> job name, of the jobs capture_openpbs.sh submitted
+JOB = {role: job_id for role, job_id, _name, _command in _rows("jobs.tsv")}
+NAME = {role: name for role, _id, name, _command in _rows("jobs.tsv")}
+SERVER = JOB["ok"].split(".", 1)[1]
+UNKNOWN = f"99999.{SERVER}"
+SUBMIT_DIR = (
+    "/tmp/kdflow-capture/a-submit-directory-with-a-long-name-so-that-qstat-wraps-PBS_O_WORKDIR"
+)
+
+
+def captured(name: str) -> CommandResult:
+    """What the real server printed for one capture, and its exit status."""
+    [(rc, command)] = [(rc, command) for n, rc, _who, command in _rows("captures.tsv") if n == name]
+    return CommandResult(
+        tuple(shlex.split(command)),
+        int(rc),
+        (CAPTURED / f"{name}.stdout").read_text(),
+        (CAPTURED / f"{name}.stderr").read_text(),
     )
-    assert attrs["comment"] == (
-        "Job run at Tue Apr 14 at 09:00 on (gpu4012:ncpus=10:ngpus=1:mem=25165824kb)"
-    )
-    info = parse_qstat_text(SINGLE_JOB)["5120.sched01"]
-    assert info.workdir == "/mnt/lustre/users/jdoe/kdflow/very/long/path/to/the/sweep"
-    assert (info.walltime_used, info.walltime_limit) == (3 * 3600 + 14 * 60 + 7, 12 * 3600)
 
 
-def test_pbspro_text_sample_has_every_job_and_state():
-    infos = parse_qstat_text(PBSPRO_TEXT)
-    assert {job_id: (info.state, info.exit_status) for job_id, info in infos.items()} == {
-        "4101.sched01": ("Q", None),
-        "4102.sched01": ("R", None),
-        "4103.sched01": ("F", 0),
-        "4104.sched01": ("F", -29),
-        "4105.sched01": ("F", -27),
-        "4106.sched01": ("F", 271),
-        "4107.sched01": ("F", 265),
-        "4108.sched01": ("F", 1),
+SEVERAL = captured("qstat-xf-several")  # qstat -x -f <every job>, in the order submitted
+SEVERAL_TEXT = SEVERAL.stdout
+
+
+class Replay:
+    """Stands in for run_command: answers each command line with what the real server printed
+    for that same command line (captures.tsv), and records the calls."""
+
+    def __init__(self):
+        self.answers = {
+            result.argv: result
+            for result in (captured(n) for n, *_ in _rows("captures.tsv"))
+            if result.argv[0] == "qstat"
+        }
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv, timeout):
+        if list(argv) != ["qstat", "--version"]:
+            self.calls.append(list(argv))
+        return self.answers[tuple(argv)]
+
+
+class Recorder:
+    """Stands in for run_command: answers from a script of results and records the calls."""
+
+    def __init__(self, *results: CommandResult):
+        self.results = list(results)
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv, timeout):
+        if argv == ["qstat", "--version"]:
+            return captured("qstat-version")
+        self.calls.append(argv)
+        return self.results.pop(0)
+
+
+def result(returncode, stdout="", stderr=""):
+    return CommandResult(("qstat",), returncode, stdout, stderr)
+
+
+# --- the text parser, on the captured several-id answer ---------------------------------------
+
+
+def test_a_several_id_answer_has_every_job_with_its_state_and_exit_status():
+    infos = parse_qstat_text(SEVERAL_TEXT)
+    assert SEVERAL.returncode == 0 and SEVERAL.stderr == ""
+    assert list(infos) == [JOB[role] for role in NAME]  # every id asked, in the order asked
+    assert {role: (infos[JOB[role]].state, infos[JOB[role]].exit_status) for role in JOB} == {
+        "ok": ("F", 0),
+        "wall": ("F", -29),
+        "mem": ("F", -27),
+        "del": ("F", 271),
+        "exit3": ("F", 3),
+        "kill9": ("F", 137),
+        "run": ("R", None),
+        "hold": ("H", None),
+        "queued": ("Q", None),
     }
+    assert {role: infos[JOB[role]].name for role in JOB} == NAME
+    assert {role for role in JOB if infos[JOB[role]].alive} == {"run", "hold", "queued"}
 
 
-def test_pbspro_text_sample_wrapped_values_are_whole():
-    infos = parse_qstat_text(PBSPRO_TEXT)
-    queued = infos["4101.sched01"]
-    assert "\t" in PBSPRO_TEXT  # the sample does wrap
-    assert queued.comment == (
-        "Not Running: Insufficient amount of resource: ngpus (R: 1 A: 0 T: 48)"
+def test_the_captured_answer_does_wrap_onto_tab_led_lines():
+    continued = [line for line in SEVERAL_TEXT.splitlines() if line.startswith("\t")]
+    assert len(continued) > 50
+    # mid-token (a path cut between two letters) and after a comma
+    assert any(re.search(r"[a-z]$", line) for line in SEVERAL_TEXT.splitlines() if " = " in line)
+    assert any(line.endswith(",") for line in SEVERAL_TEXT.splitlines())
+
+
+def test_wrapped_values_are_joined_with_nothing_between():
+    infos = parse_qstat_text(SEVERAL_TEXT)
+    attrs = parse_text_attributes(SEVERAL_TEXT)
+    ok = attrs[JOB["ok"]]
+    seq = JOB["ok"].split(".")[0]
+    assert ok["Error_Path"] == f"localhost:{SUBMIT_DIR}/capok.e{seq}"
+    assert ok["Output_Path"] == f"localhost:{SUBMIT_DIR}/capok.o{seq}"
+    variables = parse_variable_list(ok["Variable_List"])
+    assert variables["CAP_LONG_A"] == "".join(f"value-{i:02d}-" for i in range(1, 13))
+    assert variables["CAP_LONG_B"] == (
+        "/a/long/path/value/that/is/longer/than/one/line/of/qstat/output/so/that/it/wraps/mid/token"
     )
-    assert queued.workdir == WORKDIR
-    assert queued.name == "kd0a1b2c3d4e" and queued.user == "jdoe"
-    assert queued.alive and not infos["4103.sched01"].alive
-    running = infos["4102.sched01"]
-    assert running.exec_host == "gpu4012/0*10"
-    assert running.mem_limit == "24gb" and running.mem_used == "19201044kb"
-    assert running.times["stime"] == "Tue Apr 14 09:00:03 2026"
-    assert running.queue == "gpu_1"
+    assert variables["PBS_O_QUEUE"] == "workq" and variables["PBS_O_HOST"] == "localhost"
+    assert variables["PBS_O_INTERACTIVE_ENCRYPT_METHOD"] == ""  # an empty value, then a wrap
+    assert ok["Submit_arguments"].startswith("-N capok -l walltime=00:05:00 -v CAP_LONG_A=value-01")
+    assert ok["Submit_arguments"].endswith("/so/that/it/wraps/mid/token ok.sh")
+    assert infos[JOB["wall"]].comment.endswith(") and exceeded resource walltime")
+    assert infos[JOB["mem"]].comment.endswith(":mem=51200kb) and exceeded resource mem")
 
 
-def test_torque_sample_state_c_and_lowercase_exit_status():
+def _raw_values(text: str) -> dict[str, dict[str, str]]:
+    """Each attribute's value exactly as qstat printed it: the first line after `name = ` (the
+    4-space indent and ` = ` are the only layout there), each TAB-led line without its TAB."""
+    jobs: dict[str, dict[str, str]] = {}
+    for block in text.split("Job Id: ")[1:]:
+        job_id, *lines = block.split("\n")
+        values = jobs[job_id] = {}
+        name = None
+        for line in lines:
+            if line.startswith("\t"):
+                values[name] += line[1:]
+            elif line.startswith("    ") and " = " in line:
+                name, value = line[4:].split(" = ", 1)
+                values[name] = value
+    return jobs
+
+
+@pytest.mark.parametrize("name", ["qstat-xf-several", "qstat-f-listing", "qstat-xf-deleted"])
+def test_every_value_is_what_qstat_printed_joined(name):
+    # qstat.c breaks a long token at column 78 wherever it is, also right after a space: the
+    # first line then ends in that space, and it belongs to the value (captured: `comment =
+    # ... and terminated by ` + TAB `kdtest@localhost`; `(R: 999 A: ` + TAB `40 T: 40)`).
+    text = captured(name).stdout
+    assert parse_text_attributes(text) == _raw_values(text)
+
+
+def test_a_comment_wrapped_after_a_space_keeps_the_space():
+    infos = parse_qstat_text(SEVERAL_TEXT)
+    assert infos[JOB["del"]].comment.endswith(") and terminated by kdtest@localhost")
+    assert infos[JOB["queued"]].comment == (
+        "Can Never Run: Insufficient amount of resource: ncpus (R: 999 A: 40 T: 40)"
+    )
+
+
+def test_workdir_user_queue_and_times_from_the_captured_answer():
+    infos = parse_qstat_text(SEVERAL_TEXT)
+    for role in JOB:
+        if role != "hold":
+            assert infos[JOB[role]].workdir == SUBMIT_DIR, role
+        assert infos[JOB[role]].user == "kdtest" and infos[JOB[role]].queue == "workq"
+    # A comma in a value is written `\,` in Variable_List.
+    assert infos[JOB["hold"]].workdir == f"{SUBMIT_DIR}/dir,with,commas"
+    hold_vars = parse_variable_list(
+        parse_text_attributes(SEVERAL_TEXT)[JOB["hold"]]["Variable_List"]
+    )
+    assert hold_vars["CAP_COMMA"] == "one,two,three"
+    running = infos[JOB["run"]]
+    assert running.exec_host.startswith(f"{SERVER}/")
+    assert running.walltime_limit == 600 and running.walltime_used is not None
+    assert re.fullmatch(r"\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}", running.times["stime"])
+    assert set(running.times) == {"ctime", "qtime", "etime", "stime", "mtime"}
+    assert "obittime" in infos[JOB["ok"]].times
+    wall = infos[JOB["wall"]]
+    assert wall.walltime_limit == 3 and wall.walltime_used >= 3
+    mem = infos[JOB["mem"]]
+    assert mem.mem_limit == "50mb" and mem.mem_used.endswith("kb")
+    # held and queued jobs never ran: nothing used, no exec_host, no stime
+    for role in ("hold", "queued"):
+        info = infos[JOB[role]]
+        assert (info.walltime_used, info.exec_host, info.times.get("stime")) == (None, None, None)
+
+
+def test_jobs_deleted_before_they_ran_finish_without_an_exit_status():
+    infos = parse_qstat_text(captured("qstat-xf-deleted").stdout)
+    ended = {
+        role: (infos[JOB[role]].state, infos[JOB[role]].exit_status)
+        for role in JOB
+        if JOB[role] in infos
+    }
+    assert ended == {"run": ("F", 271), "hold": ("F", None), "queued": ("F", None)}
+
+
+def test_generated_torque_sample_state_c_and_lowercase_exit_status():
     infos = parse_qstat_text(TORQUE_TEXT)
     assert {job_id: (i.state, i.exit_status) for job_id, i in infos.items()} == {
         "812.torque01": ("R", None),
@@ -97,6 +227,19 @@ def test_torque_sample_state_c_and_lowercase_exit_status():
     assert not infos["814.torque01"].alive
     assert infos["814.torque01"].walltime_used == 3605
     assert infos["812.torque01"].workdir == "/home/jdoe/kdflow"
+
+
+def test_generated_pre18_sample_parses_like_the_captured_one():
+    infos = parse_qstat_text(PRE18_TEXT)
+    assert {job_id: (i.state, i.exit_status) for job_id, i in infos.items()} == {
+        "4106.sched01": ("F", 271),
+        "4107.sched01": ("F", 265),
+    }
+    assert infos["4106.sched01"].workdir == "/mnt/lustre/users/jdoe/kdflow"
+    assert (infos["4106.sched01"].walltime_used, infos["4106.sched01"].walltime_limit) == (
+        3612,
+        3600,
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,13 +259,18 @@ def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
+def test_dialect_of_the_captured_server():
+    version = captured("qstat-version")
+    assert version.returncode == 0 and version.stdout == "pbs_version = 23.06.06\n"
+    assert detect_dialect(version.stdout) is Dialect.PBSPRO
+
+
 @pytest.mark.parametrize(
     ("output", "dialect"),
     [
-        ("pbs_version = 23.06.06\n", Dialect.PBSPRO),
         ("pbs_version = 19.1.3\n", Dialect.PBSPRO),
         ("pbs_version = 14.1.2\n", Dialect.PBSPRO),
-        ("Version: 6.1.3\nCommit: 1234abcd\n", Dialect.TORQUE),
+        ("Version: 6.1.3\nCommit: 1234abcd\n", Dialect.TORQUE),  # Torque (no server here)
         ("qstat: invalid option -- '-'\n", None),
     ],
 )
@@ -132,116 +280,149 @@ def test_dialect_from_version(output, dialect):
 
 def test_command_lines_per_dialect():
     # PBS Pro is asked in text whatever its version: OpenPBS's JSON with several ids prints
-    # only the first job (openpbs/openpbs issue 2672).
+    # only the first job (openpbs/openpbs issue 2672; captured below).
     assert query_argv(Dialect.PBSPRO, ["1.s", "2.s"]) == ["qstat", "-x", "-f", "1.s", "2.s"]
     assert query_argv(Dialect.TORQUE, ["1.s"]) == ["qstat", "-f", "1.s"]  # -x is XML there
     assert listing_argv(Dialect.PBSPRO) == ["qstat", "-f"]
     assert listing_argv(Dialect.TORQUE) == ["qstat", "-f"]
 
 
+def test_openpbs_json_with_several_ids_prints_only_the_first_job_and_exits_0():
+    # Why the executor never asks `-F json`: the same question as SEVERAL, in JSON.
+    several = captured("qstat-xf-json-several")
+    assert several.argv == ("qstat", "-x", "-f", "-F", "json", *SEVERAL.argv[3:])
+    assert several.returncode == 0 and several.stderr == ""
+    assert list(json.loads(several.stdout)["Jobs"]) == [JOB["ok"]]  # 1 job of 9
+    assert len(parse_qstat_text(SEVERAL_TEXT)) == len(JOB)
+    one = json.loads(captured("qstat-xf-json-one-finished").stdout)
+    assert one["pbs_version"] == "23.06.06"
+    assert one["Jobs"][JOB["ok"]]["Exit_status"] == 0
+    assert one["Jobs"][JOB["ok"]]["Variable_List"]["PBS_O_WORKDIR"] == SUBMIT_DIR
+
+
 def test_lookup_tolerates_a_longer_or_shorter_server_name():
-    infos = parse_qstat_text(PBSPRO_TEXT)
-    assert lookup(infos, "4102.sched01").state == "R"
-    assert lookup(infos, "4102.sched01.chpc.ac.za").state == "R"
-    assert lookup(infos, "4102").state == "R"
-    assert lookup(infos, "9999.sched01") is None
+    infos = parse_qstat_text(SEVERAL_TEXT)
+    running, seq = JOB["run"], JOB["run"].split(".")[0]
+    assert lookup(infos, running).state == "R"
+    assert lookup(infos, f"{running}.example.org").state == "R"
+    assert lookup(infos, seq).state == "R"
+    assert lookup(infos, UNKNOWN) is None
 
 
-class Recorder:
-    """Stands in for run_command: answers from a script of results and records the calls."""
-
-    def __init__(self, *results: CommandResult, version: str = "pbs_version = 23.06.06"):
-        self.results = list(results)
-        self.version = version
-        self.calls: list[list[str]] = []
-
-    def __call__(self, argv, timeout):
-        if argv == ["qstat", "--version"]:
-            return CommandResult(tuple(argv), 0, self.version + "\n", "")
-        self.calls.append(argv)
-        return self.results.pop(0)
-
-
-def result(returncode, stdout="", stderr=""):
-    return CommandResult(("qstat",), returncode, stdout, stderr)
+# --- Qstat, replaying the real server's answers ---------------------------------------------
 
 
 def test_query_is_one_call_for_all_ids():
-    run = Recorder(result(0, PBSPRO_TEXT))
-    infos = Qstat(run=run).query(["4101.sched01", "4102.sched01", "4103.sched01"])
-    assert run.calls == [["qstat", "-x", "-f", "4101.sched01", "4102.sched01", "4103.sched01"]]
-    assert infos["4103.sched01"].exit_status == 0
-    assert infos.unknown == frozenset() and infos.omitted == ()
+    run = Replay()
+    answer = Qstat(run=run).query(list(JOB.values()))
+    assert run.calls == [["qstat", "-x", "-f", *JOB.values()]]
+    assert answer[JOB["ok"]].exit_status == 0 and answer[JOB["wall"]].exit_status == -29
+    assert set(answer) == set(JOB.values())
+    assert answer.unknown == frozenset() and answer.omitted == ()
+
+
+def test_an_unknown_id_among_several_is_asked_alone_and_forgotten():
+    # The server prints the jobs it knows and exits 153; asked alone, it says it does not
+    # know the other (153, `qstat: Unknown Job Id 99999.vm`).
+    batch = captured("qstat-xf-one-unknown-among-several")
+    assert batch.returncode == 153 and batch.stderr == f"qstat: Unknown Job Id {UNKNOWN}\n"
+    run = Replay()
+    answer = Qstat(run=run).query([JOB["ok"], UNKNOWN, JOB["exit3"]])
+    assert run.calls == [
+        ["qstat", "-x", "-f", JOB["ok"], UNKNOWN, JOB["exit3"]],
+        ["qstat", "-x", "-f", UNKNOWN],
+    ]
+    assert set(answer) == {JOB["ok"], JOB["exit3"]} and answer.forgotten(UNKNOWN)
+    assert answer[JOB["exit3"]].exit_status == 3 and answer.omitted == ()
+
+
+def test_finished_job_asked_without_x_exits_35_and_the_running_one_is_printed():
+    alone = captured("qstat-f-finished-without-x")
+    assert alone.returncode == 35 and alone.stdout == ""
+    assert alone.stderr == (
+        f"qstat: {JOB['ok']} Job has finished, use -x or -H to obtain historical job information\n"
+    )
+    batch = captured("qstat-f-finished-among-several-without-x")
+    assert batch.returncode == 35 and batch.stderr == alone.stderr
+    run = Recorder(batch)  # a 35 is per job: what qstat printed still counts
+    assert set(Qstat(run=run)._ask(["qstat", "-f", JOB["run"], JOB["ok"]])) == {JOB["run"]}
 
 
 def test_a_job_the_answer_leaves_out_is_asked_about_alone():
-    # Asked about two jobs, a server prints one and exits 0: the other is not "ended".
-    run = Recorder(result(0, SINGLE_JOB), result(0, PBSPRO_TEXT))
-    answer = Qstat(run=run).query(["5120.sched01", "4102.sched01"])
-    assert run.calls[1] == ["qstat", "-x", "-f", "4102.sched01"]
-    assert answer["4102.sched01"].state == "R" and answer.omitted == ("4102.sched01",)
-    assert not answer.forgotten("4102.sched01")
+    # Asked about two jobs, a server prints one and exits 0 (OpenPBS's JSON does: see above):
+    # the other is not "ended".
+    only_running = captured("qstat-f-finished-among-several-without-x").stdout
+    run = Recorder(result(0, only_running), result(0, SEVERAL_TEXT))
+    answer = Qstat(run=run).query([JOB["run"], JOB["wall"]])
+    assert run.calls[1] == ["qstat", "-x", "-f", JOB["wall"]]
+    assert answer[JOB["wall"]].exit_status == -29 and answer.omitted == (JOB["wall"],)
+    assert not answer.forgotten(JOB["wall"])
 
 
 def test_only_the_server_saying_it_does_not_know_a_job_makes_it_forgotten():
-    unknown = "qstat: Unknown Job Id 4999.sched01\n"
-    run = Recorder(result(153, SINGLE_JOB, unknown), result(153, "", unknown))
-    answer = Qstat(run=run).query(["5120.sched01", "4999.sched01"])
-    assert set(answer) == {"5120.sched01"} and answer.forgotten("4999.sched01")
+    unknown = captured("qstat-xf-unknown")
+    assert unknown.returncode == 153 and unknown.stdout == ""
+    batch = captured("qstat-xf-one-unknown-among-several")
+    run = Recorder(batch, unknown)
+    answer = Qstat(run=run).query([JOB["ok"], UNKNOWN])
+    assert set(answer) == {JOB["ok"], JOB["exit3"]} and answer.forgotten(UNKNOWN)
     assert len(run.calls) == 2
 
 
 @pytest.mark.parametrize(
     "alone",
     [
-        result(1, "", "qstat: cannot connect to server sched01 (errno=111)\n"),
+        result(1, "", "qstat: cannot connect to server vm (errno=111)\n"),
         CommandResult(("qstat",), None, "", ""),  # timed out
         result(0, "", ""),  # exit 0 and nothing printed: no word either way
         result(153, "", "qstat: Error 15010\n"),  # 153 without "Unknown Job Id"
     ],
 )
 def test_a_left_out_job_whose_lone_question_fails_is_neither_shown_nor_forgotten(alone):
-    run = Recorder(result(0, SINGLE_JOB), alone)
-    answer = Qstat(run=run).query(["5120.sched01", "4102.sched01"])
-    assert set(answer) == {"5120.sched01"} and not answer.forgotten("4102.sched01")
-
-
-@pytest.mark.parametrize("code", [35, 153])
-def test_partial_output_with_per_job_error_codes_is_parsed(code):
-    # Several ids, one unknown (153) or finished without -x (35): qstat prints the jobs it
-    # knows and exits with the last error.
-    stderr = "qstat: Unknown Job Id 4999.sched01\n"
-    run = Recorder(result(code, SINGLE_JOB, stderr), result(153, "", stderr))
-    infos = Qstat(run=run).query(["5120.sched01", "4999.sched01"])
-    assert set(infos) == {"5120.sched01"}
+    only_running = captured("qstat-f-finished-among-several-without-x").stdout
+    run = Recorder(result(0, only_running), alone)
+    answer = Qstat(run=run).query([JOB["run"], JOB["wall"]])
+    assert set(answer) == {JOB["run"]} and not answer.forgotten(JOB["wall"])
 
 
 @pytest.mark.parametrize(
     "failure",
     [
-        result(1, "", "qstat: cannot connect to server sched01 (errno=111)\n"),
+        result(1, "", "qstat: cannot connect to server vm (errno=111)\n"),
         result(255, "", "qstat: Error 15010\n"),
         CommandResult(("qstat",), None, "", ""),  # timed out
     ],
 )
 def test_failed_qstat_means_unknown_never_failed(failure):
     with pytest.raises(StatusUnknown):
-        Qstat(run=Recorder(failure)).query(["4102.sched01"])
+        Qstat(run=Recorder(failure)).query([JOB["run"]])
 
 
 def test_a_qstat_that_does_not_say_what_it_is_is_asked_as_pbs_pro():
-    run = Recorder(result(0, SINGLE_JOB), result(0, SINGLE_JOB), version="")
+    answer = result(0, SEVERAL_TEXT)
+
+    def run(argv, timeout):
+        calls.append(argv)
+        return result(0, "", "") if argv == ["qstat", "--version"] else answer
+
+    calls = []
     qstat = Qstat(run=run)
-    assert qstat.query(["5120.sched01"])["5120.sched01"].state == "R"
+    assert qstat.query([JOB["run"]])[JOB["run"]].state == "R"
     assert qstat.dialect is Dialect.PBSPRO
-    qstat.query(["5120.sched01"])  # detected once: one call per query from now on
-    assert run.calls == [["qstat", "-x", "-f", "5120.sched01"]] * 2
+    qstat.query([JOB["run"]])  # detected once: one call per query from now on
+    assert calls == [["qstat", "--version"]] + [["qstat", "-x", "-f", JOB["run"]]] * 2
 
 
 def test_torque_is_asked_without_x():
-    run = Recorder(result(0, TORQUE_TEXT), version="Version: 6.1.3")
+    def run(argv, timeout):
+        calls.append(argv)
+        if argv == ["qstat", "--version"]:
+            return result(0, "Version: 6.1.3\n")
+        return result(0, TORQUE_TEXT)
+
+    calls = []
     infos = Qstat(run=run).query(["813.torque01"])
-    assert run.calls == [["qstat", "-f", "813.torque01"]]
+    assert calls[1:] == [["qstat", "-f", "813.torque01"]]
     assert infos["813.torque01"].state == "C"
 
 
@@ -252,7 +433,14 @@ def test_no_ids_no_call():
 
 
 def test_listing_keeps_only_live_jobs():
-    run = Recorder(result(0, PBSPRO_TEXT))
+    # `qstat -f` without -x or ids: every job of every user that has not finished (here also
+    # the jobs of tests running on the same server at the time).
+    listing = captured("qstat-f-listing")
+    assert listing.returncode == 0
+    everything = parse_qstat_text(listing.stdout)
+    assert all(info.alive for info in everything.values())
+    run = Replay()
     live = Qstat(run=run).list_live()
-    assert set(live) == {"4101.sched01", "4102.sched01"}
     assert run.calls == [["qstat", "-f"]]
+    mine = {info.name: info.state for info in live.values() if info.name.startswith("cap")}
+    assert mine == {"caprun": "R", "caphold": "H", "capqueued": "Q"}

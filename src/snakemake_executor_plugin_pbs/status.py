@@ -150,7 +150,8 @@ def parse_text_attributes(text: str) -> dict[str, dict[str, str]]:
         elif line.startswith("\t") and attrs is not None and last is not None:
             attrs[last] += line[1:]
         elif " = " in line and attrs is not None:
-            name, _, value = line.strip().partition(" = ")
+            # only the indent goes: qstat may cut a long value right after a space
+            name, _, value = line.lstrip().partition(" = ")
             attrs[name] = value
             last = name
         elif not line.strip():

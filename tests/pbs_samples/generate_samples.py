@@ -1,13 +1,21 @@
-"""Regenerate the qstat samples here, formatted exactly as OpenPBS src/cmds/qstat.c prints.
+"""GENERATED qstat samples, not output of any server: for what the real OpenPBS of
+tests/cluster cannot show, and the synthetic listings of bench/pbs_poll.py.
 
-No live PBS server was available: `prt_attr` below is a line-by-line port of qstat.c (wrap
-before a token that would pass column 78, otherwise mid-token; continuation lines start with
-a TAB; the comma after a token does not count towards the column), and the JSON mimics
-cJSON_Print with values parsed as qstat does (numbers become numbers, Job_Name stays a string).
-The attributes, their order and their values follow PBS Pro 22.05 and Torque 6 job output.
+The PBS Pro samples the parser and classifier tests read are captured from a real OpenPBS
+23.06.06 by capture_openpbs.sh (openpbs/, see openpbs/README.md). This file writes only:
+
+- generated_torque_qstat_f.txt: Torque 6 `qstat -f` (no Torque server here);
+- generated_pbspro_pre18_qstat_xf.txt: PBS Pro before 18 (no `-F json`) and before the
+  2020 releases that report limit kills as -29/-27: a walltime kill as 271 past the limit,
+  a kill as 265;
+- and, through `job()` and `text()`, the 1,000-job listings bench/pbs_poll.py parses.
+
+`prt_attr` below is a line-by-line port of OpenPBS src/cmds/qstat.c (wrap before a token that
+would pass column 78, otherwise mid-token; continuation lines start with a TAB; the comma after
+a token does not count towards the column). The attributes, their order and their values follow
+PBS Pro 22.05 and Torque 6 job output as documented, not as captured.
 """
 
-import json
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -138,36 +146,13 @@ def job(
 
 
 RUN = "Job run at Tue Apr 14 at 09:00 on (gpu4012:ncpus=10:ngpus=1:mem=25165824kb)"
-JOBS = [
-    job(
-        4101,
-        "kd0a1b2c3d4e",
-        "Q",
-        comment="Not Running: Insufficient amount of resource: ngpus (R: 1 A: 0 T: 48)",
-    ),
-    job(4102, "kd1b2c3d4e5f", "R", used="00:42:15", comment=RUN),
-    job(4103, "kd2c3d4e5f60", "F", used="00:51:02", exit_status=0, comment=RUN + " and finished"),
-    job(
-        4104,
-        "kd3d4e5f6071",
-        "F",
-        used="01:00:09",
-        exit_status=-29,
-        comment=RUN + " and exceeded resource walltime",
-    ),
-    job(
-        4105,
-        "kd4e5f607182",
-        "F",
-        used="00:13:40",
-        exit_status=-27,
-        comment=RUN + " and exceeded resource mem",
-    ),
+# What the real OpenPBS 23.06 cannot show: an older server's walltime kill (SIGTERM to the job
+# shell: 271, with the used walltime past the limit) and a SIGKILL of the job shell (265).
+PRE18_JOBS = [
     job(4106, "kd5f60718293", "F", used="01:00:12", exit_status=271, comment=RUN + " and finished"),
     job(
         4107, "kd60718293a4", "F", used="00:20:31", exit_status=265, comment=RUN + " and terminated"
     ),
-    job(4108, "kd718293a4b5", "F", used="00:00:41", exit_status=1, comment=RUN + " and failed"),
 ]
 
 
@@ -178,30 +163,6 @@ def text(jobs):
         out += [prt_attr(n, r, v) for n, r, v in attrs]
         out.append("")
     return "\n".join(out) + "\n"
-
-
-def parsed(v):
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
-
-
-def to_json(jobs):
-    doc = {"timestamp": 1776157300, "pbs_version": "22.05.11", "pbs_server": "sched01", "Jobs": {}}
-    for jid, attrs in jobs:
-        j = {}
-        for n, r, v in attrs:
-            if r:
-                j.setdefault(n, {})[r] = parsed(v)
-            elif n == "Variable_List":
-                j[n] = {k: parsed(x) for k, _, x in (i.partition("=") for i in v.split(","))}
-            elif n in ("Job_Name", "project"):
-                j[n] = v
-            else:
-                j[n] = parsed(v)
-        doc["Jobs"][jid] = j
-    return json.dumps(doc, indent="\t", separators=(",", ":\t")) + "\n"
 
 
 TW = "/home/jdoe/kdflow"
@@ -275,9 +236,8 @@ TJOBS = [
 
 
 def main():
-    (HERE / "pbspro_qstat_xf.txt").write_text(text(JOBS))
-    (HERE / "pbspro_qstat_xf.json").write_text(to_json(JOBS))
-    (HERE / "torque_qstat_f.txt").write_text(text(TJOBS))
+    (HERE / "generated_pbspro_pre18_qstat_xf.txt").write_text(text(PRE18_JOBS))
+    (HERE / "generated_torque_qstat_f.txt").write_text(text(TJOBS))
 
 
 if __name__ == "__main__":
