@@ -35,7 +35,10 @@ mkdir -p "$LOG_DIR" "$STATE_DIR"
 
 log() { printf '%s %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$*"; }
 
-rotate() { # rotate FILE when it passes 1 MB, keeping KDFLOW_LOG_KEEP old ones
+# Rotate FILE when it passes 1 MB, keeping KDFLOW_LOG_KEEP old ones. Only ever called where
+# nothing can be writing FILE: a file renamed under a live writer keeps growing under its new
+# name while the new one stays empty.
+rotate() {
     local file=$1 keep=${KDFLOW_LOG_KEEP:-5} i
     [ -f "$file" ] && [ "$(stat -c %s "$file")" -gt 1048576 ] || return 0
     for ((i = keep - 1; i >= 1; i--)); do
@@ -97,11 +100,11 @@ refresh() { # the dashboard into the log, and the live plots
 }
 
 tick() {
-    rotate "$LOG_DIR/cron.log"
-    rotate "$LOG_DIR/controller.log"
     # one tick at a time: a second tick waits for the first, then finds its controller
     exec 9>"$STATE_DIR/tick.lock"
     flock 9
+    # cron.log is written by ticks only, one at a time: under the lock nothing else writes it
+    rotate "$LOG_DIR/cron.log"
     local pid
     pid=$(controller_pid)
     if [ -n "$pid" ]; then
@@ -117,6 +120,8 @@ tick() {
     # No controller is alive (we hold the tick lock, and the pid file's process is gone), so
     # a lock left in .snakemake/locks is stale: a SIGKILLed or rebooted controller's.
     snakemake --profile "$PROFILE" ${KDFLOW_SNAKEMAKE_ARGS:-} --unlock >/dev/null 2>&1 || true
+    # and controller.log has no writer: a live controller's log is never moved
+    rotate "$LOG_DIR/controller.log"
     # 9>&-: the controller must not inherit the tick lock, or every later tick would wait
     # for the whole sweep
     setsid nohup snakemake --profile "$PROFILE" ${KDFLOW_SNAKEMAKE_ARGS:-} \

@@ -208,6 +208,27 @@ def test_logs_are_rotated(project, cleanup):
     assert (project / "logs/cron/cron.log.1").stat().st_size == 1_100_000
 
 
+def test_a_live_controllers_log_is_rotated_only_once_it_has_ended(project, cleanup):
+    log = project / "logs/cron/controller.log"
+    assert tick(project).returncode == 0
+    assert wait_for(lambda: controllers(project) and log.exists())
+    first = _pid(project)
+    with open(log, "ab") as f:  # as the controller would: appending
+        f.write(b"x" * 1_100_000)
+    inode = log.stat().st_ino
+
+    assert tick(project).returncode == 0  # the controller is alive: its log stays put
+    assert log.stat().st_ino == inode and not (project / "logs/cron/controller.log.1").exists()
+
+    os.killpg(os.getpgid(first), signal.SIGKILL)
+    assert wait_for(lambda: not controllers(project))
+    assert tick(project).returncode == 0  # no writer now: rotated, the new controller writes anew
+    assert wait_for(lambda: controllers(project) and _pid(project) != first)
+    rotated = project / "logs/cron/controller.log.1"
+    assert rotated.stat().st_ino == inode and rotated.stat().st_size >= 1_100_000
+    assert wait_for(lambda: log.exists() and 0 < log.stat().st_size < 1_000_000)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
