@@ -23,9 +23,12 @@ demo: setup
 	$(BIN)/snakemake $(DEMO)
 	@echo; cat results/summary/results.md; ls results/summary/*.png
 
-# What the tests run against: the real single-node Slurm with PBS-format shims (tests/cluster),
-# crontab, sshd and rsync (tests/test_cron.py). Needs root on Debian/Ubuntu; elsewhere those
-# tests skip (never in CI, where they fail).
+# What the tests run against (tests/cluster): a real single-node OpenPBS (built from the
+# vendored source into /opt/pbs once, ~3-6 min; jobs come from the user kdtest, who runs kdflow
+# from a venv of its own, made once per pyproject.toml), the real single-node Slurm with
+# PBS-format shims (tests/cluster/test_shims.py) and profiles/slurm; crontab, sshd and rsync
+# (tests/test_cron.py). Needs root on Debian/Ubuntu; elsewhere those tests skip (never in CI,
+# where they fail).
 OPS_PACKAGES := cron openssh-server openssh-client rsync
 cluster:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -33,7 +36,9 @@ cluster:
 		if [ -n "$$missing" ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 				--no-install-recommends $$missing >/dev/null; fi; \
-		bash tests/cluster/slurm.sh install && bash tests/cluster/slurm.sh start; \
+		bash tests/cluster/slurm.sh install && bash tests/cluster/slurm.sh start && \
+		bash tests/cluster/openpbs.sh install && bash tests/cluster/openpbs.sh start && \
+		bash tests/cluster/openpbs.sh venv; \
 	else echo "cluster: not root on Debian: the scheduler, cron and ssh tests will be skipped"; fi
 
 # Everything, tests/chaos at small counts (`make chaos` runs the full counts)

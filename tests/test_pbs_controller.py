@@ -434,6 +434,19 @@ def test_errors_without_progress_are_retried_then_fail_with_the_log_tail(pbs, wo
     assert len(pbs.calls("qsub")) == 3
 
 
+def test_history_off_running_jobs_are_not_taken_for_ended(pbs, workdir):
+    # OpenPBS with history off answers any `qstat -x` with no job at all, exit 0: the running
+    # jobs were missing from every answer and were submitted again after two polls.
+    pbs.configure(history=False)
+    controller = make_controller(workdir)
+    results = controller.start([target(i) for i in range(2)])
+    for _ in range(4):
+        results = poll(controller, results)
+    assert len(pbs.calls("qsub")) == 2
+    assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
+    assert pbs.status_calls()[-1][:2] == ["qstat", "-f"]  # learnt: asks without -x
+
+
 def test_history_off_the_exit_record_decides(pbs, workdir):
     pbs.configure(history=False)
     controller = make_controller(workdir)

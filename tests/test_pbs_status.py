@@ -344,8 +344,7 @@ def test_finished_job_asked_without_x_exits_35_and_the_running_one_is_printed():
     )
     batch = captured("qstat-f-finished-among-several-without-x")
     assert batch.returncode == 35 and batch.stderr == alone.stderr
-    run = Recorder(batch)  # a 35 is per job: what qstat printed still counts
-    assert set(Qstat(run=run)._ask(["qstat", "-f", JOB["run"], JOB["ok"]])) == {JOB["run"]}
+    assert set(Qstat._parse(batch)) == {JOB["run"]}  # a 35 is per job: what it printed counts
 
 
 def test_a_job_the_answer_leaves_out_is_asked_about_alone():
@@ -383,6 +382,44 @@ def test_a_left_out_job_whose_lone_question_fails_is_neither_shown_nor_forgotten
     run = Recorder(result(0, only_running), alone)
     answer = Qstat(run=run).query([JOB["run"], JOB["wall"]])
     assert set(answer) == {JOB["run"]} and not answer.forgotten(JOB["wall"])
+
+
+# OpenPBS 23.06 with `job_history_enable = False` (seen on the test server): any `qstat -x`
+# prints no job at all, running ones included, says so per id on stderr, and exits 0.
+def _no_history(*ids):
+    return result(0, "", "".join(f"qstat: PBS is not configured to maintain job history {i}\n"
+                                 for i in ids))  # fmt: skip
+
+
+def test_without_job_history_the_server_is_asked_without_x():
+    running = captured("qstat-f-finished-among-several-without-x").stdout  # the running job
+    unknown = f"qstat: Unknown Job Id {JOB['ok']}\n"
+    run = Recorder(
+        _no_history(JOB["run"], JOB["ok"]),  # -x: nothing about anyone
+        result(153, running, unknown),  # without -x: the running job; the ended one unknown
+        result(153, "", unknown),  # the ended one alone, without -x
+        result(153, running, unknown),  # next poll: without -x straight away
+        result(153, "", unknown),
+    )
+    qstat = Qstat(run=run)
+    for _ in range(2):
+        answer = qstat.query([JOB["run"], JOB["ok"]])
+        assert answer[JOB["run"]].state == "R" and answer.forgotten(JOB["ok"])
+    assert [call[1] for call in run.calls] == ["-x"] + ["-f"] * 4
+
+
+def test_history_turned_back_on_is_noticed():
+    qstat = Qstat(run=Recorder(_no_history(JOB["run"]), result(0, SEVERAL_TEXT)))
+    qstat.query([JOB["run"]])
+    assert not qstat.history
+    finished = captured("qstat-f-finished-without-x")  # exit 35: use -x
+    run = Recorder(finished, result(0, SEVERAL_TEXT))
+    qstat._run = run
+    assert qstat.query([JOB["ok"]])[JOB["ok"]].exit_status == 0
+    assert qstat.history and run.calls == [
+        ["qstat", "-f", JOB["ok"]],
+        ["qstat", "-x", "-f", JOB["ok"]],
+    ]
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,10 @@ ENDED_STATES = frozenset("FXC")
 # 153 unknown job id, 35 finished job asked for without -x. Neither means qstat failed.
 PER_JOB_ERROR_CODES = frozenset({35, 153})
 UNKNOWN_JOB_ID = 153
+FINISHED_USE_X = 35
+# OpenPBS with job history off answers `qstat -x ...` with this on stderr for every id, prints
+# no job at all, not even the running ones, and exits 0; without -x it answers as usual.
+NO_HISTORY = "not configured to maintain job history"
 
 TIME_ATTRIBUTES = ("ctime", "qtime", "etime", "stime", "mtime", "obittime")
 
@@ -176,10 +180,10 @@ def detect_dialect(version_output: str) -> Dialect | None:
     return None
 
 
-def query_argv(dialect: Dialect, job_ids: Iterable[str]) -> list[str]:
+def query_argv(dialect: Dialect, job_ids: Iterable[str], history: bool = True) -> list[str]:
     """qstat for the given jobs (every job without ids), finished ones included where the
-    server keeps history."""
-    if dialect is Dialect.PBSPRO:
+    server keeps history (`history`: it does, as far as we know)."""
+    if dialect is Dialect.PBSPRO and history:
         return ["qstat", "-x", "-f", *job_ids]
     return ["qstat", "-f", *job_ids]  # Torque: -x means XML there; it shows completed jobs
 
@@ -219,7 +223,11 @@ class Answer(dict[str, JobInfo]):
 
 class Qstat:
     """The qstat of one controller: detects the dialect once, then one call per question,
-    plus one per job that a several-id answer left out."""
+    plus one per job that a several-id answer left out.
+
+    Whether the server keeps job history is learnt from its answers, not assumed: with history
+    off OpenPBS answers every `qstat -x` with nothing (exit 0), so such an answer switches to
+    asking without -x, and `Job has finished, use -x` (exit 35) switches back."""
 
     def __init__(
         self,
@@ -230,6 +238,7 @@ class Qstat:
         self.timeout = timeout
         self._dialect = dialect
         self._run = run
+        self.history = True  # the server keeps finished jobs, as far as its answers told
 
     @property
     def dialect(self) -> Dialect:
@@ -248,15 +257,14 @@ class Qstat:
         ids = list(dict.fromkeys(job_ids))
         if not ids:
             return Answer()
-        jobs = self._ask(query_argv(self.dialect, ids))
+        jobs = self._ask(ids)
         unknown, omitted = [], []
         for job_id in [i for i in ids if lookup(jobs, i) is None]:
-            result = self._run(query_argv(self.dialect, [job_id]), timeout=self.timeout)
+            result = self._call([job_id])
             if result.returncode == UNKNOWN_JOB_ID and "unknown job id" in result.stderr.lower():
                 unknown.append(job_id)
-            elif result.returncode == 0 and not result.timed_out:
-                alone = parse_qstat_text(result.stdout)
-                info = lookup(alone, job_id)
+            elif result.returncode == 0:
+                info = lookup(parse_qstat_text(result.stdout), job_id)
                 if info is not None:
                     jobs[info.id] = info
                     omitted.append(job_id)
@@ -264,15 +272,33 @@ class Qstat:
 
     def list_live(self) -> dict[str, JobInfo]:
         """Every job the server shows that has not finished (to find a job by its name)."""
-        jobs = self._ask(listing_argv(self.dialect))
+        result = self._run(listing_argv(self.dialect), timeout=self.timeout)
+        jobs = self._parse(result)
         return {job_id: info for job_id, info in jobs.items() if info.alive}
 
     def list_all(self) -> dict[str, JobInfo]:
         """Every job the server shows, finished ones included where it keeps history."""
-        return self._ask(query_argv(self.dialect, []))
+        return self._ask([])
 
-    def _ask(self, argv: list[str]) -> dict[str, JobInfo]:
-        result = self._run(argv, timeout=self.timeout)
+    def _ask(self, ids: list[str]) -> dict[str, JobInfo]:
+        return self._parse(self._call(ids))
+
+    def _call(self, ids: list[str]) -> CommandResult:
+        """qstat about `ids`, asked again at once if the answer shows that the server's
+        history is not what we thought."""
+        result = self._run(query_argv(self.dialect, ids, self.history), timeout=self.timeout)
+        if self.dialect is Dialect.PBSPRO and not result.timed_out:
+            if self.history and NO_HISTORY in result.stderr:
+                self.history = False
+            elif not self.history and result.returncode == FINISHED_USE_X:
+                self.history = True
+            else:
+                return result
+            result = self._run(query_argv(self.dialect, ids, self.history), timeout=self.timeout)
+        return result
+
+    @staticmethod
+    def _parse(result: CommandResult) -> dict[str, JobInfo]:
         if result.timed_out or (
             result.returncode != 0 and result.returncode not in PER_JOB_ERROR_CODES
         ):

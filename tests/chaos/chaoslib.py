@@ -1,5 +1,6 @@
-"""Shared helpers of the chaos tests: projects driven by scripts/cron.sh, the scheduler's own
-record of a workdir's jobs, registry checks and bit-for-bit comparison with clean runs."""
+"""Shared helpers of the chaos tests: projects driven by scripts/cron.sh as the OpenPBS test
+user, the server's own record of a workdir's jobs, registry checks and bit-for-bit comparison
+with clean runs."""
 
 from __future__ import annotations
 
@@ -22,53 +23,66 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 VENV = Path(sys.executable).parent.parent
-SMALL_WORKFLOW = ROOT / "tests/cluster/workflows/Snakefile"
+# the fault wrappers (qstat, qsub) put first on the PATH of the executor under test
+FAULT_BIN = HERE / "bin"
+# where the server keeps its accounting records (PBS_HOME/server_priv/accounting/<yyyymmdd>)
+PBS_HOME = Path(os.environ.get("PBS_HOME") or "/var/spool/pbs")
 
 
 def e2e():
-    """tests/cluster/test_e2e_pbs.py (SWEEP, ON_THIS_MACHINE, QueueSampler), loaded once."""
+    """tests/cluster/test_e2e_pbs.py (SWEEP, ON_OPENPBS, SITE, OpenPBSSampler), loaded once."""
     return load_module("kdflow_e2e_pbs", ROOT / "tests/cluster/test_e2e_pbs.py")
+
+
+def give(openpbs, *paths: Path) -> None:
+    """Hand files and directories (recursively) that this root process wrote to the test user."""
+    subprocess.run(["chown", "-R", f"{openpbs.uid}:{openpbs.gid}", *map(str, paths)], check=True)
+
+
+def user_snakemake(openpbs, workdir: Path, *args: str | Path, snakefile: Path | None = None):
+    """`snakemake` of the session's workflow copy (or `snakefile`), in `workdir`, as the test
+    user would type it: the argv for `openpbs.run` / `openpbs.popen`."""
+    return ["python", "-m", "snakemake", "-s", snakefile or openpbs.workflow / "Snakefile",
+            "-d", workdir, *args]  # fmt: skip
 
 
 # -- projects driven by scripts/cron.sh -------------------------------------------------------
 
 
-def make_project(directory: Path, sweep: dict[str, Any]) -> Path:
-    """A working directory that cron.sh can tick: its own scripts/cron.sh (the tick works in
-    the directory above its script) and the sweep as config/experiments.yaml (so that the
-    tick's `kdflow status` reads it); the workflow itself stays in the repository."""
-    (directory / "scripts").mkdir(parents=True)
+def make_project(openpbs, name: str, sweep: dict[str, Any]) -> Path:
+    """A working directory of the test user that cron.sh can tick: its own scripts/cron.sh (the
+    tick works in the directory above its script) and the sweep as config/experiments.yaml (so
+    that the tick's `kdflow status` reads it); the workflow itself stays in the session's copy
+    of the repository."""
+    directory = openpbs.workdir(name)
+    (directory / "scripts").mkdir()
     (directory / "config").mkdir()
-    shutil.copy2(ROOT / "scripts/cron.sh", directory / "scripts/cron.sh")
+    shutil.copy2(openpbs.workflow / "scripts/cron.sh", directory / "scripts/cron.sh")
     (directory / "config/experiments.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    give(openpbs, directory)
     return directory
 
 
-def cron_env(env: dict[str, str], *snakemake_args: str) -> dict[str, str]:
-    """The environment of a cron tick that runs profiles/pbs with the test's arguments."""
+def cron_env(openpbs, *snakemake_args: str, site: dict[str, str]) -> dict[str, str]:
+    """What the test user exports for a cron tick that runs profiles/pbs with the test's
+    arguments (added to the user's own environment by `openpbs.run`)."""
     args = [
-        "-s", str(ROOT / "Snakefile"),
+        "-s", str(openpbs.workflow / "Snakefile"),
         "--configfile", "config/experiments.yaml", "--replace-workflow-config",
         *snakemake_args,
     ]  # fmt: skip
     return {
-        **env,
-        "KDFLOW_VENV": str(VENV),
-        "KDFLOW_PROFILE": str(ROOT / "profiles/pbs"),
+        "KDFLOW_VENV": str(openpbs.venv),
+        "KDFLOW_PROFILE": str(openpbs.workflow / "profiles/pbs"),
         "KDFLOW_SNAKEMAKE_ARGS": " ".join(args),
-        "SNAKEMAKE_PBS_QUEUE": "workq",
-        "SNAKEMAKE_PBS_PROJECT": "ci",
+        **site,
     }
 
 
-def tick(project: Path, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(project / "scripts/cron.sh"), "cron"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def tick(openpbs, project: Path, env: dict[str, str], timeout: float = 180):
+    """One `scripts/cron.sh cron`, run as the test user in `project`."""
+    return openpbs.run("bash", project / "scripts/cron.sh", "cron", env=env, cwd=project,
+                       timeout=timeout)  # fmt: skip
 
 
 def alive(pid: int) -> bool:
@@ -139,71 +153,92 @@ def line_count(path: Path) -> int:
         return 0
 
 
-def call_lines(cluster, tool: str, start: int = 0) -> list[str]:
-    """The lines of <state>/<tool>.calls after the first `start` ones."""
-    try:
-        text = (cluster.state_dir / f"{tool}.calls").read_text()
-    except FileNotFoundError:
-        return []
-    return text.splitlines()[start:]
+def qsub_log(fault_dir: Path) -> list[dict[str, Any]]:
+    """The executor's qsub calls as tests/chaos/bin/qsub logged them: number, exit status, the
+    job id the server gave (None if none) and the directory it was called in."""
+    path, calls = fault_dir / "qsub.log", []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        n, rc, job_id, cwd = line.split(" ", 3)
+        calls.append({"n": int(n), "rc": int(rc), "job_id": None if job_id == "-" else job_id,
+                      "cwd": cwd})  # fmt: skip
+    return calls
 
 
-def workdir_job_ids(cluster, workdir: Path) -> list[str]:
-    """Ids of every job qsub'ed from `workdir` (the shim's record of what qsub knew)."""
-    ids = []
-    for path in (cluster.state_dir / "jobs").glob("*.json"):
-        stem = path.name[: -len(".json")]
-        if not stem.isdigit():
-            continue
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if meta.get("workdir") == str(workdir):
-            ids.append(f"{stem}.pbs-ci")
-    return sorted(ids, key=lambda i: int(i.split(".")[0]))
+def _accounting_ends(job_ids: set[str]) -> dict[str, dict[str, str]]:
+    """The server's accounting records (`E`: the job ended; `D`: deleted) of `job_ids`, as
+    {job id: {key: value}}: they are written whatever `job_history_enable` says."""
+    records: dict[str, dict[str, str]] = {}
+    for path in sorted((PBS_HOME / "server_priv/accounting").glob("*")):
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split(";", 3)
+            if len(parts) < 4 or parts[2] not in job_ids or parts[1] not in ("E", "D"):
+                continue
+            fields = dict(item.partition("=")[::2] for item in parts[3].split())
+            fields["record"] = parts[1]
+            if parts[1] == "D":
+                fields.setdefault("end", str(int(time.mktime(
+                    time.strptime(parts[0], "%m/%d/%Y %H:%M:%S")))))  # fmt: skip
+            records.setdefault(parts[2], {}).update(fields)
+    return records
 
 
-def _ctime(text: str | None) -> float | None:
-    if not text:
-        return None
-    return time.mktime(time.strptime(text, "%a %b %d %H:%M:%S %Y"))
-
-
-def job_history(cluster, workdir: Path) -> dict[str, dict[str, Any]]:
-    """Every job of `workdir` as the scheduler tells it now (qstat -x): name, state, exit
-    status, queued/ended times."""
-    ids = workdir_job_ids(cluster, workdir)
-    if not ids:
-        return {}
-    p = cluster.run("qstat", "-x", "-f", "-F", "json", *ids)
-    jobs = json.loads(p.stdout or "{}").get("Jobs", {})
-    return {
-        job_id: {
+def job_history(openpbs, workdir: Path, job_ids=()) -> dict[str, dict[str, Any]]:
+    """Every job of `workdir` as the server tells it now: name, state, exit status, queued,
+    started and ended times (seconds), from its history (`qstat -x -f`, asked by root, jobs
+    whose PBS_O_WORKDIR is `workdir`); jobs of `job_ids` it no longer knows (history off)
+    from its accounting records, the `source` saying which."""
+    out = {}
+    for job_id, j in openpbs.jobs_of(workdir, history=True).items():
+        ended = j.get("obittime") or (j.get("mtime") if j.get("job_state") == "F" else None)
+        out[job_id] = {
             "name": j.get("Job_Name"),
             "state": j.get("job_state"),
-            "exit": j.get("Exit_status"),
-            "queued": _ctime(j.get("qtime")),
-            "ended": _ctime(j.get("obittime")),
+            "exit": int(j["Exit_status"]) if "Exit_status" in j else None,
+            "queued": openpbs.seconds(j.get("qtime")),
+            "started": openpbs.seconds(j.get("stime")),
+            "ended": openpbs.seconds(ended),
+            "source": "qstat -x -f",
         }
-        for job_id, j in jobs.items()
-    }
+    missing = set(job_ids) - set(out)
+    for job_id, r in _accounting_ends(missing).items():
+        out[job_id] = {
+            "name": r.get("jobname"),
+            "state": "F",
+            "exit": int(r["Exit_status"]) if "Exit_status" in r else None,
+            "queued": float(r["qtime"]) if "qtime" in r else None,
+            "started": float(r["start"]) if "start" in r else None,
+            "ended": float(r["end"]) if "end" in r else None,
+            "source": "accounting",
+        }
+    for job_id in missing - set(out):
+        out[job_id] = {"name": None, "state": "?", "exit": None, "queued": None,
+                       "started": None, "ended": None, "source": "unknown"}  # fmt: skip
+    return out
 
 
 def overlapping_jobs(history: dict[str, dict[str, Any]]) -> list[str]:
-    """Pairs of jobs of one name whose lives (queued .. ended) overlapped: two live jobs for
-    one target. Times are whole seconds: a job queued in the second its predecessor ended
-    does not count."""
-    by_name: dict[str, list[tuple[float, float, str]]] = {}
-    for job_id, job in history.items():
-        ended = job["ended"] if job["ended"] is not None else float("inf")
-        by_name.setdefault(job["name"], []).append((job["queued"] or 0, ended, job_id))
+    """Jobs of one name (and one workdir: `history` is one workdir's) that were alive at the
+    same time: one queued before the other ended (so that, a fortiori, their run windows,
+    stime..obittime, must not overlap either). Times are whole seconds: a job queued in the
+    second its predecessor ended does not count. A job the server knows nothing of is a
+    problem too."""
+    by_name: dict[str, list[tuple[float, float, float | None, str]]] = {}
     problems = []
+    for job_id, job in history.items():
+        if job["name"] is None:
+            problems.append(f"{job_id}: the server has no record of it")
+            continue
+        ended = job["ended"] if job["ended"] is not None else float("inf")
+        by_name.setdefault(job["name"], []).append(
+            (job["queued"] or 0, ended, job["started"], job_id)
+        )
     for name, lives in by_name.items():
-        lives.sort()
-        for (_, end_a, a), (start_b, _, b) in zip(lives, lives[1:], strict=False):
-            if start_b < end_a:
-                problems.append(f"{name}: {a} and {b} were alive at the same time")
+        lives.sort(key=lambda life: (life[0], int(life[3].split(".")[0])))
+        for (_, end_a, _, a), (queued_b, _, start_b, b) in zip(lives, lives[1:], strict=False):
+            if start_b is not None and start_b < end_a:
+                problems.append(f"{name}: {a} and {b} ran at the same time")
+            elif queued_b < end_a:
+                problems.append(f"{name}: {b} was queued while {a} was still alive")
     return problems
 
 
@@ -295,6 +330,7 @@ def experiment_dirs(workdir: Path) -> list[str]:
     )
 
 
-# Every second: the live jobs submitted from a directory, and any name seen twice. A context
-# manager: `with Sampler(env, workdir) as sampler:` samples until the block ends.
-Sampler = e2e().QueueSampler
+# Every second: the live jobs submitted from a directory (text `qstat -f` asked by root), and
+# any name seen twice. A context manager: `with Sampler(openpbs, workdir) as sampler:` samples
+# until the block ends.
+Sampler = e2e().OpenPBSSampler

@@ -8,13 +8,15 @@ injected, bad inputs tried, duplicate jobs seen, results differing from clean ru
 line per test is appended to `KDFLOW_CHAOS_REPORT` (default: `chaos-report.jsonl` in pytest's
 base temp dir), also when the test fails. `tests/chaos/summary.py` prints the table from it.
 
-`pbs_cluster` is tests/cluster's fixture (the real single-node Slurm with PBS Pro shims),
-loaded from there; every test that uses it first waits until Slurm answers, so that a
-scheduler restarted by someone else between tests is waited for rather than failed on.
+`openpbs` is tests/cluster's session fixture (the real single-node OpenPBS, jobs submitted by
+its ordinary test user), loaded from there; every test that uses it first waits until the
+server answers, and the jobs it left alive are deleted after it. `server_setting` changes a
+server attribute with qmgr for one scenario and restores it afterwards, even on failure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -40,7 +42,7 @@ class Counts:
     """How much chaos each test inflicts (small: `make test`; full: `make chaos`)."""
 
     controller_kills: int  # SIGKILLs of the controller during a sweep through profiles/pbs
-    pbs_job_kills: int  # qdel / scancel -s KILL of real training jobs during that sweep
+    pbs_job_kills: int  # qdel / qsig -s KILL of real training jobs during that sweep
     job_kills: int  # kills of training processes, SIGKILL/SIGTERM and inside writes
     fault_rounds: int  # times each scheduler fault scenario is run
     corruptions: int  # corrupted-file variants per kind of file
@@ -65,62 +67,94 @@ def load_module(name: str, path: Path):
 
 
 cluster_conftest = load_module("kdflow_cluster_conftest", CLUSTER_DIR / "conftest.py")
-PBSCluster = cluster_conftest.PBSCluster
-# tests/cluster's session fixture, under another name: `pbs_cluster` below waits for Slurm
-_cluster_session = cluster_conftest.pbs_cluster
+OpenPBS = cluster_conftest.OpenPBS
+# tests/cluster's session fixture, under another name: `openpbs` below waits for the server
+_openpbs_session = cluster_conftest.openpbs
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "chaos: tests/chaos (KDFLOW_CHAOS=full for full counts)")
-    config.addinivalue_line("markers", "cluster: needs the single-node Slurm with PBS shims")
+    config.addinivalue_line(
+        "markers", "openpbs: needs the real single-node OpenPBS (tests/cluster/openpbs.sh)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.chaos)
-            if "pbs_cluster" in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.cluster)
+            if "openpbs" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.openpbs)
 
 
-def scheduler_answers(env: dict[str, str]) -> bool:
+def server_answers(openpbs: OpenPBS) -> bool:
+    """The server answers a status request and its node takes jobs."""
     try:
-        info = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%T"], env=env,
-                              capture_output=True, text=True, timeout=20)  # fmt: skip
-        queue = subprocess.run(["squeue", "-h", "-u", cluster_conftest.USER], env=env,
-                               capture_output=True, text=True, timeout=20)  # fmt: skip
+        server = subprocess.run(["qstat", "-B"], env=openpbs.root_env, capture_output=True,
+                                text=True, timeout=20)  # fmt: skip
+        node = subprocess.run(["pbsnodes", "-a"], env=openpbs.root_env, capture_output=True,
+                              text=True, timeout=20)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return False
-    state = info.stdout.strip().rstrip("*~#!%$@^-")
+    states = [line.split("=", 1)[1].strip() for line in node.stdout.splitlines()
+              if line.strip().startswith("state =")]  # fmt: skip
     return (
-        info.returncode == 0
-        and queue.returncode == 0
-        and state in {"idle", "mixed", "allocated", "completing"}
+        server.returncode == 0
+        and node.returncode == 0
+        and bool(states)
+        and not any(bad in s for s in states for bad in ("down", "offline", "unknown", "stale"))
     )
 
 
-def wait_for_scheduler(env: dict[str, str], timeout: float = 180) -> None:
-    """Slurm may be restarted by someone else: wait until it takes jobs again."""
+def wait_for_server(openpbs: OpenPBS, timeout: float = 180) -> None:
+    """The server may be restarted by someone else: wait until it takes jobs again."""
     deadline = time.monotonic() + timeout
-    while not scheduler_answers(env):
+    while not server_answers(openpbs):
         if time.monotonic() > deadline:
-            raise AssertionError(f"Slurm did not answer within {timeout:.0f}s (sinfo/squeue)")
+            raise AssertionError(f"OpenPBS did not answer within {timeout:.0f}s (qstat -B)")
         time.sleep(2)
 
 
 @pytest.fixture
-def pbs_cluster(_cluster_session):
-    """tests/cluster's PBSCluster, once Slurm answers."""
-    wait_for_scheduler(_cluster_session.env)
-    return _cluster_session
+def openpbs(_openpbs_session):
+    """tests/cluster's OpenPBS, once the server answers."""
+    wait_for_server(_openpbs_session)
+    return _openpbs_session
 
 
 @pytest.fixture(autouse=True)
-def _cancel_jobs_after_test(request):
-    """Cancel the jobs a test left behind (after each test that used the cluster)."""
+def _delete_jobs_after_test(request):
+    """Delete the jobs a test left alive (after each test that used the server)."""
     yield
-    if "pbs_cluster" in request.fixturenames:
-        cluster_conftest._cancel_all(request.getfixturevalue("_cluster_session"))
+    if "openpbs" in request.fixturenames:
+        request.getfixturevalue("_openpbs_session").delete_session_jobs()
+
+
+def others_jobs(openpbs: OpenPBS) -> list[str]:
+    """Live jobs on the server that this session did not submit (another test session's)."""
+    prefix = f"{openpbs.session_dir}/"
+    return [
+        job_id
+        for job_id, attrs in openpbs.jobs().items()
+        if attrs.get("job_state") not in ("F", "X")
+        and not attrs.get("Variable_List.PBS_O_WORKDIR", "").startswith(prefix)
+    ]
+
+
+@contextlib.contextmanager
+def server_setting(openpbs: OpenPBS, directive: str, restore: str, wait: float = 300):
+    """`qmgr -c directive` as root for the block, `qmgr -c restore` after it, even when the
+    block fails. The setting holds for every job on the server: it waits (up to `wait`
+    seconds) until no other session has a live job there, so as not to change the rules under
+    another test run sharing the server."""
+    deadline = time.monotonic() + wait
+    while others_jobs(openpbs) and time.monotonic() < deadline:
+        time.sleep(2)
+    openpbs.qmgr(directive)
+    try:
+        yield
+    finally:
+        openpbs.qmgr(restore)
 
 
 # -- the report -------------------------------------------------------------------------------

@@ -1,14 +1,13 @@
 """Bad input: malformed configs, Snakemake and plugin arguments, `kdflow` and `scripts/cron.sh`
-command lines. Each is rejected before anything is submitted (the config ones run through
-`snakemake --profile profiles/pbs` with the PBS shims on PATH: qsub is never called and no
-results/ appears), with a message that names the offending key or value; nothing from a
-config reaches a shell (names that would run `touch` if one did are rejected and create
-nothing)."""
+command lines, run as the real OpenPBS server's test user. Each is rejected before anything is
+submitted (the config ones run through `snakemake --profile profiles/pbs` with the real PBS
+commands on PATH behind counting wrappers: qsub is never called and no results/ appears), with
+a message that names the offending key or value; nothing from a config reaches a shell (names
+that would run `touch` if one did are rejected and create nothing)."""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chaoslib import ROOT, SNAKEMAKE, VENV
+from chaoslib import give, user_snakemake
 from conftest import FULL
 
 pytestmark = pytest.mark.slow
@@ -261,9 +260,8 @@ class Outcome:
     results_dir: bool
 
 
-def _run_case(case: Case, root: Path, env: dict[str, str]) -> Outcome:
-    workdir = root / case.id.replace(" ", "_").replace("/", "_").replace("$", "S")
-    workdir.mkdir(parents=True)
+def _run_case(openpbs, case: Case, env: dict[str, str]) -> Outcome:
+    workdir = openpbs.workdir(case.id.replace(" ", "_").replace("/", "_").replace("$", "S"))
     (workdir / "config").mkdir()
     (workdir / "config/experiments.yaml").write_text(yaml.safe_dump(GOOD))
     (workdir / "bad.yaml").write_text(yaml.safe_dump(changed("alphas", [1.5])))
@@ -277,46 +275,46 @@ def _run_case(case: Case, root: Path, env: dict[str, str]) -> Outcome:
             config = "sweep.yaml"
         else:
             extra = list(case.payload)
-        argv = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--profile",
-                str(ROOT / "profiles/pbs"), "--configfile", config, "--replace-workflow-config",
-                *PROFILE_ARGS, *extra]  # fmt: skip
+        argv = user_snakemake(openpbs, workdir, "--profile", openpbs.workflow / "profiles/pbs",
+                              "--configfile", config, "--replace-workflow-config",
+                              *PROFILE_ARGS, *extra)  # fmt: skip
     elif case.kind == "kdflow":
-        argv = [str(VENV / "bin/kdflow"), *case.payload]
+        argv = [openpbs.venv / "bin/kdflow", *case.payload]
     else:
         (workdir / "scripts").mkdir()
-        shutil.copy2(ROOT / "scripts/cron.sh", workdir / "scripts/cron.sh")
-        argv = ["bash", str(workdir / "scripts/cron.sh"), *case.payload]
-        env = {**env, "KDFLOW_VENV": str(VENV)}
-    p = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+        shutil.copy2(openpbs.workflow / "scripts/cron.sh", workdir / "scripts/cron.sh")
+        argv = ["bash", workdir / "scripts/cron.sh", *case.payload]
+        env = {**env, "KDFLOW_VENV": str(openpbs.venv)}
+    give(openpbs, workdir)
+    p = openpbs.run(*argv, cwd=workdir, env=env, timeout=300)
     (workdir / "message.txt").write_text(f"exit {p.returncode}\n{p.stdout}{p.stderr}")
     return Outcome(p.returncode, p.stdout + p.stderr, (workdir / "results").exists())
 
 
-def _crontab() -> str | None:
-    if not shutil.which("crontab"):
+def _crontab(openpbs) -> str | None:
+    """The test user's crontab (None where there is no crontab command)."""
+    if not shutil.which("crontab", path=openpbs.path):
         return None
-    return subprocess.run(["crontab", "-l"], capture_output=True, text=True).stdout
+    return openpbs.run("crontab", "-l").stdout
 
 
-def _run_all(cluster, root: Path) -> dict:
-    """Every selected case, two at a time; the qsub calls made meanwhile; did the crontab
-    change."""
-    env = {**cluster.env, "SNAKEMAKE_PBS_QUEUE": "workq"}
-    qsub_before, crontab_before = cluster.calls("qsub"), _crontab()
+def _run_all(openpbs) -> dict:
+    """Every selected case, two at a time, as the test user; the qsub calls made meanwhile
+    (the session's counting wrapper in front of the real qsub); did the crontab change."""
+    env = {"SNAKEMAKE_PBS_QUEUE": "workq"}
+    qsub_before, crontab_before = openpbs.calls("qsub"), _crontab(openpbs)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda c: _run_case(c, root, env), SELECTED))
+        results = list(pool.map(lambda c: _run_case(openpbs, c, env), SELECTED))
     return {
         "cases": {c.id: r for c, r in zip(SELECTED, results, strict=True)},
-        "qsub_calls": cluster.calls("qsub") - qsub_before,
-        "crontab_changed": _crontab() != crontab_before,
+        "qsub_calls": openpbs.calls("qsub") - qsub_before,
+        "crontab_changed": _crontab(openpbs) != crontab_before,
     }
 
 
 @pytest.mark.timeout(1800)
-def test_every_bad_input_is_rejected_by_name_before_anything_is_submitted(
-    pbs_cluster, chaos, tmp_path
-):
-    outcomes = _run_all(pbs_cluster, tmp_path)
+def test_every_bad_input_is_rejected_by_name_before_anything_is_submitted(openpbs, chaos):
+    outcomes = _run_all(openpbs)
     chaos.bad_inputs = len(outcomes["cases"])
     problems = []
     for case in SELECTED:

@@ -1,32 +1,31 @@
-"""Controller kills: a demo-shaped sweep through profiles/pbs whose controller is SIGKILLed at
-random instants (and right after a qsub or a qstat starts) and restarted each time by a cron
-tick (scripts/cron.sh cron), while a few of its training jobs are killed too (qdel, and
-scancel -s KILL). Afterwards every experiment completed exactly once, no two live jobs ever
-trained one experiment, and every result is bit-identical to a clean local run."""
+"""Controller kills on the real OpenPBS: a demo-shaped sweep through profiles/pbs, run by the
+server's test user, whose controller is SIGKILLed at random instants (and right after a qsub
+or a qstat starts) and restarted each time by a cron tick (scripts/cron.sh cron, run as that
+user), while a few of its training jobs are killed too (qdel by the user, and qsig -s KILL:
+the server's mom SIGKILLs the job's processes). Afterwards every experiment completed exactly
+once, no two live jobs ever trained one experiment (queue sampled every second; the server's
+own history), and every result is bit-identical to a clean local run."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 import yaml
 from chaoslib import (
-    ROOT,
-    SNAKEMAKE,
+    Sampler,
     alive,
-    call_lines,
     controller_pid,
     cron_env,
     differences,
     e2e,
     experiment_dirs,
+    give,
     job_history,
     kill_controllers,
-    line_count,
     make_project,
     outcomes,
     overlapping_jobs,
@@ -34,6 +33,7 @@ from chaoslib import (
     registry_problems,
     successes_by_name,
     tick,
+    user_snakemake,
     wait_until,
 )
 from conftest import COUNTS, FULL
@@ -59,18 +59,22 @@ EXPERIMENTS = sorted(
         "results/digits/logit/resnet14-resnet8/alpha0.5/seed0",
     ]
 )
-# this machine: 2 cores, no GPU (as in test_e2e_pbs.py); a poll every 2 s
-ARGS = [*E2E.ON_THIS_MACHINE, "--pbs-status-interval", "2"]
+# one thread per job, profiles/pbs otherwise unchanged (the server is a GPU site: ngpus=1 as
+# the profile asks; the sweep trains on the CPU), the site's queue and project as a user
+# exports them (as in test_e2e_pbs.py); a poll every 2 s
+ARGS = [*E2E.ON_OPENPBS, "--pbs-status-interval", "2"]
 # half at random instants, a quarter as a qsub starts, a quarter as a poll starts
 KILL_MODES = ("random", "random", "qsub", "qstat")
 
 
-def _wait_and_kill(cluster, pid: int, mode: str, rng) -> bool | str:
+def _wait_and_kill(openpbs, pid: int, mode: str, rng) -> bool | str:
     """SIGKILL the controller `pid` at an instant chosen by `mode`; False if it ended first,
     "landed" if the qsub or qstat it waited for started (else it kills after 20 s anyway).
 
     random: after 0.5-6 s. qsub: as soon as a qsub starts (its job may or may not exist
-    yet; the registry holds only the intent). qstat: just after one of its polls starts.
+    yet; the registry holds only the intent). qstat: just after one of its polls starts
+    (`qstat -x`). Calls are seen by the session's counting wrappers in front of the real
+    commands.
     """
     deadline, landed = time.monotonic() + 20, False
     if mode == "random":
@@ -79,9 +83,9 @@ def _wait_and_kill(cluster, pid: int, mode: str, rng) -> bool | str:
             time.sleep(0.05)
     else:
         tool = "qsub" if mode == "qsub" else "qstat"
-        start = line_count(cluster.state_dir / f"{tool}.calls")
+        start = len(openpbs.call_args(tool))
         while time.monotonic() < deadline and alive(pid):
-            new = call_lines(cluster, tool, start)
+            new = openpbs.call_args(tool)[start:]
             if tool == "qsub" and new or any(" -x " in f" {line} " for line in new):
                 time.sleep(rng.uniform(0, 0.3))
                 landed = True
@@ -105,53 +109,48 @@ def _training(project, record) -> bool:
     return status.get("status") == "in_progress" and status["epoch"] < status["epochs"] - 1
 
 
-def _kill_a_training_job(cluster, project, killed_per_target, how: str) -> str | None:
-    """qdel (SIGTERM, then SIGKILL) or scancel -s KILL one running training job of `project`
-    while it trains (at most twice per target, so that the executor's limits never give one
-    up)."""
+def _kill_a_training_job(openpbs, project, killed_per_target, how: str) -> str | None:
+    """As the test user, qdel (the mom sends SIGTERM, then SIGKILL) or qsig -s KILL (the mom
+    SIGKILLs the job's processes at once, the job script's too) one running training job of
+    `project` while it trains (at most twice per target, so that the executor's limits never
+    give one up)."""
     training = {
         r["name"]
         for r in registry(project)
         if r["rule"].startswith("train") and r["outputs"] and _training(project, r)
     }
     running = [
-        job_id
-        for job_id, job in job_history(cluster, project).items()
-        if job["state"] == "R"
-        and job["name"] in training
-        and killed_per_target.get(job["name"], 0) < 2
+        (job_id, job["Job_Name"])
+        for job_id, job in openpbs.jobs_of(project).items()
+        if job["job_state"] == "R"
+        and job["Job_Name"] in training
+        and killed_per_target.get(job["Job_Name"], 0) < 2
     ]
     if not running:
         return None
-    job_id = running[0]
-    if how == "qdel":
-        p = cluster.run("qdel", job_id)
-    else:
-        p = cluster.run("scancel", "-s", "KILL", job_id.split(".")[0])
+    job_id, name = running[0]
+    p = openpbs.run(*how.split(), job_id)
     if p.returncode != 0:
         return None
-    name = job_history(cluster, project).get(job_id, {}).get("name")
     killed_per_target[name] = killed_per_target.get(name, 0) + 1
     return job_id
 
 
 @pytest.mark.timeout(4 * 3600 if FULL else 1200)
-def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
-    pbs_cluster, chaos, tmp_path
-):
+def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(openpbs, chaos):
     rng = chaos.rng
-    local = tmp_path / "local"
-    local.mkdir()
+    local = openpbs.workdir("kills-local")
     (local / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
-    # the same sweep, never interrupted, on this machine alongside (the cores are shared)
-    reference = subprocess.Popen(
-        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(local), "--configfile",
-         "sweep.yaml", "--replace-workflow-config", "--profile", str(ROOT / "profiles/local"),
-         "--cores", "1"],
-        env=pbs_cluster.env, cwd=local, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
+    give(openpbs, local / "sweep.yaml")
+    # the same sweep, never interrupted, on this machine alongside (the cores are shared), as
+    # the test user with the Python and torch its jobs use
+    reference = openpbs.popen(
+        *user_snakemake(openpbs, local, "--configfile", "sweep.yaml",
+                        "--replace-workflow-config", "--profile",
+                        openpbs.workflow / "profiles/local", "--cores", "1"),
+        cwd=local, log=local / "reference.log",
     )  # fmt: skip
-    env = cron_env(pbs_cluster.env, *ARGS)
+    env = cron_env(openpbs, *ARGS, site=E2E.SITE)
     n = COUNTS.controller_kills
     kills, job_kills, modes, landed = 0, [], {}, {}
     plan = [KILL_MODES[i % len(KILL_MODES)] for i in range(n)]
@@ -162,28 +161,29 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
     pending_job_kills = 0
 
     def kill_an_owed_job() -> None:
-        """qdel and scancel -s KILL in turn, a job of the current round's project that trains."""
+        """qdel and qsig -s KILL in turn, a job of the current round's project that trains."""
         nonlocal pending_job_kills
-        how = ("qdel", "scancel -s KILL")[len(job_kills) % 2]
-        job = _kill_a_training_job(pbs_cluster, project, killed_per_target, how)
+        how = ("qdel", "qsig -s KILL")[len(job_kills) % 2]
+        job = _kill_a_training_job(openpbs, project, killed_per_target, how)
         if job:
             pending_job_kills -= 1
             job_kills.append(f"{how} {job}")
 
-    rounds, problems = [], []
+    rounds, problems, projects = [], [], []
     chaos.detail.update(kill_modes=modes, landed=landed, rounds=rounds, job_kills=job_kills)
     try:
         while kills < COUNTS.controller_kills or pending_job_kills:
             # a round: one sweep in a fresh directory, killed until it is finished or the
             # count is reached; a sweep that finishes first is followed by another, and so is
             # one that ends with a job kill still owed (jobs are killed only while they train)
-            project = make_project(tmp_path / f"round{len(rounds)}", SWEEP)
-            sampler = E2E.QueueSampler(pbs_cluster.env, project)
+            project = make_project(openpbs, f"round{len(rounds)}", SWEEP)
+            projects.append(project)
+            sampler = Sampler(openpbs, project)
             sampler.start()
             killed_per_target: dict[str, int] = {}
             self_exits, round_kills = 0, 0
             while kills < COUNTS.controller_kills:
-                result = tick(project, env)
+                result = tick(openpbs, project, env)
                 assert result.returncode == 0, result.stdout + result.stderr
                 if "the sweep is finished" in result.stdout:
                     break
@@ -197,7 +197,7 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
                     time.sleep(rng.uniform(0, 3))
                     kill_an_owed_job()
                 mode = plan[kills]
-                hit = pid and _wait_and_kill(pbs_cluster, pid, mode, rng)
+                hit = pid and _wait_and_kill(openpbs, pid, mode, rng)
                 if hit:
                     kills += 1
                     round_kills += 1
@@ -212,7 +212,7 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
 
             # let the last controller finish the sweep, then check that cron agrees
             for _ in range(3):
-                result = tick(project, env)
+                result = tick(openpbs, project, env)
                 if "the sweep is finished" in result.stdout:
                     break
                 pid = wait_until(lambda p=project: controller_pid(p), 15, 0.05)
@@ -225,7 +225,7 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
             sampler.stop.set()
             sampler.join()
 
-            history = job_history(pbs_cluster, project)
+            history = job_history(openpbs, project)
             overlaps = overlapping_jobs(history)
             once = {n: c for n, c in successes_by_name(history).items() if c != 1}
             chaos.duplicates += len(sampler.duplicates) + len(overlaps)
@@ -245,11 +245,10 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
 
         chaos.kills = kills + len(job_kills)
         # identical to the uninterrupted local run, bit for bit
-        _, errors = reference.communicate(timeout=900)
-        assert reference.returncode == 0, errors[-3000:]
+        reference.wait(timeout=900)
+        assert reference.returncode == 0, (local / "reference.log").read_text()[-3000:]
         assert experiment_dirs(local) == EXPERIMENTS
-        for i in range(len(rounds)):
-            project = tmp_path / f"round{i}"
+        for project in projects[: len(rounds)]:
             differing = [d for e in EXPERIMENTS for d in differences(project / e, local / e)]
             if (project / "results/summary/results.csv").read_text() != (
                 local / "results/summary/results.csv"
@@ -261,7 +260,8 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(
         assert len(job_kills) == COUNTS.pbs_job_kills, job_kills
         assert problems == [], f"seed {chaos.seed}:\n" + "\n".join(problems)
     finally:
-        for i in range(len(rounds) + 1):
-            kill_controllers(tmp_path / f"round{i}")
+        for project in projects:
+            kill_controllers(project)
         if reference.poll() is None:
-            reference.kill()
+            os.killpg(reference.pid, signal.SIGKILL)  # a session of its own
+            reference.wait()

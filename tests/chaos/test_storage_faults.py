@@ -19,7 +19,14 @@ from pathlib import Path
 import disks
 import pytest
 import yaml
-from chaoslib import HERE, SNAKEMAKE, Sampler, differences, job_history, overlapping_jobs
+from chaoslib import (
+    HERE,
+    Sampler,
+    differences,
+    job_history,
+    overlapping_jobs,
+    user_snakemake,
+)
 from conftest import COUNTS, FULL
 from fakedata import train_params, write_prepared
 
@@ -329,20 +336,23 @@ def test_status_and_report_work_over_damaged_files(tiny, chaos, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_unreadable_registry_records_of_live_jobs_are_set_aside_and_the_jobs_adopted(
-    pbs_cluster, chaos, tmp_path
+    openpbs, chaos
 ):
-    """The controller is SIGKILLed while its jobs run, every registry record is damaged, and a
-    new controller starts: it sets the records aside (by path), finds each live job by its
-    name and adopts it; nothing is submitted twice and everything completes."""
+    """On the real OpenPBS, as its test user: the controller is SIGKILLed while its jobs run,
+    every registry record is damaged, and a new controller starts: it sets the records aside
+    (by path), finds each live job by its name and adopts it; nothing is submitted twice
+    (the server's history and the queue sampled every second) and everything completes."""
     rng = chaos.rng
-    env = {**pbs_cluster.env, "SNAKEMAKE_PBS_QUEUE": "workq"}
-    argv = [*SNAKEMAKE, "-s", str(HERE / "workflows/Snakefile"), "-d", str(tmp_path),
-            "--executor", "pbs", "--jobs", "8", "--retries", "0", "--latency-wait", "10",
-            "--pbs-status-interval", "1", "--config", "jobs=3", "nap=25"]  # fmt: skip
-    with Sampler(pbs_cluster.env, tmp_path) as sampler:
-        first = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        targets = tmp_path / ".kdflow/pbs/targets"
+    workdir = openpbs.workdir("unreadable")
+    env = {"SNAKEMAKE_PBS_QUEUE": "workq"}
+    argv = user_snakemake(
+        openpbs, workdir, "--executor", "pbs", "--jobs", "8", "--retries", "0",
+        "--latency-wait", "10", "--pbs-status-interval", "1", "--config", "jobs=3", "nap=25",
+        snakefile=HERE / "workflows/Snakefile",
+    )  # fmt: skip
+    with Sampler(openpbs, workdir) as sampler:
+        first = openpbs.popen(*argv, cwd=workdir, log=workdir / "first.log", env=env)
+        targets = workdir / ".kdflow/pbs/targets"
 
         def all_submitted():
             records = [json.loads(p.read_text()) for p in targets.glob("*.json")]
@@ -352,25 +362,25 @@ def test_unreadable_registry_records_of_live_jobs_are_set_aside_and_the_jobs_ado
         while not all_submitted() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert all_submitted(), "the first controller did not submit its 3 jobs"
-        os.kill(first.pid, signal.SIGKILL)
+        os.killpg(first.pid, signal.SIGKILL)  # a session of its own: the controller alone
         first.wait()
         for path in targets.glob("*.json"):
             rng.choice([truncate, empty, garbage, wrong_json])(path, rng)
             chaos.faults += 1
         # as a cron tick does: the killed controller's lock is stale
-        subprocess.run([*argv, "--unlock"], env=env, cwd=tmp_path, capture_output=True)
-        second = subprocess.run([*argv, "--rerun-incomplete"], env=env, cwd=tmp_path,
-                                capture_output=True, text=True, timeout=400)  # fmt: skip
+        openpbs.run(*argv, "--unlock", env=env, cwd=workdir)
+        second = openpbs.run(*argv, "--rerun-incomplete", env=env, cwd=workdir, timeout=400)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-4000:]
-    history = job_history(pbs_cluster, tmp_path)
+    history = job_history(openpbs, workdir)
     overlaps = overlapping_jobs(history)
     chaos.kills = 1
     chaos.duplicates = len(sampler.duplicates) + len(overlaps)
     assert len(history) == 3, f"jobs submitted twice: {history}"
+    assert all(job["exit"] == 0 for job in history.values()), history
     assert log.count("adopting live job") == 3, log[-4000:]
     assert len(list(targets.glob("*.json.unreadable-*"))) == 3
     assert sampler.duplicates == [] and overlaps == []
-    assert sorted(p.name for p in tmp_path.glob("quick*.done")) == [
+    assert sorted(p.name for p in workdir.glob("quick*.done")) == [
         f"quick{i}.done" for i in range(3)
     ]

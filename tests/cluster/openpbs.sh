@@ -241,9 +241,9 @@ cmd_status() {
 
 # The test user cannot run the repository's .venv (its python may live under /root, mode 700),
 # and PBS jobs get the login PATH, not the submitter's: the user gets a venv of its own, made
-# from Debian's python3 in a world-readable place. It holds the project's dependencies; the test
-# session installs the repository's current kdflow into it (non-editable, from a copy).
-# Made once per pyproject.toml: the stamp holds the file's hash.
+# from Debian's python3 in a world-readable place. It holds the project's dependencies, not
+# kdflow: each test session layers its own copy of the repository's code on top of it
+# (tests/cluster/conftest.py). Made once per pyproject.toml: the stamp holds the file's hash.
 cmd_venv() {
 	local want stamp=$VENV/.kdflow-deps
 	want=$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)
@@ -269,10 +269,15 @@ cmd_venv() {
 	copy=$(mktemp -d)
 	trap 'rm -rf "$copy"' RETURN
 	cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/src" "$copy/"
-	"$VENV/bin/python" -m pip install --quiet --upgrade pip 'setuptools>=68' wheel
-	"$VENV/bin/python" -m pip install --quiet "$copy[dev]"
-	"$VENV/bin/python" -c 'import snakemake, torch, snakemake_executor_plugin_pbs' ||
-		die "the venv $VENV does not import snakemake, torch and the PBS plugin"
+	local pip_log=${TMPDIR:-/tmp}/kdflow-test-venv.log
+	{
+		"$VENV/bin/python" -m pip install --upgrade pip 'setuptools>=68' wheel &&
+			"$VENV/bin/python" -m pip install "$copy[dev]"
+	} >"$pip_log" 2>&1 || die "pip install into $VENV failed: see $pip_log"
+	# dependencies only: each test session puts its own copy of the code under test on top
+	"$VENV/bin/python" -m pip uninstall --yes --quiet kdflow >>"$pip_log" 2>&1
+	"$VENV/bin/python" -c 'import snakemake, torch, snakemake_executor_plugin_slurm' ||
+		die "the venv $VENV does not import snakemake and torch"
 	chmod -R a+rX "$VENV"
 	echo "$want" >"$stamp"
 }

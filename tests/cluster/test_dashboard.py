@@ -1,20 +1,18 @@
-"""`kdflow status` against the real scheduler: queued, running, finished, killed and failed."""
+"""`kdflow status` against the real OpenPBS server: queued (held), running, finished, deleted
+and failed jobs, asked about in one qstat; and what it says when the server does not answer."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import yaml
 
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.submit import job_name
 
-ROOT = Path(__file__).resolve().parents[2]
 SWEEP = {
     "seeds": [0],
     "datasets": {"cifar100": {}},
@@ -31,13 +29,17 @@ WAITING = "results/cifar100/logit/resnet32x4-resnet8x4/alpha0.5/seed0"
 FAILED = "results/cifar100/logit/resnet32x4-resnet8x4/alpha0.9/seed0"
 
 
-def _qsub(cluster, workdir, *args):
+def _qsub(openpbs, workdir, *args):
     script = workdir / "sleep.sh"
     script.write_text("#!/bin/bash\nsleep 300\n")
-    p = cluster.run("qsub", "-q", "workq", "-l", "select=1:ncpus=1:mem=100mb", *args, str(script),
+    p = openpbs.run("qsub", "-q", "workq", "-l", "select=1:ncpus=1:mem=100mb", *args, script,
                     cwd=workdir)  # fmt: skip
     assert p.returncode == 0, p.stderr
     return p.stdout.strip()
+
+
+def _state(openpbs, job_id):
+    return openpbs.jobs(job_id, history=True).get(job_id, {}).get("job_state")
 
 
 def _record(registry, experiment, job_id, **fields):
@@ -52,40 +54,58 @@ def _status(directory, **fields):
     (directory / "status.json").write_text(json.dumps({"status": "in_progress", **fields}))
 
 
-def test_dashboard_shows_every_state_from_one_qstat(pbs_cluster, tmp_path):
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
-    registry = Registry(tmp_path / ".kdflow/pbs")
-    running = _qsub(pbs_cluster, tmp_path)
-    queued = _qsub(pbs_cluster, tmp_path, "-h")  # held: waits in the queue
-    killed = _qsub(pbs_cluster, tmp_path)
-    pbs_cluster.wait_for(
-        lambda: "job_state = R" in pbs_cluster.run("qstat", "-f", running).stdout, 60
-    )
-    pbs_cluster.run("qdel", killed)
-    pbs_cluster.wait_for(
-        lambda: "job_state = F" in pbs_cluster.run("qstat", "-fx", killed).stdout, 60
-    )
+def _kdflow_status(openpbs, workdir, *args, env=None):
+    """`kdflow status` in `workdir`, as the user types it."""
+    return openpbs.run("kdflow", "status", "--configfile", "sweep.yaml", *args, cwd=workdir,
+                       env=env)  # fmt: skip
+
+
+def _as_user(openpbs, workdir):
+    """The files the test wrote as root become the user's, as a controller would have left
+    them."""
+    subprocess.run(["chown", "-R", f"{openpbs.uid}:{openpbs.gid}", str(workdir)], check=True)
+
+
+def test_dashboard_shows_every_state_from_one_qstat(openpbs):
+    workdir = openpbs.workdir("dashboard")
+    (workdir / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    registry = Registry(workdir / ".kdflow/pbs")
+    running = _qsub(openpbs, workdir)
+    queued = _qsub(openpbs, workdir, "-h")  # held: waits in the queue
+    killed = _qsub(openpbs, workdir)
+
+    # a job's used walltime shows once its mom has reported (~1-3 s after it starts; until
+    # then `resources_used` is absent and the dashboard has no elapsed time to show)
+    def both_run():
+        used = openpbs.jobs(running).get(running, {}).get("resources_used.walltime")
+        return _state(openpbs, killed) == "R" and used is not None
+
+    openpbs.wait_for(both_run, 60, what="two jobs running")
+    assert openpbs.run("qdel", killed).returncode == 0
+    openpbs.wait_for(lambda: _state(openpbs, killed) == "F", 60, what="the deleted job to end")
     _record(registry, RUNNING, running)
-    _status(tmp_path / RUNNING, epoch=30, epochs=240, best_acc=51.25, epoch_seconds=20.0)
+    _status(workdir / RUNNING, epoch=30, epochs=240, best_acc=51.25, epoch_seconds=20.0)
     _record(registry, QUEUED, queued)
     _record(registry, KILLED, killed)
-    _status(tmp_path / KILLED, epoch=12, epochs=240, best_acc=40.0)
-    (tmp_path / DONE).mkdir(parents=True)
-    (tmp_path / DONE / "completed").write_text("")
-    _record(registry, FAILED, "1.pbs-ci", failed="error: exit status 1, no progress in 3 tries")
+    _status(workdir / KILLED, epoch=12, epochs=240, best_acc=40.0)
+    (workdir / DONE).mkdir(parents=True)
+    (workdir / DONE / "completed").write_text("")
+    failed_id = f"1.{openpbs.server}"
+    _record(registry, FAILED, failed_id, failed="error: exit status 1, no progress in 3 tries")
     registry_path = registry.path(job_name([f"{FAILED}/completed"]))
     record = json.loads(registry_path.read_text())
     record["submissions"][0]["outcome"] = "error"
     registry_path.write_text(json.dumps(record))
+    _as_user(openpbs, workdir)
 
-    before = pbs_cluster.calls("qstat")
+    before = openpbs.calls("qstat")
     started = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-m", "kdflow.cli", "status", "--configfile", "sweep.yaml", "--json"],
-        env=pbs_cluster.env, cwd=tmp_path, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    out = openpbs.run(
+        "python", "-m", "kdflow.cli", "status", "--configfile", "sweep.yaml", "--json", cwd=workdir
+    )
     elapsed = time.monotonic() - started
-    assert pbs_cluster.calls("qstat") - before == 1  # one query for all jobs (--version uncounted)
+    assert out.returncode == 0, out.stderr
+    assert openpbs.calls("qstat") - before == 1  # one query for all jobs (--version uncounted)
     report = json.loads(out.stdout)
     rows = {row["path"]: row for row in report["experiments"]}
     assert len(rows) == 6 and report["note"] is None
@@ -103,32 +123,35 @@ def test_dashboard_shows_every_state_from_one_qstat(pbs_cluster, tmp_path):
     assert (k["state"], k["pbs_id"], k["epoch"]) == ("ready", killed, 12)
     assert k["reason"] == "job ended; the controller will classify it"
     f = rows[FAILED]
-    assert f["state"] == "failed" and f["log"] == "logs/1.pbs-ci.err"
+    assert f["state"] == "failed" and f["log"] == f"logs/{failed_id}.err"
     assert f["reason"] == "error: exit status 1, no progress in 3 tries"
     assert rows[WAITING]["state"] == "waiting"
     assert elapsed < 10
 
-    table = subprocess.run(
-        [sys.executable, "-m", "kdflow.cli", "status", "--configfile", "sweep.yaml"],
-        env={**pbs_cluster.env, "COLUMNS": "200"}, cwd=tmp_path, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    table = _kdflow_status(openpbs, workdir, env={"COLUMNS": "200"}).stdout
     assert "finished 1/6 (16.7%)" in table
     assert "[R 0:00:" in table and "30/240" in table and "1:10:00" in table  # ETA 210 x 20 s
     assert "not started: 1 ready, 1 waiting on a teacher" in table
-    assert "log: logs/1.pbs-ci.err" in table
+    assert f"log: logs/{failed_id}.err" in table
 
 
-def test_dashboard_says_when_qstat_does_not_answer(pbs_cluster, tmp_path):
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
-    running = _qsub(pbs_cluster, tmp_path)
-    _record(Registry(tmp_path / ".kdflow/pbs"), RUNNING, running)
-    env = {**pbs_cluster.env, "PBS_SHIM_QSTAT_FAIL": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "kdflow.cli", "status", "--configfile", "sweep.yaml", "--json"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+def test_dashboard_says_when_qstat_does_not_answer(openpbs):
+    """The server cannot be reached (the client is pointed at a port nobody listens on: the
+    real qstat exits 255, `cannot connect to server`): the dashboard says so and shows the job
+    as submitted, state unknown."""
+    workdir = openpbs.workdir("dashboard-down")
+    (workdir / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    running = _qsub(openpbs, workdir)
+    _record(Registry(workdir / ".kdflow/pbs"), RUNNING, running)
+    _as_user(openpbs, workdir)
+    unreachable = {"PBS_BATCH_SERVICE_PORT": "9"}
+    down = openpbs.run("qstat", "-f", running, env=unreachable)
+    assert down.returncode == 255 and "cannot connect to server" in down.stderr, down
+    out = _kdflow_status(openpbs, workdir, "--json", env=unreachable)
+    assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["note"].startswith("qstat did not answer")
+    assert "cannot connect to server" in report["note"]
     row = next(r for r in report["experiments"] if r["path"] == RUNNING)
     assert row["state"] == "submitted" and row["pbs_id"] == running
-    assert os.environ.get("PBS_SHIM_QSTAT_FAIL") is None
+    assert "PBS_BATCH_SERVICE_PORT" not in os.environ

@@ -1,27 +1,29 @@
-"""kdflow through profiles/pbs on the real scheduler: walltime kills, a SIGKILLed controller,
-memory kills and queue limits, with the queue sampled for duplicate jobs all along."""
+"""kdflow through profiles/pbs on a real OpenPBS server (the `openpbs` fixture), submitted by
+an ordinary user: walltime kills and resumes, a SIGKILLed controller, a job deleted by hand,
+memory kills, queue limits, Ctrl-C, no job history, and several jobs in one qstat; the queue is
+sampled for duplicate jobs all along and the server's own history checked at the end.
+
+tests/chaos uses SWEEP, ON_OPENPBS, SITE and OpenPBSSampler; QueueSampler and ON_THIS_MACHINE
+are the same for the Slurm shims."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 pytestmark = pytest.mark.slow
 
-# The demo's shape, long enough that the teacher outlives its 1-minute walltime (Slurm
-# enforces limits every ~30 s: a 60 s job dies at 60-90 s) and has to resume.
+# The demo's shape, long enough that the teacher outlives its 1-minute walltime (OpenPBS's mom
+# checks limits every 1-2 s here: it dies at about 61 s; Slurm at 60-90 s) and has to resume.
 SWEEP = {
     "seeds": [0],
     "datasets": {"digits": {"mem_mb": 2000, "runtime": 1}},
@@ -40,16 +42,32 @@ SWEEP = {
     "device": "cpu",
 }
 # this machine has 2 cores and no GPU; everything else comes from profiles/pbs unchanged
+# (on the Slurm shims; OpenPBS knows ngpus and keeps the profile's ngpus=1: ON_OPENPBS)
 ON_THIS_MACHINE = [
     "--set-threads", "train_pure=1", "train_kd=1",
     "--set-resources", "train_pure:gpu=0", "train_kd:gpu=0",
     "--pbs-status-interval", "3",
 ]  # fmt: skip
+# On OpenPBS the mom kills at the limit (61 s): 5 epochs of the teacher (15-35 s each on the
+# 2 shared cores, after a 10-20 s start) outlive one walltime, and the sweep stays short.
+OPENPBS_SWEEP = {**SWEEP, "train": {**SWEEP["train"], "epochs": 5, "lr_milestones": [4]}}
+# On a loaded machine a job's start (Snakemake, torch, data) and first epoch may not fit in the
+# first minute: allow more walltime kills without progress than the default 2 before giving up.
+ON_OPENPBS = [
+    "--set-threads", "train_pure=1", "train_kd=1",
+    "--pbs-status-interval", "3", "--pbs-max-stalled-walltime-kills", "5",
+]  # fmt: skip
+# The site's settings, as a user exports them for profiles/pbs (CHPC's GPU queue name)
+SITE = {"SNAKEMAKE_PBS_QUEUE": "gpu_1", "SNAKEMAKE_PBS_PROJECT": "ci"}
+TEACHER = "results/digits/pure/resnet20/seed0"
+STUDENT = "results/digits/pure/resnet8/seed0"
+KD = "results/digits/logit/resnet20-resnet8/alpha0.5/seed0"
 
 
 class QueueSampler(threading.Thread):
     """Asks the scheduler every second which of the jobs submitted from `workdir` are alive;
-    remembers any job name seen twice."""
+    remembers any job name seen twice. This one asks with `qstat -f -F json` through `env`
+    (the Slurm shims of tests/chaos); OpenPBSSampler asks the real server in text."""
 
     def __init__(self, env, workdir):
         super().__init__(daemon=True)
@@ -57,19 +75,25 @@ class QueueSampler(threading.Thread):
         self.stop, self.samples, self.duplicates = threading.Event(), 0, []
         self.jobs_seen: set[str] = set()
 
+    def alive_names(self) -> list[str] | None:
+        """Job_Name of every live job of the workdir, one entry per job; None: no answer."""
+        out = subprocess.run(
+            ["qstat", "-f", "-F", "json"], env=self.env, capture_output=True, text=True
+        )
+        if out.returncode != 0:
+            return None
+        jobs = json.loads(out.stdout).get("Jobs", {})
+        return [
+            j["Job_Name"]
+            for j in jobs.values()
+            if j["job_state"] not in "FXC"
+            and j.get("Variable_List", {}).get("PBS_O_WORKDIR") == self.workdir
+        ]
+
     def run(self):
         while not self.stop.is_set():
-            out = subprocess.run(
-                ["qstat", "-f", "-F", "json"], env=self.env, capture_output=True, text=True
-            )
-            if out.returncode == 0:
-                jobs = json.loads(out.stdout).get("Jobs", {})
-                names = [
-                    j["Job_Name"]
-                    for j in jobs.values()
-                    if j["job_state"] not in "FXC"
-                    and j.get("Variable_List", {}).get("PBS_O_WORKDIR") == self.workdir
-                ]
+            names = self.alive_names()
+            if names is not None:
                 self.duplicates += [n for n in set(names) if names.count(n) > 1]
                 self.jobs_seen |= set(names)
                 self.samples += 1
@@ -84,15 +108,26 @@ class QueueSampler(threading.Thread):
         self.join()
 
 
-def _controller(workdir, env, *extra):
-    return subprocess.Popen(
-        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *extra],
-        env=env,
-        cwd=workdir,
-        stdout=open(workdir / "controller.log", "a"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # a SIGKILL of the controller must not reach the jobs
-    )
+class OpenPBSSampler(QueueSampler):
+    """QueueSampler on the real OpenPBS: text `qstat -f` (OpenPBS's `-F json` is not to be
+    trusted with several jobs), asked by root, so every user's jobs are seen."""
+
+    def __init__(self, openpbs, workdir):
+        super().__init__(openpbs.root_env, workdir)
+        self.openpbs = openpbs
+
+    def alive_names(self) -> list[str] | None:
+        try:
+            jobs = self.openpbs.jobs_of(Path(self.workdir))
+        except RuntimeError:
+            return None
+        return [j["Job_Name"] for j in jobs.values() if j["job_state"] not in ("F", "X")]
+
+
+def _snakemake(openpbs, workdir, *args):
+    """`snakemake` of the session's workflow copy, in `workdir`, as the test user."""
+    return ["python", "-m", "snakemake", "-s", openpbs.workflow / "Snakefile", "-d", workdir,
+            *args]  # fmt: skip
 
 
 def _registry(workdir):
@@ -101,6 +136,13 @@ def _registry(workdir):
 
 def _weights(directory):
     return torch.load(directory / "best.pth", weights_only=False)["model"]
+
+
+def _epoch(directory) -> int:
+    try:
+        return json.loads((directory / "status.json").read_text()).get("epoch") or 0
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
 
 
 def _stop_on_teardown(request, process):
@@ -115,46 +157,79 @@ def _stop_on_teardown(request, process):
     return process
 
 
-def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, tmp_path, request):
-    env = {**pbs_cluster.env, "SNAKEMAKE_PBS_QUEUE": "workq", "SNAKEMAKE_PBS_PROJECT": "ci"}
-    pbs, local = tmp_path / "pbs", tmp_path / "local"
-    for d in (pbs, local):
-        d.mkdir()
-        (d / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
-    config = ["--configfile", "sweep.yaml", "--replace-workflow-config"]
-    profile = ["--profile", str(ROOT / "profiles/pbs"), *config, *ON_THIS_MACHINE]
+def _log(workdir, name="controller.log", chars=6000):
+    path = workdir / name
+    return path.read_text()[-chars:] if path.exists() else f"(no {name})"
 
-    # the same sweep on this machine, never interrupted, alongside (the cores are shared)
-    reference = subprocess.Popen(
-        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(local), *config,
-         "--profile", str(ROOT / "profiles/local"), "--cores", "1"],
-        env=env, cwd=local, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    _stop_on_teardown(request, reference)
-    sampler = QueueSampler(env, pbs)
+
+def test_sweep_survives_walltime_kills_a_sigkilled_controller_and_a_qdel(openpbs, request):
+    """The demo-shaped sweep through profiles/pbs (unmodified; site settings from the
+    environment) on OpenPBS: the teacher is killed at its 1-minute walltime and resumes, the
+    controller is SIGKILLed while jobs run and a new one adopts them, the student's KD job is
+    deleted by hand and resubmitted. Never two live jobs for one target (sampled every second,
+    and in the server's history), and the results equal a local run's bit for bit."""
+    pbs, local = openpbs.workdir("sweep-pbs"), openpbs.workdir("sweep-local")
+    for d in (pbs, local):
+        (d / "sweep.yaml").write_text(yaml.safe_dump(OPENPBS_SWEEP))
+    config = ["--configfile", "sweep.yaml", "--replace-workflow-config"]
+    profile = ["--profile", openpbs.workflow / "profiles/pbs", *config, *ON_OPENPBS]
+
+    # the same sweep on this machine, never interrupted, alongside (the cores are shared), with
+    # the same Python and torch as the jobs
+    reference = _stop_on_teardown(request, openpbs.popen(
+        *_snakemake(openpbs, local, *config, "--profile", openpbs.workflow / "profiles/local",
+                    "--cores", "1"),
+        cwd=local, log=local / "reference.log",
+    ))  # fmt: skip
+    sampler = OpenPBSSampler(openpbs, pbs)
     sampler.start()
-    first = _stop_on_teardown(request, _controller(pbs, env, *profile))
-    # kill the controller while the teacher trains (after its first walltime kill, if that
-    # comes first) and the student's baseline is done or running
-    pbs_cluster.wait_for(
-        lambda: (pbs / "results/digits/pure/resnet20/seed0/status.json").exists(),
-        240,
-        what="the teacher to start training",
+    request.addfinalizer(sampler.stop.set)
+    first = _stop_on_teardown(
+        request,
+        openpbs.popen(
+            *_snakemake(openpbs, pbs, *profile), cwd=pbs, log=pbs / "controller.log", env=SITE
+        ),  # fmt: skip
     )
-    time.sleep(10)
-    os.kill(first.pid, signal.SIGKILL)
+    # kill the controller while the teacher trains (it has finished an epoch) and the student's
+    # baseline is done or running
+    openpbs.wait_for(lambda: _epoch(pbs / TEACHER) >= 1 or first.poll() is not None, 300,
+                     what="the teacher to finish an epoch")  # fmt: skip
+    assert first.poll() is None, _log(pbs)
+    os.killpg(first.pid, signal.SIGKILL)  # the controller, nothing else: jobs are the server's
     first.wait()
     live_before = [r for r in _registry(pbs) if r["submissions"][-1]["outcome"] is None]
     assert live_before, "the controller should have had live jobs when it was killed"
+    assert openpbs.jobs_of(pbs), "its jobs should still be alive on the server"
 
-    unlock = subprocess.run(
-        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(pbs), *profile, "--unlock"],
-        env=env, cwd=pbs, capture_output=True, text=True,
-    )  # fmt: skip
+    unlock = openpbs.run(*_snakemake(openpbs, pbs, *profile, "--unlock"), cwd=pbs, env=SITE)
     assert unlock.returncode == 0, unlock.stderr
-    second = _stop_on_teardown(request, _controller(pbs, env, *profile))
-    assert second.wait(timeout=900) == 0, (pbs / "controller.log").read_text()[-5000:]
+    second = _stop_on_teardown(
+        request,
+        openpbs.popen(
+            *_snakemake(openpbs, pbs, *profile), cwd=pbs, log=pbs / "controller.log", env=SITE
+        ),  # fmt: skip
+    )
+
+    # a user deletes the KD job by hand once it has trained an epoch: it is resubmitted and
+    # resumes from its checkpoint
+    def kd_job_training():
+        """The KD target's live job once it has trained an epoch and is at it again (its
+        status names it); 'controller ended' if the controller ended first."""
+        if second.poll() is not None:
+            return "controller ended"
+        records = [r for r in _registry(pbs) if r["outputs"][0] == f"{KD}/completed"]
+        if not records or _epoch(pbs / KD) < 1:
+            return None
+        last = records[0]["submissions"][-1]
+        owner = json.loads((pbs / KD / "status.json").read_text()).get("pbs_job_id")
+        return last["job_id"] if last["outcome"] is None and owner == last["job_id"] else None
+
+    deleted = openpbs.wait_for(kd_job_training, 900, interval=1, what="the KD job to train")
+    assert deleted != "controller ended", _log(pbs)
+    qdel = openpbs.run("qdel", deleted)
+    assert qdel.returncode == 0, qdel.stderr
+
+    assert second.wait(timeout=900) == 0, _log(pbs)
     sampler.stop.set()
     sampler.join()
 
@@ -162,8 +237,11 @@ def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, t
     assert "adopting live job" in log
     assert sampler.samples > 30 and sampler.jobs_seen and sampler.duplicates == []
     records = {r["rule"] + ":" + r["outputs"][0]: r for r in _registry(pbs)}
-    teacher = records["train_pure:results/digits/pure/resnet20/seed0/completed"]
+    teacher = records[f"train_pure:{TEACHER}/completed"]
     assert teacher["walltime_kills"] >= 1, "the teacher should have been killed at walltime"
+    kd = records[f"train_kd:{KD}/completed"]
+    outcomes = {s["job_id"]: s["outcome"] for s in kd["submissions"]}
+    assert outcomes[deleted] == "killed", kd["submissions"]
     assert all(r["done"] and not r["failed"] for r in records.values())
     # every submission of a target came after the previous one ended: never two at once
     for record in records.values():
@@ -171,14 +249,25 @@ def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, t
         for earlier, later in zip(subs, subs[1:], strict=False):
             assert earlier["ended_at"] is not None and earlier["ended_at"] <= later["submitted_at"]
 
+    # the server's own history says the same: each target's jobs one after another, the
+    # teacher's first ended by the server at its walltime, the deleted one by qdel
+    history = openpbs.history(pbs)
+    assert openpbs.overlapping(history) == []
+    jobs = {j["id"]: j for js in history.values() for j in js}
+    assert set(jobs) == {s["job_id"] for r in records.values() for s in r["submissions"]}
+    first_teacher_job = jobs[teacher["submissions"][0]["job_id"]]
+    assert first_teacher_job["Exit_status"] == "-29", first_teacher_job
+    assert "exceeded resource walltime" in first_teacher_job["comment"]
+    assert jobs[deleted]["Exit_status"] == "271", jobs[deleted]
+    assert "terminated" in jobs[deleted]["comment"]
+    # the profile's request, as the server recorded it
+    assert first_teacher_job["queue"] == "gpu_1" and first_teacher_job["project"] == "ci"
+    assert first_teacher_job["Resource_List.select"] == "1:ncpus=1:ngpus=1:mem=2000mb"
+    assert first_teacher_job["Job_Owner"].startswith(f"{openpbs.user}@")
+
     # identical to the uninterrupted local run, bit for bit
-    _, errors = reference.communicate(timeout=900)
-    assert reference.returncode == 0, errors[-3000:]
-    for experiment in (
-        "results/digits/pure/resnet20/seed0",
-        "results/digits/pure/resnet8/seed0",
-        "results/digits/logit/resnet20-resnet8/alpha0.5/seed0",
-    ):
+    assert reference.wait(timeout=900) == 0, _log(local, "reference.log")
+    for experiment in (TEACHER, STUDENT, KD):
         got = json.loads((pbs / experiment / "metrics.json").read_text())
         want = json.loads((local / experiment / "metrics.json").read_text())
         for key in ("final_acc", "best_acc", "best_epoch"):
@@ -190,63 +279,176 @@ def test_sweep_survives_walltime_kills_and_a_sigkilled_controller(pbs_cluster, t
     ).read_text()
 
 
-SMALL = ROOT / "tests/cluster/workflows/Snakefile"
+# -- small jobs: tests/cluster/workflows/Snakefile -------------------------------------------
 
 
-def _small(pbs_cluster, workdir, *args, env=None):
-    env = {**pbs_cluster.env, "SNAKEMAKE_PBS_QUEUE": "workq", **(env or {})}
-    return subprocess.run(
-        [*SNAKEMAKE, "-s", str(SMALL), "-d", str(workdir), "--executor", "pbs", "--jobs", "8",
-         "--pbs-status-interval", "2", "--retries", "0", *args],
-        env=env, cwd=workdir, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+def _small_argv(openpbs, workdir, *args):
+    snakefile = openpbs.workflow / "tests/cluster/workflows/Snakefile"
+    return ["python", "-m", "snakemake", "-s", snakefile, "-d", workdir, "--executor", "pbs",
+            "--jobs", "8", "--pbs-status-interval", "2", "--retries", "0", *args]  # fmt: skip
 
 
-def test_memory_kill_is_resubmitted_with_more_memory(pbs_cluster, tmp_path):
-    result = _small(
-        pbs_cluster, tmp_path, "hog.done", "--config", "hog_mb=700", "--pbs-mem-growth", "2"
-    )
+def _small(openpbs, workdir, *args, env=None, timeout=600):
+    env = {"SNAKEMAKE_PBS_QUEUE": "workq", **(env or {})}
+    return openpbs.run(*_small_argv(openpbs, workdir, *args), env=env, cwd=workdir,
+                       timeout=timeout)  # fmt: skip
+
+
+def _ok(result):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (record,) = _registry(tmp_path)
+
+
+def test_memory_kill_is_resubmitted_with_more_memory(openpbs):
+    """The mom ($enforce mem) kills the hog at its 500 MB (Exit_status -27); the executor
+    resubmits it with twice the memory, and it succeeds."""
+    workdir = openpbs.workdir("hog")
+    result = _small(openpbs, workdir, "hog.done", "--config", "hog_mb=700",
+                    "--pbs-mem-growth", "2")  # fmt: skip
+    _ok(result)
+    (record,) = _registry(workdir)
     assert record["memory_kills"] >= 1
     first, last = record["submissions"][0], record["submissions"][-1]
     assert first["outcome"] == "memory" and first["mem_mb"] == 500
     assert last["outcome"] == "success" and last["mem_mb"] >= 1000
     assert "memory" in result.stdout + result.stderr
+    killed = openpbs.jobs(first["job_id"], history=True)[first["job_id"]]
+    assert killed["Exit_status"] == "-27" and "exceeded resource mem" in killed["comment"]
 
 
-def test_queue_limit_refusals_hold_jobs_back_without_failing(pbs_cluster, tmp_path):
-    before = pbs_cluster.calls("qsub")
-    result = _small(pbs_cluster, tmp_path, "naps", env={"PBS_SHIM_MAX_QUEUED": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    records = _registry(tmp_path)
+@pytest.fixture
+def max_queued(openpbs):
+    """A per-user limit of one job in the server (`max_queued`), lifted after the test even
+    when it fails."""
+    openpbs.qmgr("set server max_queued = [u:PBS_GENERIC=1]")
+    try:
+        yield 1
+    finally:
+        openpbs.qmgr("unset server max_queued")
+
+
+def test_queue_limit_refusals_hold_jobs_back_without_failing(openpbs, max_queued):
+    """With room for one job per user, qsub refuses the others (exit 38, `would exceed
+    complex's per-user limit`): they are held back and submitted as room frees, never failed."""
+    workdir = openpbs.workdir("limit")
+    before = openpbs.calls("qsub")
+    result = _small(openpbs, workdir, "naps")
+    _ok(result)
+    records = _registry(workdir)
     assert len(records) == 4 and all(r["done"] for r in records)
     assert all(len(r["submissions"]) == 1 for r in records), "a refusal is not a failure"
-    assert pbs_cluster.calls("qsub") - before > 4, "the queue limit should have refused some"
+    assert openpbs.calls("qsub") - before > 4, "the queue limit should have refused some"
+    history = openpbs.history(workdir)
+    assert len(history) == 4 and all(len(jobs) == 1 for jobs in history.values())
+    # and one after another: the limit of one job held
+    one_by_one = sorted(
+        (j for js in history.values() for j in js), key=lambda j: openpbs.seconds(j["qtime"])
+    )
+    assert openpbs.overlapping({"all": one_by_one}) == []
 
 
-def test_ctrl_c_removes_this_controllers_jobs(pbs_cluster, tmp_path):
-    env = {**pbs_cluster.env, "SNAKEMAKE_PBS_QUEUE": "workq"}
-    controller = subprocess.Popen(
-        [*SNAKEMAKE, "-s", str(SMALL), "-d", str(tmp_path), "--executor", "pbs", "--jobs", "8",
-         "--pbs-status-interval", "2", "naps", "--config", "nap=120"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+def test_ctrl_c_removes_this_controllers_jobs(openpbs, request):
+    """Ctrl-C (SIGINT to snakemake itself) deletes the jobs this controller submitted."""
+    workdir = openpbs.workdir("ctrl-c")
+    controller = _stop_on_teardown(request, openpbs.popen(
+        *_small_argv(openpbs, workdir, "naps", "--config", "nap=120"),
+        cwd=workdir, log=workdir / "controller.log", env={"SNAKEMAKE_PBS_QUEUE": "workq"},
+    ))  # fmt: skip
 
     def live_jobs():
         return [
             s["job_id"]
-            for r in _registry(tmp_path) if (tmp_path / ".kdflow/pbs/targets").is_dir()
+            for r in _registry(workdir) if (workdir / ".kdflow/pbs/targets").is_dir()
             for s in r["submissions"] if s["job_id"] and s["outcome"] is None
         ]  # fmt: skip
 
-    jobs = pbs_cluster.wait_for(lambda: len(live_jobs()) == 4 and live_jobs(), 60, what="4 jobs")
+    jobs = openpbs.wait_for(lambda: len(live_jobs()) == 4 and live_jobs(), 60, what="4 jobs")
+    openpbs.wait_for(lambda: all(j["job_state"] == "R" for j in openpbs.jobs_of(workdir).values())
+                     and len(openpbs.jobs_of(workdir)) == 4, 60, what="4 running jobs")  # fmt: skip
     controller.send_signal(signal.SIGINT)
-    controller.communicate(timeout=120)
+    controller.wait(timeout=120)
 
-    def state(job_id):
-        out = pbs_cluster.run("qstat", "-x", "-f", "-F", "json", job_id).stdout
-        return json.loads(out)["Jobs"][job_id]["job_state"]
+    def states():
+        history = openpbs.jobs_of(workdir, history=True)
+        return {job_id: history[job_id]["job_state"] for job_id in jobs if job_id in history}
 
-    pbs_cluster.wait_for(lambda: all(state(j) == "F" for j in jobs), 60, what="qdel of all")
-    assert not (tmp_path / "nap0.done").exists()
+    openpbs.wait_for(lambda: set(states().values()) == {"F"}, 60, what="qdel of all")
+    ended = openpbs.jobs_of(workdir, history=True)
+    assert all(ended[j]["Exit_status"] == "271" for j in jobs), ended
+    assert not (workdir / "nap0.done").exists()
+
+
+@pytest.fixture
+def no_job_history(openpbs):
+    """The server keeps no job history (`job_history_enable = False`), restored after."""
+    openpbs.qmgr("set server job_history_enable = False")
+    try:
+        yield
+    finally:
+        openpbs.qmgr("set server job_history_enable = True")
+
+
+def test_jobs_end_right_without_job_history(openpbs, no_job_history):
+    """Without history a finished job vanishes from qstat at once: the executor learns how
+    each ended from the exit record the job script leaves, and resubmits none. (Turning
+    history off also drops the history the server had.)"""
+    workdir = openpbs.workdir("no-history")
+    result = _small(openpbs, workdir, "naps")
+    _ok(result)
+    records = _registry(workdir)
+    assert len(records) == 4 and all(r["done"] and not r["failed"] for r in records)
+    assert all(len(r["submissions"]) == 1 for r in records), [r["submissions"] for r in records]
+    assert all(r["submissions"][0]["outcome"] == "success" for r in records)
+    # what the executor saw of them: qstat -x answers nothing, and exits 0 (not 153)
+    job_id = records[0]["submissions"][0]["job_id"]
+    gone = openpbs.run("qstat", "-x", "-f", job_id)
+    assert (gone.returncode, gone.stdout) == (0, ""), gone
+    assert "PBS is not configured to maintain job history" in gone.stderr, gone
+    gone = openpbs.run("qstat", "-f", job_id)
+    assert gone.returncode == 153 and "Unknown Job Id" in gone.stderr, gone
+
+
+def _job_ids(argv_line: str) -> list[str]:
+    return [word for word in argv_line.split() if re.fullmatch(r"\d+\.[\w.-]+", word)]
+
+
+def test_one_qstat_answers_every_job_in_flight(openpbs):
+    """Four jobs in flight at once: each poll is ONE qstat naming several job ids, and what the
+    real server printed for it holds every job asked for (OpenPBS's `qstat -x -f -F json`
+    with several ids prints only the first). Every target is submitted exactly once."""
+    workdir = openpbs.workdir("several")
+    calls_before = len(openpbs.call_args("qstat"))
+    result = _small(openpbs, workdir, "naps", "--config", "nap=10")
+    _ok(result)
+    records = _registry(workdir)
+    assert len(records) == 4 and all(r["done"] and not r["failed"] for r in records)
+    assert all(len(r["submissions"]) == 1 for r in records), [r["submissions"] for r in records]
+    history = openpbs.history(workdir)
+    assert len(history) == 4 and all(len(jobs) == 1 for jobs in history.values()), history
+
+    calls = openpbs.qstat_calls()[calls_before:]
+    several = [(argv, out) for argv, out in calls if len(_job_ids(argv)) > 1]
+    assert several, f"no poll asked for more than one job: {[argv for argv, _ in calls]}"
+    for argv, out in several:
+        answered = set(json.loads(out).get("Jobs", {})) if "-F json" in argv else set(
+            openpbs.parse(out))  # fmt: skip
+        assert set(_job_ids(argv)) <= answered, (argv, sorted(answered))
+
+
+def test_openpbs_json_with_several_ids_prints_only_the_first(openpbs):
+    """A fact of the server the executor must live with (OpenPBS cd7ab5ed, 23.06.06): text
+    `qstat -x -f id1 id2` answers both; `-F json` only the first."""
+    workdir = openpbs.workdir("json")
+    (workdir / "job.sh").write_text("#!/bin/bash\nsleep 1\n")
+    ids = []
+    for _ in range(2):
+        p = openpbs.run("qsub", "-q", "workq", "-l", "select=1:ncpus=1:mem=100mb", "job.sh",
+                        cwd=workdir)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        ids.append(p.stdout.strip())
+    openpbs.wait_for(lambda: all(openpbs.jobs(i, history=True).get(i, {}).get("job_state") == "F"
+                                 for i in ids), 60, what="both jobs to finish")  # fmt: skip
+    text = openpbs.run("qstat", "-x", "-f", *ids)
+    assert set(openpbs.parse(text.stdout)) == set(ids)
+    as_json = openpbs.run("qstat", "-x", "-f", "-F", "json", *ids)
+    assert as_json.returncode == 0
+    assert list(json.loads(as_json.stdout)["Jobs"]) == ids[:1]

@@ -199,6 +199,11 @@ def qstat(argv: list[str]) -> int:
             return failure[0]
     history = "-x" in argv and cfg.get("history", True)
     ids = [a for a in argv[1:] if not a.startswith("-") and a != "json"]
+    if "-x" in argv and not cfg.get("history", True):
+        # OpenPBS with job history off: nothing about any job, running ones included; exit 0
+        for job_id in ids:
+            sys.stderr.write(f"qstat: PBS is not configured to maintain job history {job_id}\n")
+        return 0
     jobs, rc = {}, 0
     if ids:
         for job_id in ids:
