@@ -25,9 +25,8 @@ demo: setup
 
 # What the tests run against (tests/cluster): a real single-node OpenPBS (built from the
 # vendored source into /opt/pbs once, ~3-6 min; jobs come from the user kdtest, who runs kdflow
-# from a venv of its own, made once per pyproject.toml), the real single-node Slurm with
-# PBS-format shims (tests/cluster/test_shims.py) and profiles/slurm; crontab, sshd and rsync
-# (tests/test_cron.py). Needs root on Debian/Ubuntu; elsewhere those tests skip (never in CI,
+# from a venv of its own, made once per pyproject.toml), the real single-node Slurm for
+# profiles/slurm; crontab, sshd and rsync (tests/test_cron.py). Needs root on Debian/Ubuntu; elsewhere those tests skip (never in CI,
 # where they fail).
 OPS_PACKAGES := cron openssh-server openssh-client rsync
 cluster:

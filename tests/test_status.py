@@ -71,3 +71,21 @@ def test_a_job_qstat_says_nothing_about_is_submitted_not_ended(tmp_path):
     assert note is None
     assert states["seed0"] == ("submitted", "8.pbs")  # no word: may be queued or running
     assert states["seed1"][0] == "ready"  # the server said it does not know it: it ended
+
+
+def test_a_job_that_just_started_shows_its_time_since_it_started(tmp_path):
+    # For its first seconds a running job has no resources_used.walltime (seen on OpenPBS).
+    from snakemake_executor_plugin_pbs.status import Answer, JobInfo
+
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    sweep = Sweep.from_file(tmp_path / "sweep.yaml", check_names=False)
+    target = "results/cifar100/pure/resnet8/seed0/completed"
+    submission = Submission(job_id="8.pbs", submitted_at=0.0)
+    Registry(tmp_path / ".kdflow/pbs").save(
+        TargetRecord(name=job_name([target]), outputs=[target], submissions=[submission])
+    )
+    started = time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(time.time() - 42))
+    info = JobInfo(id="8.pbs", name=job_name([target]), state="R", times={"stime": started})
+    rows, _ = collect(sweep, tmp_path, qstat=_Qstat(Answer({"8.pbs": info})))
+    row = next(row for row in rows if row.pbs_id == "8.pbs")
+    assert row.state == "running" and 41 <= row.elapsed <= 45

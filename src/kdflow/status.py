@@ -136,6 +136,9 @@ def collect(
             elif info is not None and info.alive:
                 row.pbs_state = info.state
                 row.elapsed = info.walltime_used
+                started = info.time("stime")
+                if row.elapsed is None and started is not None and info.state == "R":
+                    row.elapsed = max(0, round(now - started))  # the mom has not reported yet
                 row.state = "queued" if info.state in QUEUED_STATES else "running"
                 if row.state == "running" and row.epoch_seconds and row.epoch:
                     row.eta = round((row.epochs - row.epoch) * row.epoch_seconds)

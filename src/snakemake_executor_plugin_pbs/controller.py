@@ -118,17 +118,6 @@ def _same_directory(a: str, b: Path) -> bool:
         return False
 
 
-def _queued_at(info: JobInfo) -> float | None:
-    """When the job was queued (`qtime`, as qstat prints it), in seconds since the epoch."""
-    text = info.times.get("qtime")
-    if not text:
-        return None
-    try:
-        return time.mktime(time.strptime(text.strip(), "%a %b %d %H:%M:%S %Y"))
-    except ValueError:
-        return None
-
-
 def _held_for_space(record: TargetRecord) -> str:
     until = time.strftime("%H:%M", time.localtime(record.hold_until))
     return f"out of disk space, resubmitted at {until} (--pbs-retry-failed: at once)"
@@ -273,7 +262,7 @@ class Controller:
             for info in listed.values()
             if self._ours(info, record.name)
             and info.id not in taken
-            and (_queued_at(info) is None or _queued_at(info) >= since)
+            and (info.time("qtime") is None or info.time("qtime") >= since)
         ]
         found.sort(key=lambda info: _sequence(info.id))
         return found[-1] if found else None

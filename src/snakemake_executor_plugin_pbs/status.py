@@ -9,6 +9,7 @@ qstat.c prints natively on every version.
 """
 
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -69,6 +70,16 @@ class JobInfo:
     @property
     def user(self) -> str | None:
         return self.owner.split("@", 1)[0] if self.owner else None
+
+    def time(self, name: str) -> float | None:
+        """One of TIME_ATTRIBUTES (`qtime`, `stime`, ...) in seconds since the epoch."""
+        text = self.times.get(name)
+        if not text:
+            return None
+        try:
+            return time.mktime(time.strptime(text.strip(), "%a %b %d %H:%M:%S %Y"))
+        except ValueError:
+            return None
 
 
 def parse_duration(text: str | int | float | None) -> int | None:

@@ -3,8 +3,7 @@ an ordinary user: walltime kills and resumes, a SIGKILLed controller, a job dele
 memory kills, queue limits, Ctrl-C, no job history, and several jobs in one qstat; the queue is
 sampled for duplicate jobs all along and the server's own history checked at the end.
 
-tests/chaos uses SWEEP, ON_OPENPBS, SITE and OpenPBSSampler; QueueSampler and ON_THIS_MACHINE
-are the same for the Slurm shims."""
+tests/chaos uses SWEEP, ON_OPENPBS, SITE and OpenPBSSampler."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 from pathlib import Path
 
@@ -41,13 +39,6 @@ SWEEP = {
     },
     "device": "cpu",
 }
-# this machine has 2 cores and no GPU; everything else comes from profiles/pbs unchanged
-# (on the Slurm shims; OpenPBS knows ngpus and keeps the profile's ngpus=1: ON_OPENPBS)
-ON_THIS_MACHINE = [
-    "--set-threads", "train_pure=1", "train_kd=1",
-    "--set-resources", "train_pure:gpu=0", "train_kd:gpu=0",
-    "--pbs-status-interval", "3",
-]  # fmt: skip
 # On OpenPBS the mom kills at the limit (61 s): 5 epochs of the teacher (15-35 s each on the
 # 2 shared cores, after a 10-20 s start) outlive one walltime, and the sweep stays short.
 OPENPBS_SWEEP = {**SWEEP, "train": {**SWEEP["train"], "epochs": 5, "lr_milestones": [4]}}
@@ -64,31 +55,24 @@ STUDENT = "results/digits/pure/resnet8/seed0"
 KD = "results/digits/logit/resnet20-resnet8/alpha0.5/seed0"
 
 
-class QueueSampler(threading.Thread):
-    """Asks the scheduler every second which of the jobs submitted from `workdir` are alive;
-    remembers any job name seen twice. This one asks with `qstat -f -F json` through `env`
-    (the Slurm shims of tests/chaos); OpenPBSSampler asks the real server in text."""
+class OpenPBSSampler(threading.Thread):
+    """Asks the real server every second which of the jobs submitted from `workdir` are alive
+    (text `qstat -f` as root, so every user's jobs are seen: OpenPBS's `-F json` is not to be
+    trusted with several jobs); remembers any job name seen twice. A context manager."""
 
-    def __init__(self, env, workdir):
+    def __init__(self, openpbs, workdir):
         super().__init__(daemon=True)
-        self.env, self.workdir = env, str(workdir)
+        self.openpbs, self.workdir = openpbs, Path(workdir)
         self.stop, self.samples, self.duplicates = threading.Event(), 0, []
         self.jobs_seen: set[str] = set()
 
     def alive_names(self) -> list[str] | None:
         """Job_Name of every live job of the workdir, one entry per job; None: no answer."""
-        out = subprocess.run(
-            ["qstat", "-f", "-F", "json"], env=self.env, capture_output=True, text=True
-        )
-        if out.returncode != 0:
+        try:
+            jobs = self.openpbs.jobs_of(self.workdir)
+        except RuntimeError:
             return None
-        jobs = json.loads(out.stdout).get("Jobs", {})
-        return [
-            j["Job_Name"]
-            for j in jobs.values()
-            if j["job_state"] not in "FXC"
-            and j.get("Variable_List", {}).get("PBS_O_WORKDIR") == self.workdir
-        ]
+        return [j["Job_Name"] for j in jobs.values() if j["job_state"] not in ("F", "X")]
 
     def run(self):
         while not self.stop.is_set():
@@ -106,22 +90,6 @@ class QueueSampler(threading.Thread):
     def __exit__(self, *exc):
         self.stop.set()
         self.join()
-
-
-class OpenPBSSampler(QueueSampler):
-    """QueueSampler on the real OpenPBS: text `qstat -f` (OpenPBS's `-F json` is not to be
-    trusted with several jobs), asked by root, so every user's jobs are seen."""
-
-    def __init__(self, openpbs, workdir):
-        super().__init__(openpbs.root_env, workdir)
-        self.openpbs = openpbs
-
-    def alive_names(self) -> list[str] | None:
-        try:
-            jobs = self.openpbs.jobs_of(Path(self.workdir))
-        except RuntimeError:
-            return None
-        return [j["Job_Name"] for j in jobs.values() if j["job_state"] not in ("F", "X")]
 
 
 def _snakemake(openpbs, workdir, *args):
@@ -452,3 +420,16 @@ def test_openpbs_json_with_several_ids_prints_only_the_first(openpbs):
     as_json = openpbs.run("qstat", "-x", "-f", "-F", "json", *ids)
     assert as_json.returncode == 0
     assert list(json.loads(as_json.stdout)["Jobs"]) == ids[:1]
+
+
+def test_the_scheduler_the_tests_talk_to_is_openpbs(openpbs):
+    """No shim can stand in: the user's qstat reaches a PBS server that says what it is."""
+    client = openpbs.run("qstat", "--version")
+    assert client.returncode == 0 and client.stdout.startswith("pbs_version = 23.06"), client
+    server = openpbs.run("qstat", "-B", "-f")
+    assert server.returncode == 0, server.stderr
+    attrs = openpbs.parse(server.stdout.replace("Server:", "Job Id:", 1))
+    (server_attrs,) = attrs.values()
+    assert server_attrs["server_state"] == "Active"
+    assert server_attrs["pbs_version"] == "23.06.06"
+    assert server_attrs["job_history_enable"] == "True"  # the session started it as configured

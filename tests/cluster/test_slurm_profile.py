@@ -83,9 +83,9 @@ def test_profile_resubmits_failed_jobs():
 
 
 @pytest.mark.slow
-def test_sweep_through_profiles_slurm_resumes_after_a_walltime_kill(pbs_cluster, tmp_path):
+def test_sweep_through_profiles_slurm_resumes_after_a_walltime_kill(slurm, tmp_path):
     env = {
-        **pbs_cluster.env,
+        **slurm,
         "SNAKEMAKE_SLURM_PARTITION": "workq",
         "SNAKEMAKE_SLURM_ACCOUNT": "root",  # slurm.sh registers the cluster: account root
     }
