@@ -266,6 +266,17 @@ def _ok(result):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+def test_a_resource_the_server_lacks_stops_the_run_at_the_first_qsub(openpbs):
+    # As `profiles/pbs` did on a stock server, where `ngpus` is not defined: here `scratch_ssd`.
+    workdir = openpbs.workdir("unknown-resource")
+    before = openpbs.calls("qsub")
+    result = _small(openpbs, workdir, "naps", "--pbs-select-extra", "scratch_ssd=1")
+    assert result.returncode != 0
+    assert openpbs.calls("qsub") - before == 1  # one refusal, then nothing more is tried
+    assert "does not know the resource `scratch_ssd`" in result.stderr
+    assert result.stderr.count("Unknown resource") == 1
+
+
 def test_memory_kill_is_resubmitted_with_more_memory(openpbs):
     """The mom ($enforce mem) kills the hog at its 500 MB (Exit_status -27); the executor
     resubmits it with twice the memory, and it succeeds."""
