@@ -409,16 +409,17 @@ def test_without_job_history_the_server_is_asked_without_x():
 
 
 def test_history_turned_back_on_is_noticed():
-    finished = captured("qstat-f-finished-without-x")  # exit 35: use -x
-    run = Recorder(
-        _no_history(JOB["run"]), result(0, SEVERAL_TEXT), finished, result(0, SEVERAL_TEXT)
-    )
-    qstat = Qstat(run=run)
+    qstat = Qstat(run=Recorder(_no_history(JOB["run"]), result(0, SEVERAL_TEXT)))
     qstat.query([JOB["run"]])
     assert not qstat.history
+    finished = captured("qstat-f-finished-without-x")  # exit 35: use -x
+    run = Recorder(finished, result(0, SEVERAL_TEXT))
+    qstat._run = run
     assert qstat.query([JOB["ok"]])[JOB["ok"]].exit_status == 0
-    assert qstat.history
-    assert run.calls[2:] == [["qstat", "-f", JOB["ok"]], ["qstat", "-x", "-f", JOB["ok"]]]
+    assert qstat.history and run.calls == [
+        ["qstat", "-f", JOB["ok"]],
+        ["qstat", "-x", "-f", JOB["ok"]],
+    ]
 
 
 @pytest.mark.parametrize(

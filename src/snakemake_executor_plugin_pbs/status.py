@@ -73,18 +73,13 @@ class JobInfo:
 
     def time(self, name: str) -> float | None:
         """One of TIME_ATTRIBUTES (`qtime`, `stime`, ...) in seconds since the epoch."""
-        return parse_time(self.times.get(name))
-
-
-def parse_time(text: str | None) -> float | None:
-    """A time as qstat prints it (`Mon Nov 30 13:29:32 2026`, local time) in seconds since
-    the epoch; None if there is none or it cannot be read."""
-    if not text:
-        return None
-    try:
-        return time.mktime(time.strptime(text.strip(), "%a %b %d %H:%M:%S %Y"))
-    except ValueError:
-        return None
+        text = self.times.get(name)
+        if not text:
+            return None
+        try:
+            return time.mktime(time.strptime(text.strip(), "%a %b %d %H:%M:%S %Y"))
+        except ValueError:
+            return None
 
 
 def parse_duration(text: str | int | float | None) -> int | None:

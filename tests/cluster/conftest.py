@@ -24,6 +24,7 @@ import fcntl
 import itertools
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
@@ -35,12 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from snakemake_executor_plugin_pbs.status import (
-    parse_text_attributes,
-    parse_time,
-    parse_variable_list,
-)
 
 HERE = Path(__file__).resolve().parent
 SLURM_SH = HERE / "slurm.sh"
@@ -138,14 +133,36 @@ PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def parse_qstat_f(text: str) -> dict[str, dict[str, str]]:
-    """`qstat -f` text as {job id: {attribute: value}} (the executor's parser, itself checked
-    against the server's captured output in tests/test_pbs_status.py), with `Variable_List`
-    added split as `Variable_List.<NAME>`."""
-    jobs = parse_text_attributes(text)
+    """`qstat -f` text as {job id: {attribute: value}}: attributes are `    name = value`;
+    a long value goes on over lines that begin with a TAB (joined with nothing between).
+    `Variable_List` is added split as `Variable_List.<NAME>`."""
+    jobs: dict[str, dict[str, str]] = {}
+    attrs: dict[str, str] = {}
+    last = None
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            attrs = jobs.setdefault(line.split(":", 1)[1].strip(), {})
+            last = None
+        elif line.startswith("\t") and last is not None:
+            attrs[last] += line[1:]
+        elif line.startswith("    ") and " = " in line:
+            last, _, value = line.lstrip().partition(" = ")  # a value may end in a space
+            attrs[last] = value
+        else:
+            last = None
     for attrs in jobs.values():
-        for name, value in parse_variable_list(attrs.get("Variable_List")).items():
-            attrs[f"Variable_List.{name}"] = value
+        for item in re.split(r"(?<!\\),", attrs.get("Variable_List", "")):
+            name, _, value = item.partition("=")
+            if name:
+                attrs[f"Variable_List.{name}"] = value.replace("\\,", ",")
     return jobs
+
+
+def pbs_time(value: str | None) -> float | None:
+    """A time as qstat -f prints it (`Mon Nov 30 13:29:32 2026`), in seconds since the epoch."""
+    if not value:
+        return None
+    return time.mktime(time.strptime(value.strip(), "%a %b %d %H:%M:%S %Y"))
 
 
 @dataclass
@@ -294,7 +311,7 @@ class OpenPBS:
         for job_id, job in self.jobs_of(workdir, history=True).items():
             by_name.setdefault(job["Job_Name"], []).append({"id": job_id, **job})
         for jobs in by_name.values():
-            jobs.sort(key=lambda j: (parse_time(j["qtime"]), int(j["id"].split(".")[0])))
+            jobs.sort(key=lambda j: (pbs_time(j["qtime"]), int(j["id"].split(".")[0])))
         return by_name
 
     @staticmethod
@@ -308,14 +325,14 @@ class OpenPBS:
                 if earlier["job_state"] != "F":
                     problems.append(f"{name}: {earlier['id']} still {earlier['job_state']} "
                                     f"when {later['id']} was queued")  # fmt: skip
-                elif parse_time(later["qtime"]) < parse_time(earlier.get("obittime") or
+                elif pbs_time(later["qtime"]) < pbs_time(earlier.get("obittime") or
                                                          earlier["mtime"]):  # fmt: skip
                     problems.append(f"{name}: {later['id']} queued at {later['qtime']}, before "
                                     f"{earlier['id']} ended")  # fmt: skip
         return problems
 
     parse = staticmethod(parse_qstat_f)
-    seconds = staticmethod(parse_time)
+    seconds = staticmethod(pbs_time)
 
     def delete_session_jobs(self, timeout: float = 60) -> None:
         """qdel every job of this session (submitted from under its directory) that is alive,
