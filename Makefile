@@ -13,10 +13,11 @@ setup: $(STAMP)
 
 # torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml; pip takes them from the
 # local wheel cache where there is one.
-$(STAMP): pyproject.toml
+PLUGIN := plugins/snakemake-executor-plugin-pbs
+$(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '$(PLUGIN)[test]' -e '.[dev]'
 	@touch $@
 
 demo: setup

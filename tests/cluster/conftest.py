@@ -127,7 +127,8 @@ KEEP_SESSIONS = 3  # the newest session directories are kept for inspection, lik
 # What the test user's snakemake needs of the repository: the session copies these, so that
 # the code under test is the working tree's, whatever was installed before.
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "envs", "profiles", "src",
-                  "pyproject.toml", "README.md", "tests/cluster/workflows")  # fmt: skip
+                  "plugins/snakemake-executor-plugin-pbs/src", "pyproject.toml", "README.md",
+                  "tests/cluster/workflows")  # fmt: skip
 COUNTED = ("qsub", "qstat", "qdel")
 PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -418,7 +419,8 @@ def _session_venv(session: Path, workflow: Path) -> Path:
         for python in (PBS_VENV / "bin/python", venv / "bin/python")
     )
     # .pth files are read in name order; addsitedir also reads the shared venv's own .pth files
-    Path(own, "00-kdflow-under-test.pth").write_text(f"{workflow / 'src'}\n")
+    plugin = workflow / "plugins/snakemake-executor-plugin-pbs/src"
+    Path(own, "00-kdflow-under-test.pth").write_text(f"{workflow / 'src'}\n{plugin}\n")
     Path(own, "10-kdflow-test-venv.pth").write_text(f"import site; site.addsitedir({shared!r})\n")
     # the console scripts (snakemake, ruff, ... and kdflow's own), run by this venv's python
     shebang = f"#!{PBS_VENV / 'bin/python'}"

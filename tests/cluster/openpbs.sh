@@ -246,7 +246,7 @@ cmd_status() {
 # (tests/cluster/conftest.py). Made once per pyproject.toml: the stamp holds the file's hash.
 cmd_venv() {
 	local want stamp=$VENV/.kdflow-deps
-	want=$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)
+	want=$(cat "$REPO/pyproject.toml" "$REPO/plugins/snakemake-executor-plugin-pbs/pyproject.toml" | sha256sum | cut -c1-16)
 	if [[ -x $VENV/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
 		return 0
 	fi
@@ -269,13 +269,16 @@ cmd_venv() {
 	copy=$(mktemp -d)
 	trap 'rm -rf "$copy"' RETURN
 	cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/src" "$copy/"
+	local plugin=$copy/plugins/snakemake-executor-plugin-pbs
+	mkdir -p "$plugin"
+	cp -r "$REPO/plugins/snakemake-executor-plugin-pbs/"{pyproject.toml,README.md,src} "$plugin/"
 	local pip_log=${TMPDIR:-/tmp}/kdflow-test-venv.log
 	{
 		"$VENV/bin/python" -m pip install --upgrade pip 'setuptools>=68' wheel &&
-			"$VENV/bin/python" -m pip install "$copy[dev]"
+			"$VENV/bin/python" -m pip install "$plugin[test]" "$copy[dev]"
 	} >"$pip_log" 2>&1 || die "pip install into $VENV failed: see $pip_log"
 	# dependencies only: each test session puts its own copy of the code under test on top
-	"$VENV/bin/python" -m pip uninstall --yes --quiet kdflow >>"$pip_log" 2>&1
+	"$VENV/bin/python" -m pip uninstall --yes --quiet kdflow snakemake-executor-plugin-pbs >>"$pip_log" 2>&1
 	"$VENV/bin/python" -c 'import snakemake, torch, snakemake_executor_plugin_slurm' ||
 		die "the venv $VENV does not import snakemake and torch"
 	chmod -R a+rX "$VENV"

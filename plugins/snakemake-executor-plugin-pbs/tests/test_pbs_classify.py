@@ -1,5 +1,5 @@
 """How a job ended, from qstat's record, the job's own exit record and its stderr: on the jobs
-a real OpenPBS 23.06.06 ran and ended (tests/pbs_samples/openpbs, made by capture_openpbs.sh),
+a real OpenPBS 23.06.06 ran and ended (plugins/snakemake-executor-plugin-pbs/tests/samples/openpbs, made by capture_openpbs.sh),
 their .e files, and generated Torque and pre-18 PBS Pro records for what it cannot show."""
 
 from pathlib import Path
@@ -9,7 +9,7 @@ import pytest
 from snakemake_executor_plugin_pbs.classify import Kind, classify
 from snakemake_executor_plugin_pbs.status import JobInfo, parse_qstat_text
 
-SAMPLES = Path(__file__).parent / "pbs_samples"
+SAMPLES = Path(__file__).parent / "samples"
 CAPTURED = SAMPLES / "openpbs"
 PRE18 = parse_qstat_text((SAMPLES / "generated_pbspro_pre18_qstat_xf.txt").read_text())
 TORQUE = parse_qstat_text((SAMPLES / "generated_torque_qstat_f.txt").read_text())

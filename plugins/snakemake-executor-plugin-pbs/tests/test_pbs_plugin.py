@@ -18,12 +18,12 @@ from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 
 from snakemake_executor_plugin_pbs import ExecutorSettings, common_settings, controller_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]  # kdflow: its profiles/pbs (moves to kdflow with issue 11)
 PROFILE = REPO / "profiles" / "pbs"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 _spec = importlib.util.spec_from_file_location(
-    "fake_pbs", Path(__file__).parent / "pbs_samples" / "fake_pbs.py"
+    "fake_pbs", Path(__file__).parent / "samples" / "fake_pbs.py"
 )
 fake_pbs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fake_pbs)

@@ -19,7 +19,7 @@ from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetR
 from snakemake_executor_plugin_pbs.submit import job_name
 
 _spec = importlib.util.spec_from_file_location(
-    "fake_pbs", Path(__file__).parent / "pbs_samples" / "fake_pbs.py"
+    "fake_pbs", Path(__file__).parent / "samples" / "fake_pbs.py"
 )
 fake_pbs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fake_pbs)

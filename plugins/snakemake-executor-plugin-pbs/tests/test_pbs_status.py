@@ -1,6 +1,6 @@
 """qstat parsing and the one-call status query, on output captured from a real OpenPBS 23.06.06
-(tests/pbs_samples/openpbs, made by capture_openpbs.sh) and, for what that server cannot show,
-on generated Torque and pre-18 PBS Pro samples (tests/pbs_samples/generated_*)."""
+(plugins/snakemake-executor-plugin-pbs/tests/samples/openpbs, made by capture_openpbs.sh) and, for what that server cannot show,
+on generated Torque and pre-18 PBS Pro samples (plugins/snakemake-executor-plugin-pbs/tests/samples/generated_*)."""
 
 import json
 import re
@@ -24,7 +24,7 @@ from snakemake_executor_plugin_pbs.status import (
     query_argv,
 )
 
-SAMPLES = Path(__file__).parent / "pbs_samples"
+SAMPLES = Path(__file__).parent / "samples"
 CAPTURED = SAMPLES / "openpbs"
 TORQUE_TEXT = (SAMPLES / "generated_torque_qstat_f.txt").read_text()
 PRE18_TEXT = (SAMPLES / "generated_pbspro_pre18_qstat_xf.txt").read_text()
