@@ -2,9 +2,9 @@
 
     python bench/pbs_poll.py [--counts 1 10 100 1000]
 
-1. The executor's controller restarted with N live jobs in its registry (the fake PBS of
-   plugins/snakemake-executor-plugin-pbs/tests/samples answers qsub/qstat/qdel): qstat calls for the adoption round and for each
-   of three poll rounds (goal: 1 per round, whatever N).
+1. The executor's controller restarted with N live jobs in its registry (the fake PBS of the
+   plugin's tests/samples answers qsub/qstat/qdel): qstat calls for the adoption round and for
+   each of three poll rounds (goal: 1 per round, whatever N).
 2. Parse time of a 1,000-job `qstat -x -f` in PBS Pro's wrapped text (goal < 50 ms), median
    of 5. (The executor never asks for `-F json`: see snakemake_executor_plugin_pbs.status.)
 """
@@ -26,7 +26,11 @@ from snakemake_executor_plugin_pbs.status import parse_qstat_text
 from snakemake_executor_plugin_pbs.submit import job_name
 
 SAMPLES = (
-    Path(__file__).resolve().parents[1] / "plugins" / "snakemake-executor-plugin-pbs" / "tests" / "samples"
+    Path(__file__).resolve().parents[1]
+    / "plugins"
+    / "snakemake-executor-plugin-pbs"
+    / "tests"
+    / "samples"
 )
 
 

@@ -7,14 +7,13 @@ import torch
 
 from kdflow.checkpoint import (
     CheckpointError,
-    atomic_write_text,
     load_checkpoint,
     load_verified,
     previous_path,
-    read_json,
     save_checkpoint,
     save_verified,
 )
+from kdflow.fileio import atomic_write_text, read_json
 
 
 def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
@@ -32,7 +31,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("kdflow.checkpoint.os.fsync", disk_full)
+    monkeypatch.setattr("kdflow.fileio.os.fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdflow.checkpoint import atomic_file
+from kdflow.fileio import atomic_file
 
 CIFAR_SIZE = 32
 SVHN_SIZE = 32

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdflow.checkpoint import atomic_file
+from kdflow.fileio import atomic_file
 
 log = logging.getLogger(__name__)
 

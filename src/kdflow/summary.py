@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdflow.checkpoint import atomic_write_text
+from kdflow.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,13 @@ import torch.nn.functional as F
 
 from kdflow.checkpoint import (
     CheckpointError,
-    atomic_write_json,
-    atomic_write_text,
     load_checkpoint,
     load_verified,
-    read_json,
     save_checkpoint,
     save_verified,
 )
 from kdflow.data import load_prepared
+from kdflow.fileio import atomic_write_json, atomic_write_text, read_json
 from kdflow.loader import DeviceBatches, channel_stats
 from kdflow.losses import build_method, resolve_settings
 from kdflow.models import build_model

@@ -17,7 +17,10 @@ from snakemake_executor_plugin_pbs.registry import Submission
 ROOT = Path(__file__).resolve().parents[2]
 
 
-unit = load_module("kdflow_test_pbs_controller", ROOT / "plugins/snakemake-executor-plugin-pbs/tests/test_pbs_controller.py")
+unit = load_module(
+    "kdflow_test_pbs_controller",
+    ROOT / "plugins/snakemake-executor-plugin-pbs/tests/test_pbs_controller.py",
+)
 fake_pbs = unit.fake_pbs
 
 

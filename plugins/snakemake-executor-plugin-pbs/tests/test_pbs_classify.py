@@ -1,5 +1,5 @@
 """How a job ended, from qstat's record, the job's own exit record and its stderr: on the jobs
-a real OpenPBS 23.06.06 ran and ended (plugins/snakemake-executor-plugin-pbs/tests/samples/openpbs, made by capture_openpbs.sh),
+a real OpenPBS 23.06.06 ran and ended (tests/samples/openpbs, made by capture_openpbs.sh),
 their .e files, and generated Torque and pre-18 PBS Pro records for what it cannot show."""
 
 from pathlib import Path

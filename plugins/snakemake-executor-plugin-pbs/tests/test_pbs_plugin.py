@@ -18,7 +18,9 @@ from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 
 from snakemake_executor_plugin_pbs import ExecutorSettings, common_settings, controller_config
 
-REPO = Path(__file__).resolve().parents[3]  # kdflow: its profiles/pbs (moves to kdflow with issue 11)
+REPO = (
+    Path(__file__).resolve().parents[3]
+)  # kdflow: its profiles/pbs (moves to kdflow with issue 11)
 PROFILE = REPO / "profiles" / "pbs"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 

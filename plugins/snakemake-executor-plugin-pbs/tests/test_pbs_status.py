@@ -1,6 +1,6 @@
 """qstat parsing and the one-call status query, on output captured from a real OpenPBS 23.06.06
-(plugins/snakemake-executor-plugin-pbs/tests/samples/openpbs, made by capture_openpbs.sh) and, for what that server cannot show,
-on generated Torque and pre-18 PBS Pro samples (plugins/snakemake-executor-plugin-pbs/tests/samples/generated_*)."""
+(tests/samples/openpbs, made by capture_openpbs.sh) and, for what that server cannot show,
+on generated Torque and pre-18 PBS Pro samples (tests/samples/generated_*)."""
 
 import json
 import re

@@ -190,7 +190,7 @@ def failed(returncode, stderr):
         (1, "qsub: Project CSCI9999 not found", Rejected),
         (188, "qsub: Job violates queue and/or server resource limits", Rejected),
         (127, "qsub: No such file or directory", Rejected),
-        # OpenPBS 23.06 without `ngpus` defined (plugins/snakemake-executor-plugin-pbs/tests/samples/openpbs)
+        # OpenPBS 23.06 without `ngpus` defined (tests/samples/openpbs)
         (187, "qsub: Unknown resource: ngpus", UnknownResource),
     ],
 )  # fmt: skip

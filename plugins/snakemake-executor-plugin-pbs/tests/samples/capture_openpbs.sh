@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Capture the qstat/qsub/qdel samples in plugins/snakemake-executor-plugin-pbs/tests/samples/openpbs/ from the real OpenPBS server
+# Capture the qstat/qsub/qdel samples in tests/samples/openpbs/ from the real OpenPBS server
 # that tests/cluster/openpbs.sh builds and starts (bash tests/cluster/openpbs.sh start).
 #
-#   bash plugins/snakemake-executor-plugin-pbs/tests/samples/capture_openpbs.sh        (as root; about one minute)
+#   bash tests/samples/capture_openpbs.sh        (as root; about one minute)
 #
 # Every job is submitted by the ordinary user kdtest from a kdtest-owned scratch directory
 # (root's jobs are refused, and pbs_mom ignores root's processes). The jobs are named cap*; the
 # script only ever qdel's the jobs it submitted itself. The one server setting it changes is
 # max_queued, for one qsub, and it puts the old value back at once (also on failure).
 #
-# Output (replaces plugins/snakemake-executor-plugin-pbs/tests/samples/openpbs/ when every step worked):
+# Output (replaces tests/samples/openpbs/ when every step worked):
 #   captures.tsv          name, exit status, user, exact command of every capture
 #   <name>.stdout/.stderr what that command printed, byte for byte
 #   jobs.tsv              role, job id, job name, qsub command of every job submitted
@@ -260,7 +260,7 @@ COMMIT=$(cat "$PREFIX/.kdflow-openpbs-commit" 2>/dev/null || echo unknown)
 	cat <<EOF
 # qstat, qsub and qdel output captured from a real OpenPBS server
 
-Made by \`bash plugins/snakemake-executor-plugin-pbs/tests/samples/capture_openpbs.sh\` (as root) on $(date -u '+%Y-%m-%d %H:%M UTC'),
+Made by \`bash tests/samples/capture_openpbs.sh\` (as root) on $(date -u '+%Y-%m-%d %H:%M UTC'),
 against OpenPBS $VERSION (commit \`$COMMIT\`, built and started by \`tests/cluster/openpbs.sh\`:
 one node \`$SERVER\`, job history on, \`\$enforce mem\`, the mom checking limits every 1-2 s).
 Nothing here is edited: the host name stays \`$SERVER\`, clients reach the server over 127.0.0.1 so
