@@ -78,7 +78,7 @@ def qstat_calls_per_round(count: int) -> list[int]:
         return calls
 
 
-def parse_times(jobs: int = 1000) -> tuple[float, float]:
+def parse_times(jobs: int = 1000) -> float:
     samples = _load("generate_samples")
     states = ["R", "Q", "F"]
     listing = [

@@ -253,9 +253,11 @@ def successes_by_name(history: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 
 def registry(workdir: Path) -> list[dict[str, Any]]:
-    return [
-        json.loads(p.read_text()) for p in sorted((workdir / ".kdflow/pbs/targets").glob("*.json"))
-    ]
+    """The registry's target records: kdflow's (.kdflow/pbs, set by profiles/pbs), or those of
+    a test workflow run with the executor's defaults (.snakemake-pbs)."""
+    kdflow = workdir / ".kdflow/pbs/targets"
+    targets = kdflow if kdflow.is_dir() else workdir / ".snakemake-pbs/targets"
+    return [json.loads(p.read_text()) for p in sorted(targets.glob("*.json"))]
 
 
 def registry_problems(workdir: Path, allowed=("success", "killed", "lost")) -> list[str]:
@@ -268,8 +270,9 @@ def registry_problems(workdir: Path, allowed=("success", "killed", "lost")) -> l
     for r in records:
         target = f"{r['rule']} {r['outputs'][0] if r['outputs'] else r['name']}"
         subs = r["submissions"]
-        if not r["done"] or r["failed"]:
-            problems.append(f"{target}: done={r['done']} failed={r['failed']!r}")
+        last = r["submissions"][-1]["outcome"] if r["submissions"] else None
+        if last != "success" or r["failed"]:
+            problems.append(f"{target}: last outcome {last!r}, failed={r['failed']!r}")
         successes = [s for s in subs if s["outcome"] == "success"]
         if len(successes) != 1:
             problems.append(f"{target}: {len(successes)} successful submissions")

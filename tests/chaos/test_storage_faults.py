@@ -352,7 +352,7 @@ def test_unreadable_registry_records_of_live_jobs_are_set_aside_and_the_jobs_ado
     )  # fmt: skip
     with Sampler(openpbs, workdir) as sampler:
         first = openpbs.popen(*argv, cwd=workdir, log=workdir / "first.log", env=env)
-        targets = workdir / ".kdflow/pbs/targets"
+        targets = workdir / ".snakemake-pbs/targets"  # the executor's default: no profile
 
         def all_submitted():
             records = [json.loads(p.read_text()) for p in targets.glob("*.json")]

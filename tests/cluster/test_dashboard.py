@@ -10,6 +10,7 @@ import time
 
 import yaml
 
+from kdflow.status import JOB_NAME_PREFIX
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.submit import job_name
 
@@ -45,7 +46,8 @@ def _state(openpbs, job_id):
 def _record(registry, experiment, job_id, **fields):
     target = f"{experiment}/completed"
     submission = Submission(job_id=job_id, submitted_at=time.time(), log_err=f"logs/{job_id}.err")
-    registry.save(TargetRecord(name=job_name([target]), rule="train", outputs=[target],
+    name = job_name([target], prefix=JOB_NAME_PREFIX)
+    registry.save(TargetRecord(name=name, rule="train", outputs=[target],
                                submissions=[submission], **fields))  # fmt: skip
 
 
@@ -92,7 +94,7 @@ def test_dashboard_shows_every_state_from_one_qstat(openpbs):
     (workdir / DONE / "completed").write_text("")
     failed_id = f"1.{openpbs.server}"
     _record(registry, FAILED, failed_id, failed="error: exit status 1, no progress in 3 tries")
-    registry_path = registry.path(job_name([f"{FAILED}/completed"]))
+    registry_path = registry.path(job_name([f"{FAILED}/completed"], prefix=JOB_NAME_PREFIX))
     record = json.loads(registry_path.read_text())
     record["submissions"][0]["outcome"] = "error"
     registry_path.write_text(json.dumps(record))

@@ -98,8 +98,17 @@ def _snakemake(openpbs, workdir, *args):
             *args]  # fmt: skip
 
 
-def _registry(workdir):
-    return [json.loads(p.read_text()) for p in (workdir / ".kdflow/pbs/targets").glob("*.json")]
+# Where the registry is: kdflow's profile sets .kdflow/pbs; the small workflows run the
+# executor with its defaults, as any Snakemake workflow would.
+KDFLOW_REGISTRY, PLUGIN_REGISTRY = ".kdflow/pbs", ".snakemake-pbs"
+
+
+def _registry(workdir, directory=KDFLOW_REGISTRY):
+    return [json.loads(p.read_text()) for p in (workdir / directory / "targets").glob("*.json")]
+
+
+def _succeeded(record) -> bool:
+    return bool(record["submissions"]) and record["submissions"][-1]["outcome"] == "success"
 
 
 def _weights(directory):
@@ -210,7 +219,7 @@ def test_sweep_survives_walltime_kills_a_sigkilled_controller_and_a_qdel(openpbs
     kd = records[f"train_kd:{KD}/completed"]
     outcomes = {s["job_id"]: s["outcome"] for s in kd["submissions"]}
     assert outcomes[deleted] == "killed", kd["submissions"]
-    assert all(r["done"] and not r["failed"] for r in records.values())
+    assert all(_succeeded(r) and not r["failed"] for r in records.values())
     # every submission of a target came after the previous one ended: never two at once
     for record in records.values():
         subs = record["submissions"]
@@ -284,7 +293,7 @@ def test_memory_kill_is_resubmitted_with_more_memory(openpbs):
     result = _small(openpbs, workdir, "hog.done", "--config", "hog_mb=700",
                     "--pbs-mem-growth", "2")  # fmt: skip
     _ok(result)
-    (record,) = _registry(workdir)
+    (record,) = _registry(workdir, PLUGIN_REGISTRY)
     assert record["memory_kills"] >= 1
     first, last = record["submissions"][0], record["submissions"][-1]
     assert first["outcome"] == "memory" and first["mem_mb"] == 500
@@ -312,8 +321,8 @@ def test_queue_limit_refusals_hold_jobs_back_without_failing(openpbs, max_queued
     before = openpbs.calls("qsub")
     result = _small(openpbs, workdir, "naps")
     _ok(result)
-    records = _registry(workdir)
-    assert len(records) == 4 and all(r["done"] for r in records)
+    records = _registry(workdir, PLUGIN_REGISTRY)
+    assert len(records) == 4 and all(_succeeded(r) for r in records)
     assert all(len(r["submissions"]) == 1 for r in records), "a refusal is not a failure"
     assert openpbs.calls("qsub") - before > 4, "the queue limit should have refused some"
     history = openpbs.history(workdir)
@@ -336,7 +345,7 @@ def test_ctrl_c_removes_this_controllers_jobs(openpbs, request):
     def live_jobs():
         return [
             s["job_id"]
-            for r in _registry(workdir) if (workdir / ".kdflow/pbs/targets").is_dir()
+            for r in _registry(workdir, PLUGIN_REGISTRY)
             for s in r["submissions"] if s["job_id"] and s["outcome"] is None
         ]  # fmt: skip
 
@@ -373,8 +382,8 @@ def test_jobs_end_right_without_job_history(openpbs, no_job_history):
     workdir = openpbs.workdir("no-history")
     result = _small(openpbs, workdir, "naps")
     _ok(result)
-    records = _registry(workdir)
-    assert len(records) == 4 and all(r["done"] and not r["failed"] for r in records)
+    records = _registry(workdir, PLUGIN_REGISTRY)
+    assert len(records) == 4 and all(_succeeded(r) and not r["failed"] for r in records)
     assert all(len(r["submissions"]) == 1 for r in records), [r["submissions"] for r in records]
     assert all(r["submissions"][0]["outcome"] == "success" for r in records)
     # what the executor saw of them: qstat -x answers nothing, and exits 0 (not 153)
@@ -398,8 +407,8 @@ def test_one_qstat_answers_every_job_in_flight(openpbs):
     calls_before = len(openpbs.qstat_calls())
     result = _small(openpbs, workdir, "naps", "--config", "nap=10")
     _ok(result)
-    records = _registry(workdir)
-    assert len(records) == 4 and all(r["done"] and not r["failed"] for r in records)
+    records = _registry(workdir, PLUGIN_REGISTRY)
+    assert len(records) == 4 and all(_succeeded(r) and not r["failed"] for r in records)
     assert all(len(r["submissions"]) == 1 for r in records), [r["submissions"] for r in records]
     history = openpbs.history(workdir)
     assert len(history) == 4 and all(len(jobs) == 1 for jobs in history.values()), history

@@ -26,7 +26,7 @@ def small_disk(path: Path, size: str = "16m") -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         _unavailable("mounting a small tmpfs to fill needs root")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "kdflow-test", str(path)],
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "pbs-test", str(path)],
                        capture_output=True, text=True)  # fmt: skip
     if p.returncode != 0:
         _unavailable(f"cannot mount a tmpfs: {p.stderr.strip()}")

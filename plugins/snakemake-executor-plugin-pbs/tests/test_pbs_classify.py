@@ -33,7 +33,7 @@ def job_file(role: str, stream: str) -> str:
 def finished(exit_status, used=600, limit=3600, comment=None) -> JobInfo:
     return JobInfo(
         id="9.s",
-        name="kd0123456789",
+        name="smk0123456789",
         state="F",
         exit_status=exit_status,
         walltime_used=used,
@@ -114,7 +114,7 @@ def test_generated_pre18_history_sample(job_id, kind):
 
 
 def test_walltime_from_the_message_pbs_writes_into_stderr():
-    stderr = "epoch 41 done\n=>> PBS: job killed: walltime 3630 exceeded limit 3600\n"
+    stderr = "step 41 done\n=>> PBS: job killed: walltime 3630 exceeded limit 3600\n"
     outcome = classify(finished(271, used=None, limit=None), None, stderr)
     assert outcome.kind is Kind.WALLTIME
     assert "walltime 3630 exceeded limit 3600" in outcome.reason
@@ -193,18 +193,19 @@ def test_reasons_are_human_sentences():
 
 
 ENOSPC_TAIL = (
-    "epoch 12/200 loss 1.21 train 58.1% test 55.3%\n"
+    "step 12 of 200 done\n"
     "Traceback (most recent call last):\n"
-    '  File "/home/u/kdflow/src/kdflow/checkpoint.py", line 47, in atomic_file\n'
-    "OSError: [Errno 28] cannot write /mnt/lustre/u/results/c100/pure/r8/seed0/checkpoint.pth: "
-    "No space left on device\n"
+    '  File "/home/u/sim/run.py", line 47, in save_state\n'
+    "OSError: [Errno 28] No space left on device: "
+    "'/mnt/lustre/u/results/sample0/state.bin'\n"
 )
 
 
 @pytest.mark.parametrize(
     ("stderr", "line"),
     [
-        (ENOSPC_TAIL, "cannot write /mnt/lustre/u/results/c100/pure/r8/seed0/checkpoint.pth"),
+        (ENOSPC_TAIL, "No space left on device: '/mnt/lustre/u/results/sample0/state.bin'"),
+        ("cp: error writing 'out/big.dat': No space left on device\n", "cp: error writing"),
         ("OSError: [Errno 122] Disk quota exceeded: 'history.csv'\n", "Disk quota exceeded"),
     ],
 )

@@ -25,6 +25,10 @@ fake_pbs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fake_pbs)
 
 
+REGISTRY = ".snakemake-pbs"  # the default registry_dir, relative to the working directory
+PROGRESS = "progress.json"  # the progress file these tests' jobs would write
+
+
 class Clock:
     def __init__(self):
         self.now = 1_000_000.0
@@ -53,25 +57,26 @@ def make_controller(workdir: Path, clock=None, **changes) -> Controller:
         workdir=workdir,
         log_dir=workdir / "logs" / "pbs",
         queue="gpu_1",
-        project="CSCI1234",
+        project="PRJ0042",
+        progress_file=PROGRESS,
         limits=Limits(),
         submit_backoff=60,
         command_timeout=10,
     )
     return Controller(
         ControllerConfig(**{**config, **changes}),
-        Registry(workdir / ".kdflow" / "pbs"),
+        Registry(workdir / REGISTRY),
         clock=clock or Clock(),
     )
 
 
 def target(i: int = 0, **changes) -> Target:
-    output = f"results/cifar10/pure/resnet20/seed{i}/completed"
+    output = f"results/sample{i}/done.txt"
     fields = dict(
         name=job_name([output]),
-        rule="train_pure",
+        rule="simulate",
         outputs=(output,),
-        command="python -m snakemake --target-jobs train_pure:seed=0",
+        command=f"python -m snakemake --target-jobs simulate:sample={i}",
         threads=10,
         mem_mb=24000,
         runtime_minutes=60,
@@ -80,10 +85,11 @@ def target(i: int = 0, **changes) -> Target:
     return Target(**{**fields, **changes})
 
 
-def write_progress(workdir: Path, t: Target, epoch: int) -> None:
-    path = workdir / Path(t.outputs[0]).parent / "status.json"
+def write_progress(workdir: Path, t: Target, progress: int) -> None:
+    """What a job that saves its state would write as it gets further (the progress hook)."""
+    path = workdir / Path(t.outputs[0]).parent / PROGRESS
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"status": "in_progress", "epoch": epoch}))
+    path.write_text(json.dumps({"state": "running", "progress": progress}))
 
 
 def poll(controller: Controller, results: dict) -> dict:
@@ -101,7 +107,7 @@ def select_of(pbs, job_id: str) -> str:
 @pytest.mark.parametrize("count", [1, 10, 100])
 def test_exactly_one_qstat_per_poll_whatever_the_number_of_jobs(pbs, workdir, count):
     # A restarted controller finds `count` live jobs in its registry.
-    registry = Registry(workdir / ".kdflow" / "pbs")
+    registry = Registry(workdir / REGISTRY)
     targets = [target(i) for i in range(count)]
     for i, t in enumerate(targets):
         job_id = pbs.add_job(5000 + i, t.name, str(workdir), state="R")
@@ -136,7 +142,7 @@ def test_one_qstat_per_poll_also_when_jobs_end_and_are_resubmitted(pbs, workdir)
 
 def _restart_with_live_jobs(pbs, workdir, count):
     """A registry with `count` live jobs, as a killed controller leaves it."""
-    registry = Registry(workdir / ".kdflow" / "pbs")
+    registry = Registry(workdir / REGISTRY)
     targets = [target(i) for i in range(count)]
     for i, t in enumerate(targets):
         job_id = pbs.add_job(6000 + i, t.name, str(workdir), state="R" if i % 2 else "Q")
@@ -148,7 +154,7 @@ def _restart_with_live_jobs(pbs, workdir, count):
 
 def test_a_restart_adopts_live_jobs_an_answer_left_out_and_submits_nothing(pbs, workdir):
     # OpenPBS's `qstat -x -f -F json id1 id2 id3` prints only id1 and exits 0: the executor
-    # took the others for ended and submitted each target again (two jobs per experiment).
+    # took the others for ended and submitted each target again (two jobs per target).
     pbs.configure(first_only=True)
     targets = _restart_with_live_jobs(pbs, workdir, 4)
     controller = make_controller(workdir)
@@ -211,10 +217,10 @@ def test_submit_writes_the_job_script_and_records_the_job(pbs, workdir):
     assert job["select"] == "select=1:ncpus=10:ngpus=1:mem=24000mb"
     assert job["walltime"] == "01:00:00"
     assert job["workdir"] == str(workdir)  # qsub runs in the working directory
-    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    record = Registry(workdir / REGISTRY).load(t.name)
     assert record.last.job_id == tracked.job_id and record.last.is_open
-    assert record.last.log_err == str(workdir / f"logs/pbs/train_pure/{t.name}.1.err")
-    assert (workdir / "logs" / "pbs" / "train_pure").is_dir()
+    assert record.last.log_err == str(workdir / f"logs/pbs/simulate/{t.name}.1.err")
+    assert (workdir / "logs" / "pbs" / "simulate").is_dir()
 
 
 def test_a_rule_can_name_its_own_queue(pbs, workdir):
@@ -247,7 +253,7 @@ def test_every_live_state_is_adopted(pbs, workdir, state):
 
 def intent_only(workdir: Path, t: Target) -> None:
     """The registry as a controller SIGKILLed between recording its intent and the job id."""
-    Registry(workdir / ".kdflow" / "pbs").save(
+    Registry(workdir / REGISTRY).save(
         TargetRecord(name=t.name, submissions=[Submission(job_id=None, submitted_at=0.0)])
     )
 
@@ -261,7 +267,7 @@ def test_intent_without_id_and_a_live_job_of_that_name_adopts_it(pbs, workdir):
     assert tracked.job_id == job_id
     assert pbs.calls("qsub") == []
     assert ["qstat", "-f"] in pbs.calls("qstat")  # one listing, by name
-    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    record = Registry(workdir / REGISTRY).load(t.name)
     assert record.last.job_id == job_id
 
 
@@ -273,6 +279,16 @@ def test_of_two_live_jobs_of_one_name_the_newest_by_number_is_followed(pbs, work
     assert make_controller(workdir).start([t])[t.name].job_id == newest
 
 
+def test_of_two_ended_jobs_of_an_interrupted_qsub_the_newest_by_number_is_recorded(pbs, workdir):
+    t = target()
+    intent_only(workdir, t)
+    pbs.add_job(999, t.name, str(workdir), state="F", exit_status=1)
+    newest = pbs.add_job(1000, t.name, str(workdir), state="F", exit_status=0)
+    make_controller(workdir).reconcile()
+    record = Registry(workdir / REGISTRY).load(t.name)
+    assert [(s.job_id, s.outcome) for s in record.submissions] == [(newest, "success")]
+
+
 def test_intent_without_id_and_no_live_job_submits_once(pbs, workdir):
     t = target()
     intent_only(workdir, t)
@@ -281,7 +297,7 @@ def test_intent_without_id_and_no_live_job_submits_once(pbs, workdir):
     tracked = make_controller(workdir).start([t])[t.name]
     assert tracked.job_id == "1000.fakesrv"
     assert len(pbs.calls("qsub")) == 1
-    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    record = Registry(workdir / REGISTRY).load(t.name)
     assert [s.outcome for s in record.submissions] == ["lost", None]
 
 
@@ -330,7 +346,8 @@ def test_success(pbs, workdir):
     pbs.finish(results[t.name].job_id, 0)
     result = poll(controller, results)[t.name]
     assert isinstance(result, Finished) and result.succeeded
-    assert Registry(workdir / ".kdflow" / "pbs").load(t.name).done
+    record = Registry(workdir / REGISTRY).load(t.name)
+    assert [s.outcome for s in record.submissions] == ["success"] and not record.failed
 
 
 @pytest.mark.parametrize(
@@ -365,9 +382,41 @@ def test_walltime_kill_with_progress_resubmits_the_same_target(pbs, workdir):
     assert isinstance(tracked, Tracked) and tracked.job_id not in (None, first)
     assert pbs.job(tracked.job_id)["name"] == t.name
     assert tracked.log_err.endswith(f"{t.name}.2.err")
-    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    record = Registry(workdir / REGISTRY).load(t.name)
     assert [s.outcome for s in record.submissions] == ["walltime", None]
     assert record.last.progress_at_submit == 12
+
+
+def test_the_progress_key_names_the_field_that_counts(pbs, workdir):
+    controller = make_controller(workdir, progress_file="state.json", progress_key="step")
+    t = target()
+    results = controller.start([t])
+    first = results[t.name].job_id
+    path = workdir / Path(t.outputs[0]).parent / "state.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"step": 250, "progress": "ignored"}))
+    pbs.finish(first, 1)
+    results = poll(controller, results)  # an error after progress: resubmitted, not counted
+    record = Registry(workdir / REGISTRY).load(t.name)
+    assert record.last_progress == 250 and record.errors_without_progress == 0
+    assert record.last.progress_at_submit == 250
+
+
+def test_without_a_progress_file_every_walltime_kill_counts(pbs, workdir):
+    controller = make_controller(workdir, progress_file=None)
+    t = target()
+    results = controller.start([t])
+    write_progress(workdir, t, 3)  # a file no setting names: not read
+    pbs.finish(results[t.name].job_id, -29)
+    results = poll(controller, results)  # first stall: resubmitted
+    assert isinstance(results[t.name], Tracked) and results[t.name].job_id
+    write_progress(workdir, t, 9)
+    pbs.finish(results[t.name].job_id, -29)
+    result = poll(controller, results)[t.name]  # second stall: given up
+    assert isinstance(result, Finished) and not result.succeeded
+    assert "2 walltime kills in a row without progress" in result.message
+    assert "no progress measure: see --pbs-progress-file" in result.message
+    assert len(pbs.calls("qsub")) == 2
 
 
 def test_walltime_kills_without_progress_fail_with_the_reason(pbs, workdir):
@@ -454,7 +503,7 @@ def test_history_off_the_exit_record_decides(pbs, workdir):
     results = controller.start([t])
     job_id = results[t.name].job_id
     pbs.finish(job_id, 0)  # finished: without history qstat no longer knows it
-    exit_dir = workdir / ".kdflow" / "pbs" / "exit"
+    exit_dir = workdir / REGISTRY / "exit"
     exit_dir.mkdir(parents=True)
     (exit_dir / job_id).write_text("0\n")
     result = poll(controller, results)[t.name]
@@ -472,7 +521,7 @@ def test_history_off_a_vanished_job_without_exit_record_is_resubmitted(pbs, work
     assert results[t.name].job_id == first  # one round of grace: maybe a server hiccup
     results = poll(controller, results)
     assert results[t.name].job_id not in (None, first)
-    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    record = Registry(workdir / REGISTRY).load(t.name)
     assert record.submissions[0].outcome == "killed"
 
 
@@ -497,7 +546,7 @@ def test_queue_limit_holds_jobs_back_and_retries_them_later(pbs, workdir):
     assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
     assert len(pbs.calls("qsub")) == 5
     for t in targets:  # a refusal leaves no intent behind
-        record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+        record = Registry(workdir / REGISTRY).load(t.name)
         assert [s.job_id is not None for s in record.submissions] == [True]
 
 
@@ -537,7 +586,7 @@ def test_rejected_submission_fails_at_once_with_qsubs_message(pbs, workdir):
     result = make_controller(workdir).start([t])[t.name]
     assert isinstance(result, Finished) and not result.succeeded
     assert "qsub: Unknown queue" in result.message
-    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    record = Registry(workdir / REGISTRY).load(t.name)
     assert record.submissions == [] and record.failed is None  # fix the queue, run again
 
 
@@ -565,7 +614,7 @@ def test_retry_failed_tries_again(pbs, workdir):
     fail_target(pbs, workdir, t)
     result = make_controller(workdir, retry_failed=True).start([t])[t.name]
     assert isinstance(result, Tracked) and result.job_id
-    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    record = Registry(workdir / REGISTRY).load(t.name)
     assert record.failed is None and record.errors_without_progress == 0
 
 
@@ -591,11 +640,11 @@ def test_cancel_deletes_all_tracked_jobs_in_one_qdel(pbs, workdir):
 
 # -- out of disk space ---------------------------------------------------------------------
 
-ENOSPC = "OSError: [Errno 28] cannot write results/x/checkpoint.pth: No space left on device\n"
+ENOSPC = "OSError: [Errno 28] No space left on device: 'results/x/state.bin'\n"
 
 
 def fill_disk(pbs, tracked: Tracked) -> None:
-    """The job ends as kdflow's trainer does when a write finds the disk full."""
+    """The job ends as a Python program does when a write finds the disk full."""
     Path(tracked.log_err).write_text(ENOSPC)
     pbs.finish(tracked.job_id, 1)
 
@@ -619,7 +668,7 @@ def test_a_full_disk_holds_the_target_back_longer_each_time_instead_of_giving_up
         clock.now += 1
         results = poll(controller, results)
         assert results[t.name].job_id and len(pbs.calls("qsub")) == qsubs + 1
-    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    record = Registry(workdir / REGISTRY).load(t.name)
     assert [s.outcome for s in record.submissions] == ["storage"] * 3 + [None]
     assert "No space left on device" in record.submissions[0].reason
     assert record.failed is None and record.hold_until is None
@@ -639,7 +688,7 @@ def test_the_wait_for_space_outlives_the_controller_and_retry_failed_ends_it(pbs
     # space was freed: the user does not want to wait
     again = make_controller(workdir, clock=clock, retry_failed=True).start([t])[t.name]
     assert again.job_id and len(pbs.calls("qsub")) == 2
-    record = Registry(workdir / ".kdflow" / "pbs").load(t.name)
+    record = Registry(workdir / REGISTRY).load(t.name)
     assert record.hold_until is None
     assert record.storage_failures == 1  # in a row: if the disk is still full, the next wait is 2x
 
@@ -658,5 +707,5 @@ def test_a_disk_full_too_long_is_given_up_with_the_line_that_says_so(pbs, workdi
     result = poll(controller, results)[t.name]
     assert isinstance(result, Finished) and not result.succeeded
     assert "out of disk space 2 times in a row" in result.message
-    assert "cannot write results/x/checkpoint.pth: No space left on device" in result.message
+    assert "No space left on device: 'results/x/state.bin'" in result.message
     assert "--pbs-retry-failed" in result.message

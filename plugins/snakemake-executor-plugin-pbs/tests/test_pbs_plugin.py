@@ -1,9 +1,10 @@
-"""The plugin inside Snakemake: discovery, settings, the profile, and whole runs on a fake PBS."""
+"""The plugin inside Snakemake: discovery, settings, a profile, and whole runs on a fake PBS."""
 
 import dataclasses
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,10 +19,10 @@ from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 
 from snakemake_executor_plugin_pbs import ExecutorSettings, common_settings, controller_config
 
-REPO = (
-    Path(__file__).resolve().parents[3]
-)  # kdflow: its profiles/pbs (moves to kdflow with issue 11)
-PROFILE = REPO / "profiles" / "pbs"
+HERE = Path(__file__).resolve().parent
+PROFILE = HERE / "profile"  # the tests' own profile, also the README's example
+README = HERE.parent / "README.md"
+REGISTRY = ".snakemake-pbs"  # the default registry_dir
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 _spec = importlib.util.spec_from_file_location(
@@ -54,41 +55,73 @@ def test_every_setting_is_documented_and_mapped_to_an_environment_variable():
 
 def test_settings_defaults():
     settings = ExecutorSettings()
-    assert str(settings.log_dir) == "logs/pbs" and str(settings.registry_dir) == ".kdflow/pbs"
+    assert str(settings.log_dir) == "logs/pbs" and str(settings.registry_dir) == REGISTRY
+    assert settings.job_name_prefix == "smk"
+    assert settings.progress_file is None and settings.progress_key == "progress"
     assert settings.max_error_retries == 2 and settings.mem_growth == 1.5
-    assert settings.progress_file == "status.json"
+    config = controller_config(settings, Path("/w"))
+    assert (config.progress_file, config.progress_key) == (None, "progress")
 
 
-def test_help_lists_the_plugin_options():
+@pytest.fixture(scope="module")
+def snakemake_help() -> str:
     out = subprocess.run([*SNAKEMAKE, "--help"], capture_output=True, text=True, check=True)
-    for option in ("--pbs-queue", "--pbs-project", "--pbs-registry-dir", "--pbs-retry-failed"):
-        assert option in out.stdout
+    return out.stdout
 
 
-def test_profile_keys_are_snakemake_options():
+def test_help_lists_the_plugin_options(snakemake_help):
+    for field in dataclasses.fields(ExecutorSettings):
+        assert f"--pbs-{field.name.replace('_', '-')}" in snakemake_help, field.name
+
+
+def _readme_profile() -> dict:
+    """The profile example of the README (its one yaml block)."""
+    [block] = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.DOTALL)
+    return yaml.safe_load(block)
+
+
+def test_the_profiles_keys_are_snakemake_options(snakemake_help):
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    out = subprocess.run([*SNAKEMAKE, "--help"], capture_output=True, text=True, check=True)
+    assert _readme_profile() == profile  # the README shows the profile these tests run
     for key in profile:
-        assert f"--{key}" in out.stdout, key
+        assert f"--{key}" in snakemake_help, key
     assert profile["executor"] == "pbs" and profile["retries"] == 0
-    assert profile["set-threads"] == {"train_pure": 10, "train_kd": 10}
-    assert profile["set-resources"]["train_kd"] == {"gpu": 1}
-    # Site facts come from the environment, so the profile runs on any PBS unmodified.
-    assert "pbs-queue" not in profile and "pbs-project" not in profile
+
+
+def test_the_readme_documents_every_setting():
+    text = README.read_text()
+    for field in dataclasses.fields(ExecutorSettings):
+        assert f"--pbs-{field.name.replace('_', '-')}" in text, field.name
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"job_name_prefix": "1abc"}, "--pbs-job-name-prefix"),
+        ({"job_name_prefix": "toolong"}, "at most 5"),
+        ({"job_name_prefix": ""}, "--pbs-job-name-prefix"),
+        ({"progress_file": "/abs/progress.json"}, "--pbs-progress-file"),
+        ({"progress_key": ""}, "--pbs-progress-key"),
+        ({"queue": "a b"}, "--pbs-queue"),
+    ],
+)
+def test_settings_out_of_range_are_refused_by_name(changes, named):
+    with pytest.raises(WorkflowError, match=named):
+        ExecutorSettings(**changes)
 
 
 # -- whole runs on the fake PBS --------------------------------------------------------------
 
 SNAKEFILE = """
 rule all:
-    input: "results/a/completed", "results/b.txt"
+    input: "results/a/done.txt", "results/b.txt"
 
-rule train_pure:
-    output: "results/a/completed"
-    shell: "echo '{{\\"epoch\\": 3}}' > results/a/status.json; echo ok > {output}"
+rule simulate:
+    output: "results/a/done.txt"
+    shell: "echo '{{\\"progress\\": 3}}' > results/a/progress.json; echo ok > {output}"
 
 rule other:
-    input: "results/a/completed"
+    input: "results/a/done.txt"
     output: "results/b.txt"
     resources: pbs_queue="serial"
     shell: "echo ok > {output}"
@@ -115,33 +148,45 @@ def snakemake(work: Path, env: dict, *args: str, timeout: float = 120):
 def scripts(work: Path) -> dict[str, str]:
     """The latest job script of each rule."""
     found = {}
-    for path in (work / ".kdflow" / "pbs" / "scripts").glob("*.sh"):
+    for path in (work / REGISTRY / "scripts").glob("*.sh"):
         text = path.read_text()
         rule = next(line.split()[2] for line in text.splitlines() if line.startswith("# rule "))
         found[rule.rstrip(",")] = text
     return found
 
 
+def records(work: Path) -> dict[str, dict]:
+    """The registry's record of each rule's target."""
+    found = {}
+    for path in (work / REGISTRY / "targets").glob("*.json"):
+        record = json.loads(path.read_text())
+        found[record["rule"]] = record
+    return found
+
+
 @pytest.mark.slow
 def test_the_profile_runs_a_workflow_with_settings_from_the_environment(workflow):
     work, pbs, env = workflow
-    env.update(SNAKEMAKE_PBS_QUEUE="gpu_1", SNAKEMAKE_PBS_PROJECT="CSCI1234")
+    env.update(SNAKEMAKE_PBS_QUEUE="gpu_1", SNAKEMAKE_PBS_PROJECT="PRJ0042")
     run = snakemake(work, env, "--profile", str(PROFILE), "--pbs-status-interval", "1")
     assert run.returncode == 0, run.stderr
-    assert (work / "results" / "a" / "completed").read_text() == "ok\n"
-    train = scripts(work)["train_pure"]
-    assert "#PBS -q gpu_1\n#PBS -P CSCI1234\n" in train
-    assert "#PBS -l select=1:ncpus=10:ngpus=1:mem=4000mb\n" in train
-    assert "#PBS -l walltime=01:00:00\n" in train
+    assert (work / "results" / "a" / "done.txt").read_text() == "ok\n"
+    simulate = scripts(work)["simulate"]
+    assert "#PBS -q gpu_1\n#PBS -P PRJ0042\n" in simulate
+    assert "#PBS -l select=1:ncpus=4:ngpus=1:mem=4000mb\n" in simulate
+    assert "#PBS -l walltime=01:00:00\n" in simulate
     other = scripts(work)["other"]
-    assert "#PBS -q serial\n#PBS -P CSCI1234\n#PBS -l select=1:ncpus=1:mem=4000mb\n" in other
+    assert "#PBS -q serial\n#PBS -P PRJ0042\n#PBS -l select=1:ncpus=1:mem=4000mb\n" in other
     # Jobs wait for their inputs, not for this controller's temporary directory, which a
     # job adopted by a later controller would wait for in vain.
-    assert "--wait-for-files results/a/completed" in other.replace("'", "")
+    assert "--wait-for-files results/a/done.txt" in other.replace("'", "")
     assert ".snakemake/tmp." not in other
+    # the profile's prefix names every job; the progress hook read the job's number
+    assert all(re.fullmatch(r"sim[0-9a-f]{10}", job["name"]) for job in pbs.jobs())
+    done = records(work)
+    assert [s["outcome"] for s in done["simulate"]["submissions"]] == ["success"]
+    assert done["simulate"]["last_progress"] == 3 and done["other"]["last_progress"] is None
     assert len(pbs.calls("qsub")) == 2
-    record = json.loads(next((work / ".kdflow" / "pbs" / "targets").glob("*.json")).read_text())
-    assert record["done"] and record["submissions"][0]["outcome"] == "success"
 
 
 @pytest.mark.slow
@@ -158,11 +203,13 @@ rule flaky:
     assert run.returncode == 0, run.stderr
     assert len(pbs.calls("qsub")) == 2
     assert "failed without progress: retry 1 of 2" in run.stderr
+    # without a profile: the default job name prefix
+    assert all(re.fullmatch(r"smk[0-9a-f]{10}", job["name"]) for job in pbs.jobs())
 
 
 @pytest.mark.slow
 def test_a_resource_the_server_lacks_stops_the_run_with_one_message(workflow):
-    # A stock PBS server has no `ngpus`: every job of the sweep would be refused alike.
+    # A stock PBS server has no `ngpus`: every job of the workflow would be refused alike.
     work, pbs, env = workflow
     pbs.configure(qsub_failures=[[187, "qsub: Unknown resource: ngpus"]] * 5)
     run = snakemake(work, env, "--profile", str(PROFILE), "--pbs-status-interval", "1")
@@ -171,10 +218,7 @@ def test_a_resource_the_server_lacks_stops_the_run_with_one_message(workflow):
     assert run.stderr.count("Unknown resource: ngpus") == 1
     assert "does not know the resource `ngpus`" in run.stderr
     assert "--set-resources RULE:gpu=0" in run.stderr
-    assert not (work / ".kdflow" / "pbs" / "targets").exists() or not any(
-        json.loads(p.read_text())["submissions"]
-        for p in (work / ".kdflow" / "pbs" / "targets").glob("*.json")
-    )
+    assert not any(record["submissions"] for record in records(work).values())
 
 
 def test_a_failed_jobs_message_ends_its_line(workflow):
@@ -190,35 +234,50 @@ def test_a_failed_jobs_message_ends_its_line(workflow):
 ARGS = ("--executor", "pbs", "-j", "2", "--pbs-status-interval", "1")
 
 
-def _sigkill_the_controller_while_a_job_runs(work, pbs, env, job_seconds: int):
-    """Start `snakemake *ARGS` on a one-job workflow whose job takes `job_seconds`, SIGKILL it
-    once the job runs, and release its lock."""
+def wait_until(condition, what: str, seconds: float = 120) -> None:
+    """Wait for `condition()` to hold; fail after `seconds` (generous: the machine may be busy)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def _sigkill_the_controller_while_a_job_runs(work, pbs, env):
+    """Start `snakemake *ARGS` on a one-job workflow, SIGKILL it once the job runs, and release
+    its lock. The job runs until the test creates `release` in the working directory."""
     (work / "Snakefile").write_text(
-        f"""
+        """
 rule slow:
     output: "results/slow.txt"
-    shell: "sleep {job_seconds}; echo ok > {{output}}"
+    shell: "for i in $(seq 3000); do [ -e release ] && break; sleep 0.1; done; echo ok > {output}"
 """
     )
     first = subprocess.Popen(
         [*SNAKEMAKE, *ARGS], cwd=work, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.time() + 60
-    while not any(job["state"] == "R" for job in pbs.jobs()) and time.time() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: any(job["state"] == "R" for job in pbs.jobs()), "the job to run")
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     assert snakemake(work, env, "--unlock").returncode == 0
 
 
 @pytest.mark.slow
-def test_a_sigkilled_controller_leaves_one_job_which_the_next_one_adopts(workflow):
+def test_a_sigkilled_controller_leaves_one_job_which_the_next_one_adopts(workflow, tmp_path):
     work, pbs, env = workflow
-    _sigkill_the_controller_while_a_job_runs(work, pbs, env, job_seconds=5)
-    second = snakemake(work, env, *ARGS, "--rerun-incomplete")
-    assert second.returncode == 0, second.stderr
-    assert "adopting live job 1000.fakesrv" in second.stderr
+    _sigkill_the_controller_while_a_job_runs(work, pbs, env)
+    log = tmp_path / "second.err"
+    with open(log, "w") as err:
+        second = subprocess.Popen(
+            [*SNAKEMAKE, *ARGS, "--rerun-incomplete"], cwd=work, env=env,
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "adopting live job 1000.fakesrv" in log.read_text(), "the adoption")
+        (work / "release").touch()  # only now may the job end
+        assert second.wait(timeout=120) == 0, log.read_text()
+    finally:
+        second.kill()
     assert len(pbs.calls("qsub")) == 1
     assert (work / "results" / "slow.txt").read_text() == "ok\n"
 
@@ -229,17 +288,16 @@ def test_a_job_that_succeeded_after_its_controller_was_killed_is_not_run_again(w
     # and succeeded (as when its DAG was built before the job ended; here: -R): that success
     # is reported, and no second job runs. Asked again, the target is submitted as usual.
     work, pbs, env = workflow
-    _sigkill_the_controller_while_a_job_runs(work, pbs, env, job_seconds=3)
-    deadline = time.time() + 60
-    while any(job["state"] != "F" for job in pbs.jobs()) and time.time() < deadline:
-        time.sleep(0.2)
+    _sigkill_the_controller_while_a_job_runs(work, pbs, env)
+    (work / "release").touch()
+    wait_until(lambda: all(job["state"] == "F" for job in pbs.jobs()), "the job to end")
     assert (work / "results" / "slow.txt").read_text() == "ok\n"
     second = snakemake(work, env, *ARGS, "-R", "slow")
     assert second.returncode == 0, second.stderr
     assert "job 1000.fakesrv succeeded while no controller watched it" in second.stderr
     assert len(pbs.calls("qsub")) == 1
-    record = json.loads(next((work / ".kdflow" / "pbs" / "targets").glob("*.json")).read_text())
-    assert record["done"] and [s["outcome"] for s in record["submissions"]] == ["success"]
+    [record] = records(work).values()
+    assert [s["outcome"] for s in record["submissions"]] == ["success"] and not record["failed"]
     third = snakemake(work, env, *ARGS, "-R", "slow")
     assert third.returncode == 0, third.stderr
     assert len(pbs.calls("qsub")) == 2
@@ -265,9 +323,7 @@ rule write:
             run = subprocess.Popen(
                 command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=err
             )
-        deadline = time.time() + 60
-        while "out of disk space" not in log.read_text() and time.time() < deadline:
-            time.sleep(0.5)
+        wait_until(lambda: "out of disk space" in log.read_text(), "the failure for space")
         held = log.read_text()
         assert "No space left on device" in held and "resubmitted in 1 min" in held, held
         assert len(pbs.calls("qsub")) == 1
@@ -275,7 +331,7 @@ rule write:
         assert run.wait(timeout=150) == 0, log.read_text()
     assert (work / "results" / "w.txt").read_text() == "ok\n"
     assert len(pbs.calls("qsub")) == 2
-    record = json.loads(next((work / ".kdflow" / "pbs" / "targets").glob("*.json")).read_text())
+    [record] = records(work).values()
     assert [s["outcome"] for s in record["submissions"]] == ["storage", "success"]
 
 

@@ -1,10 +1,14 @@
 """The registry of submissions, and the decisions it remembers across restarts."""
 
+import errno
 import json
+import logging
 import os
+import stat
 
 import pytest
 
+from snakemake_executor_plugin_pbs import registry as registry_module
 from snakemake_executor_plugin_pbs.classify import Kind, Outcome
 from snakemake_executor_plugin_pbs.policy import Action, Limits, decide
 from snakemake_executor_plugin_pbs.progress import read_progress
@@ -15,7 +19,7 @@ from snakemake_executor_plugin_pbs.registry import (
     write_atomic,
 )
 
-NAME = "kd0123456789"
+NAME = "smk0123456789"
 
 
 # -- atomic files ------------------------------------------------------------------------
@@ -36,6 +40,40 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
         write_atomic(path, None)  # fails while writing the temporary file
     assert path.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["record.json"]
+
+
+def _failing_fsync(directories: bool):
+    """os.fsync that fails (EINVAL, as on some network and FUSE mounts) for directories, or
+    for files."""
+    real = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode) == directories:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd)
+
+    return fsync
+
+
+def test_a_directory_that_cannot_be_fsynced_after_the_rename_is_no_error(
+    tmp_path, monkeypatch, caplog
+):
+    path = tmp_path / "record.json"
+    monkeypatch.setattr(registry_module.os, "fsync", _failing_fsync(directories=True))
+    with caplog.at_level(logging.DEBUG, logger=registry_module.__name__):
+        write_atomic(path, "new\n")  # the rename happened: the write did too
+    assert path.read_text() == "new\n" and os.listdir(tmp_path) == ["record.json"]
+    [message] = [r for r in caplog.records if "fsync" in r.getMessage()]
+    assert message.levelno == logging.DEBUG and str(tmp_path) in message.getMessage()
+
+
+def test_a_file_that_cannot_be_fsynced_is_an_error_and_replaces_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "record.json"
+    write_atomic(path, "old\n")
+    monkeypatch.setattr(registry_module.os, "fsync", _failing_fsync(directories=False))
+    with pytest.raises(OSError, match="Invalid argument"):
+        write_atomic(path, "new\n")
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["record.json"]
 
 
 # -- records -----------------------------------------------------------------------------
@@ -69,7 +107,7 @@ def test_restart_keeps_counters_and_memory(tmp_path):
 def test_unreadable_record_is_set_aside_and_treated_as_an_interrupted_qsub(tmp_path):
     registry = Registry(tmp_path / "pbs")
     registry.path(NAME).parent.mkdir(parents=True)
-    registry.path(NAME).write_text('{"name": "kd01234')
+    registry.path(NAME).write_text('{"name": "smk01234')
     record = registry.load(NAME)
     assert record.last.is_intent  # so the controller looks for a live job by name first
     assert not registry.path(NAME).exists()
@@ -89,24 +127,45 @@ def test_exit_records(tmp_path):
     assert registry.exit_record("1.sched01") is None
 
 
-def test_records_lists_all_targets(tmp_path):
+def test_records_lists_every_readable_target(tmp_path):
     registry = Registry(tmp_path / "pbs")
-    for name in ("kda", "kdb"):
-        registry.save(TargetRecord(name=name, rule="train_kd"))
-    assert [r.name for r in registry.records()] == ["kda", "kdb"]
+    for name in ("smkb", "smka"):
+        registry.save(TargetRecord(name=name, rule="simulate"))
+    registry.path("smkc").write_text("{")  # unreadable: skipped
+    assert [r.name for r in registry.records()] == ["smka", "smkb"]
+
+
+def test_a_record_of_an_older_version_with_fields_since_removed_loads(tmp_path):
+    registry = Registry(tmp_path / "pbs")
+    registry.targets_dir.mkdir(parents=True)
+    registry.path(NAME).write_text(json.dumps({"schema": 1, "name": NAME, "done": True}))
+    assert registry.load(NAME) == TargetRecord(name=NAME)
 
 
 # -- progress ----------------------------------------------------------------------------
 
 
-def test_progress_is_the_epoch_beside_the_first_output(tmp_path):
-    output = tmp_path / "results" / "x" / "seed0" / "completed"
-    assert read_progress(output, "status.json") is None
+def test_progress_is_the_number_in_the_file_beside_the_first_output(tmp_path):
+    output = tmp_path / "results" / "x" / "sample0" / "done.txt"
+    assert read_progress(output, "progress.json") is None
     output.parent.mkdir(parents=True)
-    (output.parent / "status.json").write_text('{"status": "in_progress", "epoch": 41}')
-    assert read_progress(output, "status.json") == 41
-    (output.parent / "status.json").write_text('{"status": "in_pro')  # caught mid-write
-    assert read_progress(output, "status.json") is None
+    progress = output.parent / "progress.json"
+    progress.write_text('{"state": "running", "progress": 41}')
+    assert read_progress(output, "progress.json") == 41
+    assert read_progress(output, None) is None  # no progress file set: no measure
+    progress.write_text('{"state": "runn')  # caught mid-write
+    assert read_progress(output, "progress.json") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [('{"step": 12}', 12), ('{"step": 12.5}', 12.5), ('{"step": 3.0}', 3), ('{"step": "7"}', 7),
+     ('{"step": true}', None), ('{"step": null}', None), ('{"step": "soon"}', None),
+     ('{"step": NaN}', None), ('{"other": 1}', None), ("[1, 2]", None)],
+)  # fmt: skip
+def test_progress_key_names_the_field_holding_a_number(tmp_path, text, value):
+    (tmp_path / "state.json").write_text(text)
+    assert read_progress(tmp_path / "out.txt", "state.json", key="step") == value
 
 
 # -- decisions ---------------------------------------------------------------------------
@@ -126,16 +185,17 @@ def ended(record: TargetRecord, kind: Kind, progress=None, at_submit=None, mem_m
 LIMITS = Limits(max_error_retries=2, max_stalled_walltime_kills=2, max_kill_retries=3)
 
 
-def test_success_is_done_and_resets_counters():
+def test_success_is_recorded_and_resets_counters():
     record = TargetRecord(name=NAME, errors_without_progress=2, walltime_stalls=1)
     assert ended(record, Kind.SUCCESS).action is Action.SUCCEED
-    assert record.done and record.errors_without_progress == 0 and record.walltime_stalls == 0
+    assert record.last.outcome == "success" and record.failed is None
+    assert record.errors_without_progress == 0 and record.walltime_stalls == 0
 
 
 def test_walltime_kills_with_progress_are_resubmitted_without_limit():
     record = TargetRecord(name=NAME)
-    for epoch in range(1, 10):
-        decision = ended(record, Kind.WALLTIME, progress=epoch * 10, at_submit=epoch * 10 - 10)
+    for step in range(1, 10):
+        decision = ended(record, Kind.WALLTIME, progress=step * 10, at_submit=step * 10 - 10)
         assert decision.action is Action.RESUBMIT
     assert record.walltime_kills == 9 and record.walltime_stalls == 0
 
@@ -146,8 +206,16 @@ def test_walltime_kills_without_progress_give_up():
     assert ended(record, Kind.WALLTIME, progress=5, at_submit=5).action is Action.RESUBMIT
     decision = ended(record, Kind.WALLTIME, progress=5, at_submit=5)
     assert decision.action is Action.FAIL
-    assert "2 walltime kills in a row without progress" in decision.reason
+    assert "2 walltime kills in a row without progress (progress 5)" in decision.reason
     assert record.failed == decision.reason
+
+
+def test_without_a_progress_measure_every_walltime_kill_is_a_stall():
+    record = TargetRecord(name=NAME)
+    assert ended(record, Kind.WALLTIME).action is Action.RESUBMIT
+    decision = ended(record, Kind.WALLTIME)
+    assert decision.action is Action.FAIL
+    assert "no progress measure: see --pbs-progress-file" in decision.reason
 
 
 def test_memory_kill_grows_memory_up_to_the_cap():

@@ -15,6 +15,7 @@ from snakemake_executor_plugin_pbs.status import (
     Qstat,
     StatusUnknown,
     detect_dialect,
+    job_id_order,
     listing_argv,
     lookup,
     parse_duration,
@@ -37,11 +38,10 @@ def _rows(name: str) -> list[list[str]]:
 # role -> job id, and role -> job name, of the jobs capture_openpbs.sh submitted
 JOB = {role: job_id for role, job_id, _name, _command in _rows("jobs.tsv")}
 NAME = {role: name for role, _id, name, _command in _rows("jobs.tsv")}
-SERVER = JOB["ok"].split(".", 1)[1]
+# who submitted them, where from, to which server (of which version)
+FACTS = dict(_rows("server.tsv"))
+SERVER, USER, SUBMIT_DIR = FACTS["server"], FACTS["user"], FACTS["submit_dir"]
 UNKNOWN = f"99999.{SERVER}"
-SUBMIT_DIR = (
-    "/tmp/kdflow-capture/a-submit-directory-with-a-long-name-so-that-qstat-wraps-PBS_O_WORKDIR"
-)
 
 
 def captured(name: str) -> CommandResult:
@@ -166,14 +166,14 @@ def _raw_values(text: str) -> dict[str, dict[str, str]]:
 def test_every_value_is_what_qstat_printed_joined(name):
     # qstat.c breaks a long token at column 78 wherever it is, also right after a space: the
     # first line then ends in that space, and it belongs to the value (captured: `comment =
-    # ... and terminated by ` + TAB `kdtest@localhost`; `(R: 999 A: ` + TAB `40 T: 40)`).
+    # ... and terminated by ` + TAB `<user>@localhost`; `(R: 999 A: ` + TAB `40 T: 40)`).
     text = captured(name).stdout
     assert parse_text_attributes(text) == _raw_values(text)
 
 
 def test_a_comment_wrapped_after_a_space_keeps_the_space():
     infos = parse_qstat_text(SEVERAL_TEXT)
-    assert infos[JOB["del"]].comment.endswith(") and terminated by kdtest@localhost")
+    assert infos[JOB["del"]].comment.endswith(f") and terminated by {USER}@localhost")
     assert infos[JOB["queued"]].comment == (
         "Can Never Run: Insufficient amount of resource: ncpus (R: 999 A: 40 T: 40)"
     )
@@ -184,7 +184,7 @@ def test_workdir_user_queue_and_times_from_the_captured_answer():
     for role in JOB:
         if role != "hold":
             assert infos[JOB[role]].workdir == SUBMIT_DIR, role
-        assert infos[JOB[role]].user == "kdtest" and infos[JOB[role]].queue == "workq"
+        assert infos[JOB[role]].user == USER and infos[JOB[role]].queue == "workq"
     # A comma in a value is written `\,` in Variable_List.
     assert infos[JOB["hold"]].workdir == f"{SUBMIT_DIR}/dir,with,commas"
     hold_vars = parse_variable_list(
@@ -226,7 +226,7 @@ def test_generated_torque_sample_state_c_and_lowercase_exit_status():
     }
     assert not infos["814.torque01"].alive
     assert infos["814.torque01"].walltime_used == 3605
-    assert infos["812.torque01"].workdir == "/home/jdoe/kdflow"
+    assert infos["812.torque01"].workdir == "/home/jdoe/sweep"
 
 
 def test_generated_pre18_sample_parses_like_the_captured_one():
@@ -235,7 +235,7 @@ def test_generated_pre18_sample_parses_like_the_captured_one():
         "4106.sched01": ("F", 271),
         "4107.sched01": ("F", 265),
     }
-    assert infos["4106.sched01"].workdir == "/mnt/lustre/users/jdoe/kdflow"
+    assert infos["4106.sched01"].workdir == "/mnt/lustre/users/jdoe/sweep"
     assert (infos["4106.sched01"].walltime_used, infos["4106.sched01"].walltime_limit) == (
         3612,
         3600,
@@ -261,7 +261,7 @@ def test_durations(text, seconds):
 
 def test_dialect_of_the_captured_server():
     version = captured("qstat-version")
-    assert version.returncode == 0 and version.stdout == "pbs_version = 23.06.06\n"
+    assert version.returncode == 0 and version.stdout == f"pbs_version = {FACTS['version']}\n"
     assert detect_dialect(version.stdout) is Dialect.PBSPRO
 
 
@@ -295,9 +295,21 @@ def test_openpbs_json_with_several_ids_prints_only_the_first_job_and_exits_0():
     assert list(json.loads(several.stdout)["Jobs"]) == [JOB["ok"]]  # 1 job of 9
     assert len(parse_qstat_text(SEVERAL_TEXT)) == len(JOB)
     one = json.loads(captured("qstat-xf-json-one-finished").stdout)
-    assert one["pbs_version"] == "23.06.06"
+    assert one["pbs_version"] == FACTS["version"]
     assert one["Jobs"][JOB["ok"]]["Exit_status"] == 0
     assert one["Jobs"][JOB["ok"]]["Variable_List"]["PBS_O_WORKDIR"] == SUBMIT_DIR
+
+
+def test_job_ids_are_ordered_by_their_number():
+    ids = ["1000.srv", "999.srv", "12[3].srv", "1001", "weird.srv", "998.srv.example.org"]
+    assert sorted(ids, key=job_id_order) == [
+        "weird.srv",
+        "12[3].srv",
+        "998.srv.example.org",
+        "999.srv",
+        "1000.srv",
+        "1001",
+    ]
 
 
 def test_lookup_tolerates_a_longer_or_shorter_server_name():

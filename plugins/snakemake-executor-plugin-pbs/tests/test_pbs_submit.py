@@ -11,6 +11,7 @@ import pytest
 
 from snakemake_executor_plugin_pbs.commands import CommandResult
 from snakemake_executor_plugin_pbs.submit import (
+    DEFAULT_JOB_NAME_PREFIX,
     JobSpec,
     QueueLimit,
     Rejected,
@@ -18,6 +19,7 @@ from snakemake_executor_plugin_pbs.submit import (
     UnknownResource,
     format_walltime,
     job_name,
+    job_name_prefix_problem,
     parse_job_id,
     qsub,
     qsub_failure,
@@ -25,22 +27,22 @@ from snakemake_executor_plugin_pbs.submit import (
     select_statement,
 )
 
-KD_OUTPUT = "results/cifar100/logit/resnet56-resnet20/alpha0.5/seed0/completed"
+OUTPUT = "results/sample0/done.txt"
 
 
 def spec(tmp_path: Path, **changes) -> JobSpec:
     fields = dict(
-        name="kd0123456789",
-        command='echo "training"',
-        log_out=tmp_path / "logs" / "kd0123456789.1.out",
-        log_err=tmp_path / "logs" / "kd0123456789.1.err",
+        name="smk0123456789",
+        command='echo "working"',
+        log_out=tmp_path / "logs" / "smk0123456789.1.out",
+        log_err=tmp_path / "logs" / "smk0123456789.1.err",
         exit_dir=tmp_path / "registry" / "exit",
         threads=10,
         mem_mb=24000,
         gpus=1,
         runtime_minutes=90,
         queue="gpu_1",
-        project="CSCI1234",
+        project="PRJ0042",
     )
     return JobSpec(**{**fields, **changes})
 
@@ -49,15 +51,27 @@ def spec(tmp_path: Path, **changes) -> JobSpec:
 
 
 def test_job_name_is_deterministic_per_target():
-    outputs = [KD_OUTPUT, "results/cifar100/logit/resnet56-resnet20/alpha0.5/seed0/metrics.json"]
+    outputs = [OUTPUT, "results/sample0/summary.json"]
     assert job_name(outputs) == job_name(list(reversed(outputs)))
-    assert job_name(outputs) != job_name([KD_OUTPUT.replace("seed0", "seed1")])
+    assert job_name(outputs) != job_name([OUTPUT.replace("sample0", "sample1")])
 
 
 def test_job_name_is_a_valid_pbs_name():
-    name = job_name([KD_OUTPUT])
-    assert re.fullmatch(r"kd[0-9a-f]{10}", name)
+    name = job_name([OUTPUT])
+    assert DEFAULT_JOB_NAME_PREFIX == "smk" and re.fullmatch(r"smk[0-9a-f]{10}", name)
     assert len(name) <= 15 and name[0].isalpha()
+
+
+def test_the_prefix_changes_only_the_start_of_the_name():
+    assert job_name([OUTPUT], prefix="ab-1_") == "ab-1_" + job_name([OUTPUT])[3:]
+    assert len(job_name([OUTPUT], prefix="abcde")) == 15
+
+
+@pytest.mark.parametrize("prefix", ["", "1a", "a b", "a.b", "abcdef", "ab\n", "é"])
+def test_a_prefix_pbs_would_refuse_is_refused(prefix):
+    assert job_name_prefix_problem(prefix) is not None
+    with pytest.raises(ValueError, match="job name prefix"):
+        job_name([OUTPUT], prefix=prefix)
 
 
 # -- resources ---------------------------------------------------------------------------
@@ -86,17 +100,17 @@ def test_job_script_lines(tmp_path):
     script = render_job_script(spec(tmp_path))
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
-    assert "#PBS -N kd0123456789" in lines
+    assert "#PBS -N smk0123456789" in lines
     assert "#PBS -q gpu_1" in lines
-    assert "#PBS -P CSCI1234" in lines
+    assert "#PBS -P PRJ0042" in lines
     assert "#PBS -l select=1:ncpus=10:ngpus=1:mem=24000mb" in lines
     assert "#PBS -l walltime=01:30:00" in lines
-    assert f"#PBS -o {tmp_path}/logs/kd0123456789.1.out" in lines
-    assert f"#PBS -e {tmp_path}/logs/kd0123456789.1.err" in lines
+    assert f"#PBS -o {tmp_path}/logs/smk0123456789.1.out" in lines
+    assert f"#PBS -e {tmp_path}/logs/smk0123456789.1.err" in lines
     assert 'cd "$PBS_O_WORKDIR" || exit 1' in lines
-    assert lines[-1] == 'echo "training"'
-    assert lines.index('cd "$PBS_O_WORKDIR" || exit 1') < lines.index('echo "training"')
-    assert "trap kdflow_record_exit EXIT" in lines
+    assert lines[-1] == 'echo "working"'
+    assert lines.index('cd "$PBS_O_WORKDIR" || exit 1') < lines.index('echo "working"')
+    assert "trap snakemake_pbs_record_exit EXIT" in lines
     # Every #PBS line comes before the first command, or qsub ignores it.
     first_command = next(i for i, line in enumerate(lines[1:], 1) if not line.startswith("#"))
     assert all(not line.startswith("#PBS") for line in lines[first_command:])
@@ -144,10 +158,31 @@ def test_script_records_its_exit_code(tmp_path, code):
     assert leftovers == ["77.sched01"]  # no temporary file left behind
 
 
+def child_commands(pid: int) -> list[str]:
+    """The command names (as exec'd) of the processes whose parent is `pid` (Linux /proc)."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        # `pid (comm) state ppid ...`; comm may hold spaces and parentheses
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            names.append(text[text.index("(") + 1 : text.rindex(")")])
+    return names
+
+
 def test_script_records_a_sigterm_kill(tmp_path):
     # PBS starts a walltime kill or qdel with SIGTERM to the job's processes.
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs Linux /proc to see the job's command run")
     proc = run_script(tmp_path, "sleep 30", start_new_session=True)
-    time.sleep(0.5)
+    # Signal once the command runs (its name is `sleep`: exec'd, so past the traps, and past
+    # the moment between fork and exec where a child would lose the signal).
+    deadline = time.monotonic() + 60
+    while "sleep" not in child_commands(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, "the command never ran"
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=10) == 143
     assert exit_record(tmp_path) == "143\n"
@@ -163,7 +198,7 @@ def test_script_records_a_sigterm_kill(tmp_path):
         ("1234.sched01.chpc.ac.za\n", "1234.sched01.chpc.ac.za"),
         ("812.torque01\n", "812.torque01"),
         ("4321\n", "4321"),
-        ("qsub: job will be charged to CSCI1234\n5678.sched01\n", "5678.sched01"),
+        ("qsub: job will be charged to PRJ0042\n5678.sched01\n", "5678.sched01"),
         ("", None),
         ("Job submitted\n", None),
     ],
@@ -187,7 +222,7 @@ def failed(returncode, stderr):
         (1, "qsub: cannot connect to server sched01 (errno=111)", Transient),
         (170, "qsub: Unknown queue", Rejected),
         (2, "usage: qsub [-a date_time] [-A account_string] ...", Rejected),
-        (1, "qsub: Project CSCI9999 not found", Rejected),
+        (1, "qsub: Project PRJ9999 not found", Rejected),
         (188, "qsub: Job violates queue and/or server resource limits", Rejected),
         (127, "qsub: No such file or directory", Rejected),
         # OpenPBS 23.06 without `ngpus` defined (tests/samples/openpbs)

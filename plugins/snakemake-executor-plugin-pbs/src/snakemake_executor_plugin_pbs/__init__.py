@@ -21,8 +21,9 @@ from snakemake_interface_executor_plugins.utils import format_cli_arg
 from .commands import missing_commands
 from .controller import Controller, ControllerConfig, Finished, Target
 from .policy import Limits
+from .progress import DEFAULT_PROGRESS_KEY
 from .registry import Registry
-from .submit import UnknownResource, job_name
+from .submit import DEFAULT_JOB_NAME_PREFIX, UnknownResource, job_name, job_name_prefix_problem
 
 # What a queue, project or select setting may contain: it is written into `#PBS` lines of the
 # job script, where a space, a quote or a newline would change what the script says.
@@ -49,8 +50,8 @@ class ExecutorSettings(ExecutorSettingsBase):
     )
     project: str | None = _setting(
         None,
-        "PBS project code (qsub -P), required by sites that charge an allocation, "
-        "e.g. CHPC's programme code.",
+        "PBS project code (qsub -P), required by sites that charge each job to an "
+        "allocation. Default: none.",
         str,
     )
     select_extra: str | None = _setting(
@@ -72,15 +73,34 @@ class ExecutorSettings(ExecutorSettingsBase):
         "and .err), relative to the working directory.",
     )
     registry_dir: Path = _setting(
-        Path(".kdflow/pbs"),
-        "Directory of the registry of submissions (job ids, outcomes, counters, memory), "
-        "relative to the working directory; it survives `rm -rf .snakemake` and lets a "
-        "restarted controller adopt live jobs instead of submitting them twice.",
+        Path(".snakemake-pbs"),
+        "Directory of the registry of submissions (job ids, outcomes, counters, memory, "
+        "job scripts, exit codes), relative to the working directory. Keep it outside "
+        ".snakemake: it must survive `rm -rf .snakemake`, since it is what lets a restarted "
+        "controller adopt live jobs instead of submitting them twice.",
     )
-    progress_file: str = _setting(
-        "status.json",
-        "File beside a job's first output whose `epoch` field measures the job's progress; "
-        "a job that ends without getting further counts towards the retry limits.",
+    job_name_prefix: str = _setting(
+        DEFAULT_JOB_NAME_PREFIX,
+        "Start of every PBS job name (qsub -N); the rest is 10 hex digits of a hash of the "
+        "job's output paths, so a target always has the same name and a restarted "
+        "controller finds its live job by name. 1 to 5 characters: a letter, then letters, "
+        "digits, _ or -. Changing it makes live jobs of the old prefix unknown by name.",
+        str,
+    )
+    progress_file: str | None = _setting(
+        None,
+        "Optional progress hook: name of a JSON file in the directory of a job's first "
+        "output that the job rewrites as it gets further, e.g. progress.json holding "
+        '{"progress": 12}. A job that ends having raised the number is resubmitted after '
+        "a walltime kill, a kill or an error without counting towards the limits of "
+        "failures in a row. Default: none, so no job counts as having got further.",
+        str,
+    )
+    progress_key: str = _setting(
+        DEFAULT_PROGRESS_KEY,
+        "Field of the progress file (--pbs-progress-file) that holds the number, e.g. "
+        "steps or epochs done. A missing file, field or number means 'not known'.",
+        str,
     )
     status_interval: int = _setting(
         30, "Seconds between status checks; each check is one qstat call for all jobs.", int
@@ -93,14 +113,15 @@ class ExecutorSettings(ExecutorSettingsBase):
     )
     max_error_retries: int = _setting(
         2,
-        "How many times a job that failed without progress is resubmitted before its "
-        "target is given up.",
+        "How many times in a row a job that failed without progress is resubmitted before "
+        "its target is given up.",
         int,
     )
     max_stalled_walltime_kills: int = _setting(
         2,
-        "Give a target up after this many walltime kills in a row without progress "
-        "(walltime kills with progress are resubmitted without limit: the job resumes).",
+        "Give a target up after this many walltime kills in a row without progress. "
+        "Walltime kills with progress (see --pbs-progress-file) are resubmitted without "
+        "limit; without a progress measure every walltime kill counts.",
         int,
     )
     max_kill_retries: int = _setting(
@@ -132,13 +153,14 @@ class ExecutorSettings(ExecutorSettingsBase):
         10,
         "Minutes before resubmitting a job that failed writing to a full disk or quota "
         "(No space left on device, Disk quota exceeded); doubled after each such failure "
-        "in a row, up to an hour. Such failures spend no error retries: the job resumes.",
+        "in a row, up to an hour. Such failures spend no error retries.",
         int,
     )
     max_storage_failures: int = _setting(
         12,
-        "Give a target up after this many full-disk failures in a row without progress "
-        "(with the default waits, about ten hours of a full disk).",
+        "How many times in a row a job that failed on a full disk or quota is resubmitted "
+        "(each after its wait) before its target is given up; progress starts the count "
+        "over. With the default waits, about ten hours of a full disk.",
         int,
     )
     retry_failed: bool = field(
@@ -159,6 +181,18 @@ class ExecutorSettings(ExecutorSettingsBase):
                     f"--pbs-{name.replace('_', '-')} = {value!r}: it goes into the job script's "
                     "#PBS lines; use only letters, digits and _ . @ : = + , / -"
                 )
+        problem = job_name_prefix_problem(self.job_name_prefix)
+        if problem is not None:
+            raise WorkflowError(f"--pbs-job-name-prefix = {self.job_name_prefix!r}: {problem}")
+        if self.progress_file is not None and (
+            not str(self.progress_file).strip() or Path(self.progress_file).is_absolute()
+        ):
+            raise WorkflowError(
+                f"--pbs-progress-file = {self.progress_file!r}: give a file name, relative to "
+                "the directory of each job's first output"
+            )
+        if not self.progress_key:
+            raise WorkflowError("--pbs-progress-key must not be empty")
         if self.mem_growth <= 1:
             raise WorkflowError(f"--pbs-mem-growth must be greater than 1, not {self.mem_growth}")
         if self.status_interval < 1 or self.command_timeout < 1:
@@ -192,7 +226,8 @@ def controller_config(settings: ExecutorSettings, workdir: Path) -> ControllerCo
         project=settings.project,
         select_extra=settings.select_extra,
         qsub_extra=tuple(shlex.split(settings.qsub_extra or "")),
-        progress_file=settings.progress_file,
+        progress_file=settings.progress_file or None,
+        progress_key=settings.progress_key,
         limits=Limits(
             max_error_retries=settings.max_error_retries,
             max_stalled_walltime_kills=settings.max_stalled_walltime_kills,
@@ -285,7 +320,7 @@ class Executor(RemoteExecutor):
         # target's record says so (Snakemake never asks about a target whose outputs exist)
         try:
             self.controller.reconcile()
-        except Exception as e:  # bookkeeping only: never keep a sweep from starting for it
+        except Exception as e:  # bookkeeping only: never keep a run from starting for it
             self.logger.warning(f"PBS: could not record how earlier jobs ended: {e}")
         self.next_seconds_between_status_checks = settings.status_interval
 
@@ -294,7 +329,10 @@ class Executor(RemoteExecutor):
         outputs = tuple(str(path) for path in job.output)
         resources = job.resources
         return Target(
-            name=job_name(outputs or [f"{job.name}:{job.get_target_spec()}"]),
+            name=job_name(
+                outputs or [f"{job.name}:{job.get_target_spec()}"],
+                prefix=self.workflow.executor_settings.job_name_prefix,
+            ),
             rule=job.name,
             outputs=outputs,
             command=self.format_job_exec(job),

@@ -10,7 +10,7 @@ from .status import JobInfo
 
 class Kind(Enum):
     SUCCESS = "success"
-    WALLTIME = "walltime"  # killed at its walltime limit: resubmit, it resumes
+    WALLTIME = "walltime"  # killed at its walltime limit: resubmit
     MEMORY = "memory"  # killed for using more memory than requested: resubmit with more
     KILLED = "killed"  # node failure, preemption, qdel by someone else, vanished: resubmit
     STORAGE = "storage"  # failed writing to a full disk or quota: wait, then resubmit
@@ -44,8 +44,9 @@ _MEMORY_MESSAGE = re.compile(
     re.IGNORECASE,
 )
 
-# A write refused for space (ENOSPC, EDQUOT): the line that says so, e.g. kdflow's
-# "OSError: [Errno 28] cannot write <path>: No space left on device".
+# A write refused for space (ENOSPC, EDQUOT): the line that says so, e.g. Python's
+# "OSError: [Errno 28] No space left on device: '<path>'" or cp's "cp: error writing '<path>':
+# No space left on device".
 _STORAGE_MESSAGE = re.compile(
     r"[^\n]*(?:No space left on device|Disk quota exceeded)[^\n]*", re.IGNORECASE
 )

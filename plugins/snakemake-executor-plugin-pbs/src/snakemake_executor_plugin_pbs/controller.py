@@ -18,9 +18,9 @@ from pathlib import Path
 from .cancel import qdel
 from .classify import Kind, Outcome, classify
 from .policy import Action, Decision, Limits, decide, reset_stall_counters
-from .progress import read_progress
+from .progress import DEFAULT_PROGRESS_KEY, Progress, read_progress
 from .registry import Registry, Submission, TargetRecord
-from .status import Answer, JobInfo, Qstat, StatusUnknown, lookup
+from .status import Answer, JobInfo, Qstat, StatusUnknown, job_id_order, lookup
 from .submit import (
     JobSpec,
     QsubError,
@@ -90,7 +90,8 @@ class ControllerConfig:
     project: str | None = None
     select_extra: str | None = None
     qsub_extra: tuple[str, ...] = ()
-    progress_file: str = "status.json"
+    progress_file: str | None = None  # see progress.py; None: no progress measure
+    progress_key: str = DEFAULT_PROGRESS_KEY
     limits: Limits = field(default_factory=Limits)
     submit_backoff: float = 60
     command_timeout: float = 120
@@ -121,11 +122,6 @@ def _same_directory(a: str, b: Path) -> bool:
 def _held_for_space(record: TargetRecord) -> str:
     until = time.strftime("%H:%M", time.localtime(record.hold_until))
     return f"out of disk space, resubmitted at {until} (--pbs-retry-failed: at once)"
-
-
-def _sequence(job_id: str) -> tuple[int, str]:
-    head = job_id.split(".", 1)[0].split("[", 1)[0]
-    return (int(head), job_id) if head.isdigit() else (-1, job_id)
 
 
 def _current_user() -> str | None:
@@ -235,21 +231,18 @@ class Controller:
                 known.append(record)
         ending = []
         for record in known:
-            submission = record.last
-            info = lookup(infos, submission.job_id)
+            info = lookup(infos, record.last.job_id)
             if info is not None and info.alive:
                 outputs = [self.config.workdir / output for output in record.outputs]
                 if outputs and all(path.exists() for path in outputs):
                     ending.append(record)
                 continue
-            code = self.registry.exit_record(submission.job_id)
-            if info is None and code is None:
-                continue
+            # a job the server forgot without an exit record is left for a controller that
+            # follows it over polls (see _vanished)
             target = Target(
                 name=record.name, rule=record.rule or "?", outputs=tuple(record.outputs), command=""
             )
-            submission.unreported = True
-            self._conclude(target, record, submission, info, code)
+            self._end_of_job(target, record, record.last, info, unwatched=True)
         return ending
 
     def _job_of_intent(self, record: TargetRecord, listed: dict[str, JobInfo]) -> JobInfo | None:
@@ -259,21 +252,23 @@ class Controller:
         since = record.last.submitted_at - 300  # clocks of login node and server may differ
         found = [
             info
-            for info in listed.values()
-            if self._ours(info, record.name)
-            and info.id not in taken
-            and (info.time("qtime") is None or info.time("qtime") >= since)
+            for info in self._jobs_named(listed, record.name)
+            if info.id not in taken and (info.time("qtime") is None or info.time("qtime") >= since)
         ]
-        found.sort(key=lambda info: _sequence(info.id))
         return found[-1] if found else None
 
-    def _ours(self, info: JobInfo, name: str) -> bool:
+    def _jobs_named(self, jobs: dict[str, JobInfo], name: str) -> list[JobInfo]:
+        """The jobs of `jobs` that are this target's: its name, submitted by this user from
+        this working directory (where the server says), oldest first by job number."""
         user = _current_user()
-        return (
-            info.name == name
+        ours = [
+            info
+            for info in jobs.values()
+            if info.name == name
             and (info.user is None or user is None or info.user == user)
             and (info.workdir is None or _same_directory(info.workdir, self.config.workdir))
-        )
+        ]
+        return sorted(ours, key=lambda info: job_id_order(info.id))
 
     def cancel(self, tracked: Iterable[Tracked]) -> None:
         """qdel every job this controller tracks, in one call."""
@@ -336,15 +331,16 @@ class Controller:
             if info is not None and info.alive:
                 results[t.target.name] = self._adopt(t, submission, info)
                 continue
-            code = self.registry.exit_record(submission.job_id)
-            if info is None and code is None and not self._vanished(t, infos, submission.job_id):
+            ended = self._end_of_job(
+                t.target, record, submission, info, answer=infos, tracked=t, unwatched=True
+            )
+            if ended is None:
                 # No word that it ended: it may be running. Never submit on silence.
                 results[t.target.name] = self._hold(
                     t, f"job {submission.job_id} status unknown", self.clock()
                 )
                 continue
-            submission.unreported = True
-            outcome, decision = self._conclude(t.target, record, submission, info, code)
+            outcome, decision = ended
             if decision.action is Action.FAIL:
                 results[t.target.name] = self._failed(t.target, submission, outcome, decision)
             elif (finished := self._unwatched_success(t, record)) is not None:
@@ -400,17 +396,8 @@ class Controller:
         return results
 
     def _find_by_name(self, live: dict[str, JobInfo], name: str) -> JobInfo | None:
-        user = _current_user()
-        matches = sorted(
-            (
-                info
-                for info in live.values()
-                if info.name == name
-                and (info.user is None or user is None or info.user == user)
-                and (info.workdir is None or _same_directory(info.workdir, self.config.workdir))
-            ),
-            key=lambda info: _sequence(info.id),  # as numbers: 999.srv before 1000.srv
-        )
+        """The target's newest live job; more than one is reported (it should never be)."""
+        matches = self._jobs_named(live, name)
         if len(matches) > 1:
             self.logger.warning(
                 f"PBS: {len(matches)} live jobs are named {name}: "
@@ -464,20 +451,37 @@ class Controller:
         return results
 
     def _submit(self, t: Tracked, record: TargetRecord) -> Tracked:
-        target, config = t.target, self.config
-        number = len(record.submissions) + 1
+        """Submit the target's next job: write its script, record the intent, qsub, record
+        the job id. A controller killed at any point between leaves an intent, which the next
+        one resolves before submitting (see _resume_intents)."""
+        target = t.target
+        spec = self._job_spec(target, record, number=len(record.submissions) + 1)
+        script = self.registry.write_script(target.name, render_job_script(spec))
+        Path(spec.log_out).parent.mkdir(parents=True, exist_ok=True)
+        submission = self._record_intent(target, record, spec)
+        submission.job_id = self._qsub(script, target, record)
+        self.registry.save(record)
+        self.logger.info(
+            f"PBS: submitted {target.rule} target {target.name} as job {submission.job_id} "
+            f"(submission {len(record.submissions)}, log {spec.log_err})"
+        )
+        return Tracked(
+            target, job_id=submission.job_id, log_out=str(spec.log_out), log_err=str(spec.log_err)
+        )
+
+    def _job_spec(self, target: Target, record: TargetRecord, number: int) -> JobSpec:
+        """The job script's contents: the target's resources, with the memory raised by
+        earlier memory kills, and log files numbered by submission."""
+        config = self.config
         log_dir = config.log_dir / target.rule
-        log_out = log_dir / f"{target.name}.{number}.out"
-        log_err = log_dir / f"{target.name}.{number}.err"
-        mem_mb = max(filter(None, (target.mem_mb, record.mem_mb)), default=None)
-        spec = JobSpec(
+        return JobSpec(
             name=target.name,
             command=target.command,
-            log_out=log_out,
-            log_err=log_err,
+            log_out=log_dir / f"{target.name}.{number}.out",
+            log_err=log_dir / f"{target.name}.{number}.err",
             exit_dir=self.registry.exit_dir,
             threads=target.threads,
-            mem_mb=mem_mb,
+            mem_mb=max(filter(None, (target.mem_mb, record.mem_mb)), default=None),
             gpus=target.gpus,
             runtime_minutes=target.runtime_minutes,
             queue=target.queue or config.queue,
@@ -485,40 +489,38 @@ class Controller:
             select_extra=config.select_extra,
             description=(f"rule {target.rule}, submission {number}, output:", *target.outputs),
         )
-        script = self.registry.write_script(target.name, render_job_script(spec))
-        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def _record_intent(self, target: Target, record: TargetRecord, spec: JobSpec) -> Submission:
+        """Save a submission without a job id before qsub runs (the intent)."""
         submission = Submission(
             job_id=None,
             submitted_at=self.clock(),
-            mem_mb=mem_mb,
-            walltime=format_walltime(target.runtime_minutes) if target.runtime_minutes else None,
-            log_out=str(log_out),
-            log_err=str(log_err),
+            mem_mb=spec.mem_mb,
+            walltime=format_walltime(spec.runtime_minutes) if spec.runtime_minutes else None,
+            log_out=str(spec.log_out),
+            log_err=str(spec.log_err),
             progress_at_submit=self._progress(target),
         )
         record.submissions.append(submission)
-        record.done, record.hold_until = False, None
-        self.registry.save(record)  # the intent, before qsub: see _resume_intents
+        record.hold_until = None
+        self.registry.save(record)
+        return submission
+
+    def _qsub(self, script: Path, target: Target, record: TargetRecord) -> str:
+        """qsub the script; if it certainly created no job, take the intent back."""
         try:
-            job_id = run_qsub(
+            return run_qsub(
                 script,
-                config.qsub_extra,
+                self.config.qsub_extra,
                 target.envvars,
-                timeout=config.command_timeout,
-                cwd=str(config.workdir),
+                timeout=self.config.command_timeout,
+                cwd=str(self.config.workdir),
             )
         except QsubError as e:
             if not (isinstance(e, Transient) and e.maybe_submitted):
-                record.submissions.pop()  # certainly no job was created
+                record.submissions.pop()
                 self.registry.save(record)
             raise
-        submission.job_id = job_id
-        self.registry.save(record)
-        self.logger.info(
-            f"PBS: submitted {target.rule} target {target.name} as job {job_id} "
-            f"(submission {number}, log {log_err})"
-        )
-        return Tracked(target, job_id=job_id, log_out=str(log_out), log_err=str(log_err))
 
     def _hold(self, t: Tracked, reason: str, retry_at: float) -> Tracked:
         if reason != t.waiting:
@@ -544,8 +546,9 @@ class Controller:
         return answer
 
     def _vanished(self, t: Tracked, answer: Answer, job_id: str) -> bool:
-        """Whether a job missing from `answer` is gone: the server said, asked about it alone,
-        that it does not know it, at MISSING_POLLS_BEFORE_VANISHED polls in a row."""
+        """Whether job `job_id` of `t`, missing from `answer`, is gone: the server said, asked
+        about it alone, that it does not know it, at MISSING_POLLS_BEFORE_VANISHED polls in a
+        row (counted in `t`)."""
         if not answer.forgotten(job_id):
             t.missing_polls = 0
             return False
@@ -553,18 +556,12 @@ class Controller:
         return t.missing_polls >= MISSING_POLLS_BEFORE_VANISHED
 
     def _check(self, t: Tracked, infos: Answer | None) -> "Tracked | Finished | TargetRecord":
-        """A tracked job's state: still active, finished, or the record to resubmit it with.
-
-        Only positive evidence ends a job: qstat showing it ended, its exit record, or the
-        server saying it does not know it (see _vanished)."""
+        """A tracked job's state: still active, finished, or the record to resubmit it with."""
         if infos is None:
             return t
         info = lookup(infos, t.job_id)
         if info is not None and info.alive:
             t.missing_polls = 0
-            return t
-        code = self.registry.exit_record(t.job_id)
-        if info is None and code is None and not self._vanished(t, infos, t.job_id):
             return t
         record = self.registry.load(t.target.name)
         submission = record.submission(t.job_id)
@@ -573,7 +570,10 @@ class Controller:
                 job_id=t.job_id, submitted_at=self.clock(), log_out=t.log_out, log_err=t.log_err
             )
             record.submissions.append(submission)
-        outcome, decision = self._conclude(t.target, record, submission, info, code)
+        ended = self._end_of_job(t.target, record, submission, info, answer=infos, tracked=t)
+        if ended is None:
+            return t
+        outcome, decision = ended
         if decision.action is Action.SUCCEED:
             return Finished(t.target, True, outcome.reason)
         if decision.action is Action.FAIL:
@@ -581,17 +581,38 @@ class Controller:
         t.job_id, t.missing_polls = None, 0
         return record
 
-    def _conclude(
+    def _end_of_job(
         self,
         target: Target,
         record: TargetRecord,
         submission: Submission,
         info: JobInfo | None,
-        exit_record: int | None,
-    ) -> tuple[Outcome, Decision]:
-        """Classify how a job ended, update the record's counters, decide, save."""
+        answer: Answer | None = None,
+        tracked: Tracked | None = None,
+        unwatched: bool = False,
+    ) -> tuple[Outcome, Decision] | None:
+        """The one path by which a job's end is recorded, wherever it is noticed (a poll, a
+        restart, reconcile): if there is evidence that the job of `submission` ended, classify
+        how, update the record's counters, decide what is next and save the record.
+
+        Only positive evidence ends a job: qstat showing it ended (`info`), the exit record
+        its script left, or, for a job followed over polls (`tracked`), the server saying in
+        `answer` that it does not know it, at polls in a row (see _vanished). Without any,
+        None: the job may be alive, and nothing changed. `unwatched`: it ended while no
+        controller watched it, so no Snakemake was told (see _unwatched_success).
+        """
+        if info is not None and info.alive:
+            return None
+        code = self.registry.exit_record(submission.job_id)
+        if info is None and code is None:
+            if tracked is None or answer is None:
+                return None
+            if not self._vanished(tracked, answer, submission.job_id):
+                return None
+        if unwatched:
+            submission.unreported = True
         stderr_tail = "\n".join(tail_lines(submission.log_err, 200))
-        outcome = classify(info, exit_record, stderr_tail)
+        outcome = classify(info, code, stderr_tail)
         decision = decide(
             record, submission, outcome, self._progress(target), self.config.limits, self.clock()
         )
@@ -603,10 +624,14 @@ class Controller:
         )
         return outcome, decision
 
-    def _progress(self, target: Target) -> int | None:
-        if not target.outputs:
+    def _progress(self, target: Target) -> Progress | None:
+        if not target.outputs or not self.config.progress_file:
             return None
-        return read_progress(self.config.workdir / target.outputs[0], self.config.progress_file)
+        return read_progress(
+            self.config.workdir / target.outputs[0],
+            self.config.progress_file,
+            self.config.progress_key,
+        )
 
     # -- giving up ---------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .classify import Kind, Outcome
-from .progress import advanced
+from .progress import Progress, advanced
 from .registry import Submission, TargetRecord
 
 
@@ -46,6 +46,12 @@ def reset_stall_counters(record: TargetRecord) -> None:
     record.storage_failures = 0
 
 
+def _progress_text(record: TargetRecord) -> str:
+    if record.last_progress is None:
+        return "no progress measure: see --pbs-progress-file"
+    return f"progress {record.last_progress}"
+
+
 def _fail(record: TargetRecord, reason: str) -> Decision:
     record.failed = reason
     return Decision(Action.FAIL, reason)
@@ -55,14 +61,16 @@ def decide(
     record: TargetRecord,
     submission: Submission,
     outcome: Outcome,
-    progress: int | None,
+    progress: Progress | None,
     limits: Limits,
     now: float,
 ) -> Decision:
     """Record how `submission` ended in `record` (counters, memory) and decide what is next.
 
-    `progress` is the epoch the experiment reached when the job ended (None if unknown);
-    the job made progress if that is further than when it was submitted.
+    `progress` is the progress file's number when the job ended (None without a progress
+    file); the job made progress if that is further than when it was submitted. Without a
+    progress measure no job ever made progress, so every failure counts towards its limit of
+    failures in a row.
     """
     progressed = advanced(submission.progress_at_submit, progress)
     submission.outcome = outcome.kind.value
@@ -71,10 +79,8 @@ def decide(
     if progress is not None:
         record.last_progress = progress
     if outcome.kind is Kind.SUCCESS:
-        record.done = True
         reset_stall_counters(record)
         return Decision(Action.SUCCEED, "done")
-    record.done = False
     if progressed:
         reset_stall_counters(record)
     if outcome.kind is Kind.WALLTIME:
@@ -96,9 +102,9 @@ def _after_walltime_kill(record: TargetRecord, progressed: bool, limits: Limits)
             return _fail(
                 record,
                 f"{record.walltime_stalls} walltime kills in a row without progress "
-                f"(epoch {record.last_progress}); give the rule a longer runtime",
+                f"({_progress_text(record)}); give the rule a longer runtime",
             )
-    return Decision(Action.RESUBMIT, "walltime kill: resubmitted, it resumes from its checkpoint")
+    return Decision(Action.RESUBMIT, "walltime kill: resubmitted")
 
 
 def _after_memory_kill(record: TargetRecord, submission: Submission, limits: Limits) -> Decision:
@@ -124,12 +130,12 @@ def _after_kill(record: TargetRecord, progressed: bool, limits: Limits) -> Decis
             return _fail(
                 record, f"killed {record.kills_without_progress} times in a row without progress"
             )
-    return Decision(Action.RESUBMIT, "killed: resubmitted, it resumes from its checkpoint")
+    return Decision(Action.RESUBMIT, "killed: resubmitted")
 
 
 def _after_storage_failure(record: TargetRecord, limits: Limits, now: float) -> Decision:
     """A full disk fails every job at once and stays full until someone frees space: wait
-    (longer each time) instead of spending the error retries in seconds; the job resumes."""
+    (longer each time) instead of spending the error retries in seconds."""
     record.storage_failures += 1
     if record.storage_failures > limits.max_storage_failures:
         return _fail(
@@ -143,7 +149,7 @@ def _after_storage_failure(record: TargetRecord, limits: Limits, now: float) -> 
     return Decision(
         Action.RESUBMIT,
         f"out of disk space ({record.storage_failures} of {limits.max_storage_failures}): "
-        f"resubmitted in {wait / 60:.0f} min, it resumes from its checkpoint",
+        f"resubmitted in {wait / 60:.0f} min",
     )
 
 

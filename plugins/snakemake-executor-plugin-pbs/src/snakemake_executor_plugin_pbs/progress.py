@@ -1,7 +1,20 @@
-"""How far an experiment got: the `epoch` its trainer last wrote beside the target's output."""
+"""How far a job got: a number the job itself keeps in a small JSON file beside its output.
+
+The hook is optional (setting `progress_file`, default none). A job that saves its state as it
+works (a checkpoint) and resumes from it when run again can rewrite, say, `progress.json`
+beside its first output with `{"progress": 12}` whenever it gets further. The executor reads
+that number when it submits a job and again when the job ended: a job that got further is
+resubmitted after a walltime kill, a kill or an error without counting towards the limits of
+failures in a row. Without the file no job counts as having got further.
+"""
 
 import json
+import math
 from pathlib import Path
+
+DEFAULT_PROGRESS_KEY = "progress"
+
+Progress = int | float
 
 
 def progress_path(first_output: str | Path, progress_file: str) -> Path:
@@ -9,16 +22,29 @@ def progress_path(first_output: str | Path, progress_file: str) -> Path:
     return Path(first_output).parent / progress_file
 
 
-def read_progress(first_output: str | Path, progress_file: str) -> int | None:
-    """The `epoch` field of the progress file; None when there is no readable number."""
+def read_progress(
+    first_output: str | Path, progress_file: str | None, key: str = DEFAULT_PROGRESS_KEY
+) -> Progress | None:
+    """The number in field `key` of the progress file; None when there is no progress file
+    setting, no file, or no readable finite number in it (a file caught mid-write, say)."""
+    if not progress_file:
+        return None
     try:
         data = json.loads(progress_path(first_output, progress_file).read_text())
-        epoch = data.get("epoch") if isinstance(data, dict) else None
-        return int(epoch) if epoch is not None else None
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError):
         return None
+    value = data.get(key) if isinstance(data, dict) else None
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if number.is_integer() else number
 
 
-def advanced(before: int | None, after: int | None) -> bool:
-    """Did the experiment get further between two readings?"""
+def advanced(before: Progress | None, after: Progress | None) -> bool:
+    """Did the job get further between two readings?"""
     return after is not None and (before is None or after > before)

@@ -1,10 +1,10 @@
 """Persistent record of every target's PBS submissions, outcomes and counters.
 
-Plain JSON files in the working directory (default `.kdflow/pbs/`), so the record survives
-`rm -rf .snakemake` and controller restarts, and behaves on Lustre, where sqlite locking
-may not. One file per target, named by the target's deterministic PBS job name; every
-write is atomic (temporary file in the same directory, fsync, rename, fsync the directory).
-There is one writer: the controller. Jobs write only their own exit record.
+Plain JSON files in the registry directory (setting `registry_dir`, default `.snakemake-pbs/`
+in the working directory), so the record survives `rm -rf .snakemake` and controller restarts,
+and behaves on Lustre, where sqlite locking may not. One file per target, named by the target's
+deterministic PBS job name; every write is atomic (see write_atomic). There is one writer: the
+controller. Jobs write only their own exit record.
 
     <root>/targets/<name>.json   what was submitted for the target and how it ended
     <root>/exit/<job id>         the exit code the job script wrote as it ended
@@ -13,7 +13,9 @@ There is one writer: the controller. Jobs write only their own exit record.
 
 import contextlib
 import json
+import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -21,30 +23,46 @@ from pathlib import Path
 
 SCHEMA = 1
 
+log = logging.getLogger(__name__)
+
 
 def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+    """Make a rename in `directory` durable, best effort: it runs after the rename, so the new
+    file is already what readers see, and a file system that cannot fsync a directory (EINVAL
+    on some network and FUSE mounts) must not turn a write that happened into an error."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as e:
+        log.debug("cannot open %s to fsync it: %s", directory, e)
+        return
     try:
         os.fsync(fd)
-    except OSError:
-        pass  # some file systems do not fsync directories; the rename is still atomic
+    except OSError as e:
+        log.debug("cannot fsync %s: %s", directory, e)
     finally:
         os.close(fd)
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old file or the new, never half."""
+    """Replace `path` with `text` so that readers (and a kill at any instant) see the old file
+    or the new one, never half of either.
+
+    The rule: write a temporary file in the same directory (a rename is atomic only within one
+    file system), flush and fsync it, rename it over `path`, then fsync the directory, best
+    effort. An error before the rename leaves the old file and removes the temporary one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with open(tmp, "w") as f:
+        with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     _fsync_directory(path.parent)
 
 
@@ -58,7 +76,7 @@ class Submission:
     walltime: str | None = None
     log_out: str | None = None
     log_err: str | None = None
-    progress_at_submit: int | None = None
+    progress_at_submit: int | float | None = None  # the progress file's number at qsub
     outcome: str | None = None  # a classify.Kind value; "lost": qsub interrupted, no job found
     reason: str | None = None
     ended_at: float | None = None
@@ -93,9 +111,8 @@ class TargetRecord:
     errors_without_progress: int = 0  # errors in a row
     storage_failures: int = 0  # out of disk space in a row
     hold_until: float | None = None  # no submission before this time (after a full disk)
-    last_progress: int | None = None  # the epoch last seen in the progress file
+    last_progress: int | float | None = None  # the number last seen in the progress file
     failed: str | None = None  # why the target was given up; stays until retried on purpose
-    done: bool = False
 
     @property
     def last(self) -> Submission | None:
@@ -155,7 +172,7 @@ class Registry:
         write_atomic(self.path(record.name), record.to_json())
 
     def records(self) -> Iterator[TargetRecord]:
-        """Every readable record (for dashboards)."""
+        """Every readable record, in name order (unreadable ones are skipped)."""
         for path in sorted(self.targets_dir.glob("*.json")):
             try:
                 yield TargetRecord.from_json(path.read_text())

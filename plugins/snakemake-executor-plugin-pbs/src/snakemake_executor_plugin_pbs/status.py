@@ -204,6 +204,14 @@ def listing_argv(dialect: Dialect) -> list[str]:
     return ["qstat", "-f"]
 
 
+def job_id_order(job_id: str) -> tuple[int, int, str]:
+    """Sort key that orders job ids by their number, the order the server gave them out:
+    `999.srv` before `1000.srv` (as text it would be after); array jobs `12[3].srv` by the
+    number before the bracket. Ids without a number come first, as text."""
+    head = job_id.split(".", 1)[0].split("[", 1)[0]
+    return (1, int(head), job_id) if head.isdigit() else (0, 0, job_id)
+
+
 def lookup(infos: Mapping[str, JobInfo], job_id: str) -> JobInfo | None:
     """The job `job_id` in qstat's answer, also when the server adds or drops its domain."""
     if job_id in infos:

@@ -9,9 +9,13 @@ from pathlib import Path
 
 from .commands import CommandResult, run_command
 
-# PBS job names must start with a letter; old servers allow at most 15 characters.
-JOB_NAME_PREFIX = "kd"
+# A job name is a prefix and a hash of the target's outputs. PBS job names start with a letter;
+# older servers (and Torque) allow at most 15 characters: a prefix of up to 5, 10 hex digits.
+DEFAULT_JOB_NAME_PREFIX = "smk"
 JOB_NAME_HASH_CHARS = 10
+JOB_NAME_MAX_CHARS = 15
+MAX_JOB_NAME_PREFIX_CHARS = JOB_NAME_MAX_CHARS - JOB_NAME_HASH_CHARS
+_JOB_NAME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
 
 _JOB_ID = re.compile(r"^\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.-]+)?$")
 
@@ -26,11 +30,28 @@ _UNKNOWN_RESOURCE = re.compile(r"Unknown resource:?\s*([A-Za-z0-9_.]+)", re.IGNO
 _TRANSIENT_MESSAGES = ("timed out", "timeout", "communication failure", "end of file")
 
 
-def job_name(outputs: Iterable[str]) -> str:
-    """The PBS job name of a target: the same output files always give the same name."""
+def job_name_prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot begin PBS job names, or None if it can."""
+    if not isinstance(prefix, str) or not _JOB_NAME_PREFIX.match(prefix):
+        return "it must start with a letter and contain only letters, digits, _ and -"
+    if len(prefix) > MAX_JOB_NAME_PREFIX_CHARS:
+        return (
+            f"it may have at most {MAX_JOB_NAME_PREFIX_CHARS} characters (followed by "
+            f"{JOB_NAME_HASH_CHARS} hex digits, a job name stays within the "
+            f"{JOB_NAME_MAX_CHARS} every PBS accepts)"
+        )
+    return None
+
+
+def job_name(outputs: Iterable[str], prefix: str = DEFAULT_JOB_NAME_PREFIX) -> str:
+    """The PBS job name of a target: the same output files (and prefix) always give the same
+    name, `<prefix><10 hex digits of the SHA-1 of the sorted output paths>`."""
+    problem = job_name_prefix_problem(prefix)
+    if problem is not None:
+        raise ValueError(f"job name prefix {prefix!r}: {problem}")
     key = "\n".join(sorted(str(path) for path in outputs))
     digest = hashlib.sha1(key.encode()).hexdigest()
-    return f"{JOB_NAME_PREFIX}{digest[:JOB_NAME_HASH_CHARS]}"
+    return f"{prefix}{digest[:JOB_NAME_HASH_CHARS]}"
 
 
 def format_walltime(minutes: float) -> str:
@@ -96,13 +117,13 @@ def exit_record_lines(exit_dir: Path) -> list[str]:
     return [
         "# Leave this job's exit code where the controller finds it even when the server",
         "# keeps no job history. Written to a temporary file, then renamed: never half a file.",
-        "kdflow_record_exit() {",
+        "snakemake_pbs_record_exit() {",
         "    local code=$?",
         f"    local dir={directory} id=${{PBS_JOBID:-unknown}}",
         '    mkdir -p "$dir" && printf \'%s\\n\' "$code" >"$dir/.$id.$$" \\',
         '        && mv -f "$dir/.$id.$$" "$dir/$id"',
         "}",
-        "trap kdflow_record_exit EXIT",
+        "trap snakemake_pbs_record_exit EXIT",
         "# A walltime kill or qdel starts with SIGTERM: exit through the trap above.",
         "trap 'exit 143' TERM",
     ]

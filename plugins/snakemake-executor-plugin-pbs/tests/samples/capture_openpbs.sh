@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# Capture the qstat/qsub/qdel samples in tests/samples/openpbs/ from the real OpenPBS server
-# that tests/cluster/openpbs.sh builds and starts (bash tests/cluster/openpbs.sh start).
+# Capture the qstat/qsub/qdel samples in tests/samples/openpbs/ from a real OpenPBS server:
+# a single node is enough, with job history on (`qmgr -c "set server job_history_enable =
+# True"`), `$enforce mem` in the mom's config, and an ordinary user to submit the jobs.
 #
-#   bash tests/samples/capture_openpbs.sh        (as root; about one minute)
+#   PBS_CAPTURE_USER=<user> bash tests/samples/capture_openpbs.sh    (as root; about a minute)
 #
-# Every job is submitted by the ordinary user kdtest from a kdtest-owned scratch directory
-# (root's jobs are refused, and pbs_mom ignores root's processes). The jobs are named cap*; the
-# script only ever qdel's the jobs it submitted itself. The one server setting it changes is
-# max_queued, for one qsub, and it puts the old value back at once (also on failure).
+# Settings (environment):
+#   PBS_CAPTURE_USER     the ordinary user who submits every job               [pbstest]
+#   PBS_CAPTURE_PREFIX   where OpenPBS is installed                            [/opt/pbs]
+#   PBS_CAPTURE_SOURCE   what the server was built from, for the README, e.g. a commit [none]
+#
+# Every job is submitted by that user from a scratch directory the user owns (root's jobs are
+# refused, and pbs_mom ignores root's processes). The jobs are named cap*; the script only ever
+# qdel's the jobs it submitted itself. The one server setting it changes is max_queued, for one
+# qsub, and it puts the old value back at once (also on failure).
 #
 # Output (replaces tests/samples/openpbs/ when every step worked):
 #   captures.tsv          name, exit status, user, exact command of every capture
 #   <name>.stdout/.stderr what that command printed, byte for byte
 #   jobs.tsv              role, job id, job name, qsub command of every job submitted
+#   server.tsv            facts the tests compare with: user, server, submit directory, version
 #   oe/                   each job's .o/.e file as PBS copied it back to the submit directory
-#   README.md             how it was made (server version, commit, date)
+#   README.md             how it was made (server version, date)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$HERE/openpbs
-PREFIX=/opt/pbs
-PBS_USER=${KDFLOW_PBS_USER:-kdtest}
+PREFIX=${PBS_CAPTURE_PREFIX:-/opt/pbs}
+PBS_USER=${PBS_CAPTURE_USER:-pbstest}
+SOURCE=${PBS_CAPTURE_SOURCE:-}
 # Long, so that PBS_O_WORKDIR and the output paths wrap onto TAB-led continuation lines.
-SCRATCH=/tmp/kdflow-capture/a-submit-directory-with-a-long-name-so-that-qstat-wraps-PBS_O_WORKDIR
+SCRATCH_ROOT=/tmp/pbs-capture
+SCRATCH=$SCRATCH_ROOT/a-submit-directory-with-a-long-name-so-that-qstat-wraps-PBS_O_WORKDIR
 # The held job is submitted from here: a comma in a value is escaped (`\,`) in Variable_List.
 COMMA_DIR=$SCRATCH/dir,with,commas
 PBS_PATH=$PREFIX/bin:/usr/bin:/bin
@@ -35,13 +44,13 @@ die() {
 }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (the jobs are submitted as $PBS_USER with runuser)"
-[[ -x $PREFIX/bin/qstat ]] || die "no OpenPBS in $PREFIX: bash tests/cluster/openpbs.sh install"
-id "$PBS_USER" >/dev/null 2>&1 || die "no user $PBS_USER: bash tests/cluster/openpbs.sh start"
+[[ -x $PREFIX/bin/qstat ]] || die "no OpenPBS in $PREFIX (set PBS_CAPTURE_PREFIX)"
+id "$PBS_USER" >/dev/null 2>&1 || die "no user $PBS_USER (set PBS_CAPTURE_USER)"
 PATH=$PREFIX/bin:$PREFIX/sbin:$PATH qstat -B >/dev/null 2>&1 ||
-	die "the PBS server does not answer: bash tests/cluster/openpbs.sh start"
+	die "the PBS server does not answer: start it first"
 
 SERVER=$(PATH=$PBS_PATH qstat -B -f | awk '$1 == "Server:" {print $2; exit}')
-TMP=$(mktemp -d /tmp/kdflow-capture-out.XXXXXX)
+TMP=$(mktemp -d /tmp/pbs-capture-out.XXXXXX)
 chmod 755 "$TMP"
 MINE=()             # every job id this script submitted (and nothing else is ever qdel'ed)
 RESTORE_QUEUED=""   # the qmgr directive that puts max_queued back, while it is changed
@@ -102,6 +111,7 @@ state_is() {
 	[[ $state == "$2" ]]
 }
 has_comment() { as_user qstat -f "$1" 2>/dev/null | grep -q '^    comment = '; }
+has_used_walltime() { as_user qstat -f "$1" 2>/dev/null | grep -q '^    resources_used.walltime = '; }
 all_finished() {
 	local id
 	for id in "$@"; do state_is "$id" F || return 1; done
@@ -121,7 +131,7 @@ server_ready() { [[ $(server_setting job_history_enable) == True && -z $(server_
 wait_for 600 "job history on and no max_queued on the server" server_ready
 
 # --- the jobs' scripts --------------------------------------------------------------------------
-rm -rf /tmp/kdflow-capture
+rm -rf "$SCRATCH_ROOT"
 mkdir -p "$COMMA_DIR"
 cd "$SCRATCH"
 cat >ok.sh <<'EOF'
@@ -169,8 +179,8 @@ cat >never.sh <<'EOF'
 echo "never runs"
 EOF
 cp never.sh "$COMMA_DIR/never.sh"
-chown -R "$PBS_USER:" /tmp/kdflow-capture
-chmod 755 /tmp/kdflow-capture
+chown -R "$PBS_USER:" "$SCRATCH_ROOT"
+chmod 755 "$SCRATCH_ROOT"
 
 # --- the jobs -----------------------------------------------------------------------------------
 LONG_A=$(printf 'value-%02d-' {1..12})
@@ -197,7 +207,10 @@ MINE+=("$JOB_HOLD")
 submit queued capqueued -l select=1:ncpus=999 never.sh
 
 wait_for 60 "capdel to run" state_is "$JOB_DEL" R
-sleep 1
+# Only once the mom has reported on the job (its first poll): a qdel in the job's first second
+# can reach the job's shells before they are all set up, and the script then ends with exit 0.
+wait_for 60 "the mom's first report on capdel" has_used_walltime "$JOB_DEL"
+sleep 2
 capture qdel-running user qdel "$JOB_DEL"
 wait_for 60 "caprun to run" state_is "$JOB_RUN" R
 wait_for 60 "the scheduler's comment on capqueued" has_comment "$JOB_QUEUED"
@@ -225,7 +238,7 @@ if [[ -s $TMP/qsub-as-root.stdout ]]; then # accepted after all: not ours to kee
 	MINE+=("$(<"$TMP/qsub-as-root.stdout")")
 fi
 
-# A per-user limit of one job (kdtest has caprun, caphold, capqueued): the qsub is refused.
+# A per-user limit of one job (the user has caprun, caphold, capqueued): the qsub is refused.
 # The old value goes back at once: other tests may be running on this server.
 OLD_QUEUED=$(server_setting max_queued)
 if [[ -n $OLD_QUEUED ]]; then
@@ -255,14 +268,18 @@ chmod 644 "$TMP"/oe/* "$TMP"/*.std* "$TMP"/*.tsv
 
 # --- README -------------------------------------------------------------------------------------
 VERSION=$(sed -n 's/^pbs_version = //p' "$TMP/qstat-version.stdout")
-COMMIT=$(cat "$PREFIX/.kdflow-openpbs-commit" 2>/dev/null || echo unknown)
+[[ -n $VERSION ]] || die "qstat --version printed no pbs_version"
+printf '%s\t%s\n' user "$PBS_USER" server "$SERVER" submit_dir "$SCRATCH" version "$VERSION" \
+	>"$TMP/server.tsv"
+BUILT=""
+[[ -z $SOURCE ]] || BUILT=" (built from $SOURCE)"
 {
 	cat <<EOF
 # qstat, qsub and qdel output captured from a real OpenPBS server
 
 Made by \`bash tests/samples/capture_openpbs.sh\` (as root) on $(date -u '+%Y-%m-%d %H:%M UTC'),
-against OpenPBS $VERSION (commit \`$COMMIT\`, built and started by \`tests/cluster/openpbs.sh\`:
-one node \`$SERVER\`, job history on, \`\$enforce mem\`, the mom checking limits every 1-2 s).
+against OpenPBS $VERSION$BUILT: one node \`$SERVER\`, job history on, \`\$enforce mem\`, the mom
+checking limits every 1-2 s. \`server.tsv\` holds the facts the tests compare with.
 Nothing here is edited: the host name stays \`$SERVER\`, clients reach the server over 127.0.0.1 so
 the submit host is \`localhost\`. Rerunning the script replaces every file (other job ids, times).
 
@@ -309,9 +326,8 @@ JSON parser; `-F json` of one job (`qstat-xf-json-one-finished`) is complete.
 
 `../generated_*` files were written by `../generate_samples.py` from reading OpenPBS's qstat.c,
 for what this server cannot show: Torque (`generated_torque_qstat_f.txt`) and PBS Pro before
-2020-12 (`generated_pbspro_old_qstat_xf.txt`: text without `-F json`, walltime kills reported as
-271/265 instead of -29). `generate_samples.py` also synthesises the 1,000-job listings of
-`bench/pbs_poll.py`.
+18 (`generated_pbspro_pre18_qstat_xf.txt`: walltime kills reported as 271/265 instead of -29).
+`generate_samples.py` also synthesises large listings for benchmarks.
 EOF
 } >"$TMP/README.md"
 

@@ -52,10 +52,10 @@ def prt_attr(name, resource, value):
     return out
 
 
-W = "/mnt/lustre/users/jdoe/kdflow"
+W = "/mnt/lustre/users/jdoe/sweep"
 VARS = (
     "PBS_O_HOME=/home/jdoe,PBS_O_LANG=en_US.UTF-8,PBS_O_LOGNAME=jdoe,"
-    "PBS_O_PATH=/home/jdoe/kdflow/.venv/bin:/apps/chpc/bio/anaconda3/bin:/usr/local/bin:/usr/bin:/usr/local/sbin:/usr/sbin,"
+    "PBS_O_PATH=/home/jdoe/sweep/.venv/bin:/apps/chpc/bio/anaconda3/bin:/usr/local/bin:/usr/bin:/usr/local/sbin:/usr/sbin,"
     "PBS_O_MAIL=/var/spool/mail/jdoe,PBS_O_SHELL=/bin/bash,"
     f"PBS_O_WORKDIR={W},PBS_O_SYSTEM=Linux,PBS_O_QUEUE=gpu_1,PBS_O_HOST=login2.chpc.ac.za"
 )
@@ -92,7 +92,7 @@ def job(
         ("server", None, "sched01"),
         ("Checkpoint", None, "u"),
         ("ctime", None, "Tue Apr 14 08:58:01 2026"),
-        ("Error_Path", None, f"login2.chpc.ac.za:{W}/logs/pbs/train_kd/{name}.{sub}.err"),
+        ("Error_Path", None, f"login2.chpc.ac.za:{W}/logs/pbs/simulate/{name}.{sub}.err"),
     ]
     if state != "Q":
         a += [
@@ -105,7 +105,7 @@ def job(
         ("Keep_Files", None, "n"),
         ("Mail_Points", None, "a"),
         ("mtime", None, "Tue Apr 14 10:00:04 2026"),
-        ("Output_Path", None, f"login2.chpc.ac.za:{W}/logs/pbs/train_kd/{name}.{sub}.out"),
+        ("Output_Path", None, f"login2.chpc.ac.za:{W}/logs/pbs/simulate/{name}.{sub}.out"),
         ("Priority", None, "0"),
         ("qtime", None, "Tue Apr 14 08:58:01 2026"),
         ("Rerunable", None, "True"),
@@ -136,7 +136,7 @@ def job(
     if exit_status is not None:
         a.append(("Exit_status", None, str(exit_status)))
     a += [
-        ("Submit_arguments", None, f"{W}/.kdflow/pbs/scripts/{name}.sh"),
+        ("Submit_arguments", None, f"{W}/.snakemake-pbs/scripts/{name}.sh"),
         ("project", None, "CSCI1234"),
     ]
     if state == "F":
@@ -149,9 +149,16 @@ RUN = "Job run at Tue Apr 14 at 09:00 on (gpu4012:ncpus=10:ngpus=1:mem=25165824k
 # What the real OpenPBS 23.06 cannot show: an older server's walltime kill (SIGTERM to the job
 # shell: 271, with the used walltime past the limit) and a SIGKILL of the job shell (265).
 PRE18_JOBS = [
-    job(4106, "kd5f60718293", "F", used="01:00:12", exit_status=271, comment=RUN + " and finished"),
     job(
-        4107, "kd60718293a4", "F", used="00:20:31", exit_status=265, comment=RUN + " and terminated"
+        4106, "smk5f60718293", "F", used="01:00:12", exit_status=271, comment=RUN + " and finished"
+    ),
+    job(
+        4107,
+        "smk60718293a4",
+        "F",
+        used="00:20:31",
+        exit_status=265,
+        comment=RUN + " and terminated",
     ),
 ]
 
@@ -165,7 +172,7 @@ def text(jobs):
     return "\n".join(out) + "\n"
 
 
-TW = "/home/jdoe/kdflow"
+TW = "/home/jdoe/sweep"
 TVARS = (
     "PBS_O_QUEUE=batch,PBS_O_HOME=/home/jdoe,PBS_O_LOGNAME=jdoe,"
     "PBS_O_PATH=/usr/local/bin:/usr/bin:/usr/local/sbin:/usr/sbin:/home/jdoe/.local/bin,"
@@ -188,14 +195,14 @@ def tjob(seq, name, state, used, exit_status=None):
         ("server", None, "torque01"),
         ("Checkpoint", None, "u"),
         ("ctime", None, "Tue Apr 14 09:00:00 2026"),
-        ("Error_Path", None, f"head.cluster:{TW}/logs/pbs/train_pure/{name}.1.err"),
+        ("Error_Path", None, f"head.cluster:{TW}/logs/pbs/simulate/{name}.1.err"),
         ("exec_host", None, "node07/0-9"),
         ("Hold_Types", None, "n"),
         ("Join_Path", None, "n"),
         ("Keep_Files", None, "n"),
         ("Mail_Points", None, "a"),
         ("mtime", None, "Tue Apr 14 10:00:06 2026"),
-        ("Output_Path", None, f"head.cluster:{TW}/logs/pbs/train_pure/{name}.1.out"),
+        ("Output_Path", None, f"head.cluster:{TW}/logs/pbs/simulate/{name}.1.out"),
         ("Priority", None, "0"),
         ("qtime", None, "Tue Apr 14 09:00:00 2026"),
         ("Rerunable", None, "True"),
@@ -212,7 +219,7 @@ def tjob(seq, name, state, used, exit_status=None):
     if exit_status is not None:
         a.append(("exit_status", None, str(exit_status)))
     a += [
-        ("submit_args", None, f"{TW}/.kdflow/pbs/scripts/{name}.sh"),
+        ("submit_args", None, f"{TW}/.snakemake-pbs/scripts/{name}.sh"),
         ("start_time", None, "Tue Apr 14 09:00:01 2026"),
         ("start_count", None, "1"),
         ("fault_tolerant", None, "False"),
@@ -229,9 +236,9 @@ def tjob(seq, name, state, used, exit_status=None):
 
 
 TJOBS = [
-    tjob(812, "kd8293a4b5c6", "R", "00:12:00"),
-    tjob(813, "kd93a4b5c6d7", "C", "00:48:12", 0),
-    tjob(814, "kda4b5c6d7e8", "C", "01:00:05", 271),
+    tjob(812, "smk8293a4b5c6", "R", "00:12:00"),
+    tjob(813, "smk93a4b5c6d7", "C", "00:48:12", 0),
+    tjob(814, "smka4b5c6d7e8", "C", "01:00:05", 271),
 ]
 
 
