@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kdflow.config import Sweep
-from kdflow.status import collect, render
+from kdflow.status import JOB_NAME_PREFIX, collect, render
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.submit import job_name
 
@@ -56,8 +56,8 @@ def populate(sweep: Sweep, root: Path) -> None:
             (directory / "status.json").write_text(json.dumps(status))
         target = f"{experiment.directory}/completed"
         submission = Submission(job_id=f"{i}.pbs", submitted_at=time.time(), outcome="success")
-        registry.save(TargetRecord(name=job_name([target]), outputs=[target],
-                                   submissions=[submission]))  # fmt: skip
+        name = job_name([target], prefix=JOB_NAME_PREFIX)
+        registry.save(TargetRecord(name=name, outputs=[target], submissions=[submission]))
 
 
 def main() -> None:

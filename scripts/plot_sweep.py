@@ -1,9 +1,17 @@
-"""Write the results tables and the figures of the sweep."""
+"""The plot_sweep rule: the tables and figures of exactly the experiments of its input (each
+one's `completed`), into exactly its declared outputs."""
 
 import logging
 from pathlib import Path
 
-from kdflow.summary import write_report
+from kdflow.summary import ReportFiles, write_report
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO)  # noqa: F821
-write_report("results", out_dir=Path(snakemake.output.csv).parent)  # noqa: F821
+sm = snakemake  # noqa: F821
+logging.basicConfig(filename=sm.log[0], level=logging.INFO, format="%(levelname)s: %(message)s")
+files = ReportFiles(
+    csv=Path(sm.output.csv),
+    md=Path(sm.output.md),
+    alpha=dict(zip(sm.params.alpha_datasets, map(Path, sm.output.alpha), strict=True)),
+    curves=dict(zip(sm.params.curves_datasets, map(Path, sm.output.curves), strict=True)),
+)
+write_report([Path(target).parent for target in sm.input], files, sm.params.results)

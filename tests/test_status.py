@@ -1,31 +1,47 @@
 """`kdflow status` from files and registry records alone (no scheduler asked)."""
 
 import io
+import json
+import logging
 import time
 
 import yaml
 from rich.console import Console
 
 from kdflow.config import Sweep
-from kdflow.status import collect, render
+from kdflow.status import JOB_NAME_PREFIX, collect, render
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
+from snakemake_executor_plugin_pbs.status import Answer, JobInfo
 from snakemake_executor_plugin_pbs.submit import job_name
 
 SWEEP = {"seeds": [0, 1], "datasets": {"cifar100": {}}, "models": ["resnet8"], "pairs": []}
 FULL_DISK = "exit status 1, out of disk space: OSError: [Errno 28] cannot write x: No space left"
 
 
-def _ended_on_a_full_disk(registry: Registry, experiment: str, hold_until: float) -> None:
+def _sweep(tmp_path, config=SWEEP) -> Sweep:
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    return Sweep.from_file(tmp_path / "sweep.yaml", check_names=False)
+
+
+def _name(experiment: str) -> str:
+    """The registry name the executor gives the experiment's target (kdflow's prefix)."""
+    return job_name([f"{experiment}/completed"], prefix=JOB_NAME_PREFIX)
+
+
+def _submitted(registry: Registry, experiment: str, *submissions: Submission, **fields) -> None:
     target = f"{experiment}/completed"
+    registry.save(TargetRecord(name=_name(experiment), outputs=[target],
+                               submissions=list(submissions), **fields))  # fmt: skip
+
+
+def _ended_on_a_full_disk(registry: Registry, experiment: str, hold_until: float) -> None:
     submission = Submission(job_id="7.pbs", submitted_at=0.0, outcome="storage",
                             reason=FULL_DISK, log_err="logs/7.err")  # fmt: skip
-    registry.save(TargetRecord(name=job_name([target]), outputs=[target], storage_failures=1,
-                               submissions=[submission], hold_until=hold_until))  # fmt: skip
+    _submitted(registry, experiment, submission, storage_failures=1, hold_until=hold_until)
 
 
 def test_a_target_waiting_for_disk_space_is_held_until_its_time(tmp_path):
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
-    sweep = Sweep.from_file(tmp_path / "sweep.yaml", check_names=False)
+    sweep = _sweep(tmp_path)
     held, due = "results/cifar100/pure/resnet8/seed0", "results/cifar100/pure/resnet8/seed1"
     registry = Registry(tmp_path / ".kdflow/pbs")
     _ended_on_a_full_disk(registry, held, time.time() + 3600)
@@ -44,28 +60,24 @@ def test_a_target_waiting_for_disk_space_is_held_until_its_time(tmp_path):
 
 
 class _Qstat:
-    """Stands in for the executor's Qstat: answers from a fixed Answer."""
+    """Stands in for the executor's Qstat: answers from a fixed Answer, records the ids."""
 
     def __init__(self, answer):
         self.answer = answer
+        self.asked: list[list[str]] = []
 
     def query(self, job_ids):
+        self.asked.append(list(job_ids))
         return self.answer
 
 
 def test_a_job_qstat_says_nothing_about_is_submitted_not_ended(tmp_path):
     # An answer that leaves a job out (OpenPBS's -F json did) is no news that it ended.
-    from snakemake_executor_plugin_pbs.status import Answer
-
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
-    sweep = Sweep.from_file(tmp_path / "sweep.yaml", check_names=False)
+    sweep = _sweep(tmp_path)
     registry = Registry(tmp_path / ".kdflow/pbs")
     for seed, job_id in ((0, "8.pbs"), (1, "9.pbs")):
-        target = f"results/cifar100/pure/resnet8/seed{seed}/completed"
-        submission = Submission(job_id=job_id, submitted_at=0.0)
-        registry.save(
-            TargetRecord(name=job_name([target]), outputs=[target], submissions=[submission])
-        )
+        experiment = f"results/cifar100/pure/resnet8/seed{seed}"
+        _submitted(registry, experiment, Submission(job_id=job_id, submitted_at=0.0))
     rows, note = collect(sweep, tmp_path, qstat=_Qstat(Answer({}, unknown=["9.pbs"])))
     states = {row.path.rsplit("/", 1)[1]: (row.state, row.pbs_id) for row in rows}
     assert note is None
@@ -75,17 +87,66 @@ def test_a_job_qstat_says_nothing_about_is_submitted_not_ended(tmp_path):
 
 def test_a_job_that_just_started_shows_its_time_since_it_started(tmp_path):
     # For its first seconds a running job has no resources_used.walltime (seen on OpenPBS).
-    from snakemake_executor_plugin_pbs.status import Answer, JobInfo
-
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
-    sweep = Sweep.from_file(tmp_path / "sweep.yaml", check_names=False)
-    target = "results/cifar100/pure/resnet8/seed0/completed"
-    submission = Submission(job_id="8.pbs", submitted_at=0.0)
-    Registry(tmp_path / ".kdflow/pbs").save(
-        TargetRecord(name=job_name([target]), outputs=[target], submissions=[submission])
-    )
+    sweep = _sweep(tmp_path)
+    experiment = "results/cifar100/pure/resnet8/seed0"
+    registry = Registry(tmp_path / ".kdflow/pbs")
+    _submitted(registry, experiment, Submission(job_id="8.pbs", submitted_at=0.0))
     started = time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(time.time() - 42))
-    info = JobInfo(id="8.pbs", name=job_name([target]), state="R", times={"stime": started})
+    info = JobInfo(id="8.pbs", name=_name(experiment), state="R", times={"stime": started})
     rows, _ = collect(sweep, tmp_path, qstat=_Qstat(Answer({"8.pbs": info})))
     row = next(row for row in rows if row.pbs_id == "8.pbs")
     assert row.state == "running" and 41 <= row.elapsed <= 45
+
+
+def test_one_qstat_asks_about_the_open_jobs_in_the_order_the_server_gave_them_out(tmp_path):
+    # as text "1000.pbs" < "999.pbs"; the dashboard asks by number, one call for all
+    sweep = _sweep(tmp_path, {**SWEEP, "seeds": [0, 1, 2]})
+    registry = Registry(tmp_path / ".kdflow/pbs")
+    for seed, job_id in ((0, "1000.pbs"), (1, "999.pbs"), (2, "10001.pbs")):
+        experiment = f"results/cifar100/pure/resnet8/seed{seed}"
+        _submitted(registry, experiment, Submission(job_id=job_id, submitted_at=0.0))
+    qstat = _Qstat(Answer({}))
+    collect(sweep, tmp_path, qstat=qstat)
+    assert qstat.asked == [["999.pbs", "1000.pbs", "10001.pbs"]]
+
+
+def test_a_damaged_record_is_read_not_repaired(tmp_path):
+    # the controller is the registry's one writer: the dashboard leaves a damaged record where
+    # it is (the controller sets it aside and looks for the job by name)
+    sweep = _sweep(tmp_path)
+    experiment = "results/cifar100/pure/resnet8/seed0"
+    registry = Registry(tmp_path / ".kdflow/pbs")
+    registry.path(_name(experiment)).parent.mkdir(parents=True)
+    registry.path(_name(experiment)).write_text('{"name": "kd", "submissions": [')
+    rows, note = collect(sweep, tmp_path, qstat=_Qstat(Answer({})))
+    assert note is None and {row.state for row in rows} == {"ready"}
+    assert sorted(p.name for p in registry.targets_dir.iterdir()) == [f"{_name(experiment)}.json"]
+
+
+def test_a_damaged_status_file_is_named_once_and_a_missing_one_is_silent(tmp_path, caplog):
+    sweep = _sweep(tmp_path)
+    running = tmp_path / "results/cifar100/pure/resnet8/seed0"
+    running.mkdir(parents=True)
+    (running / "status.json").write_text('{"status": "in_progress", "epo')  # damaged by a copy
+    with caplog.at_level(logging.WARNING):
+        rows, _ = collect(sweep, tmp_path)
+    assert [row.state for row in rows] == ["ready", "ready"]
+    assert len(caplog.records) == 1 and str(running / "status.json") in caplog.text
+
+
+def test_kdflow_status_prints_warnings_after_the_table(tmp_path, monkeypatch, capsys):
+    # a damaged file's warning must not land inside the table (nor be wiped by --watch's
+    # clearing of the screen): it comes after it, on stderr; --json stays valid JSON
+    from kdflow.cli import main
+
+    _sweep(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    running = tmp_path / "results/cifar100/pure/resnet8/seed0"
+    running.mkdir(parents=True)
+    (running / "status.json").write_text("{")
+    assert main(["status", "--configfile", "sweep.yaml", "--no-qstat"]) == 0
+    out, err = capsys.readouterr()
+    assert "finished 0/2" in out and "results/cifar100/pure/resnet8/seed0/status.json" in err
+    assert main(["status", "--configfile", "sweep.yaml", "--no-qstat", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)["experiments"]) == 2 and "status.json" in err

@@ -1,95 +1,176 @@
-"""The results table equals a hand computation; damaged metrics are skipped by path."""
+"""The results table equals a hand computation; a report covers exactly its config's
+experiments and says what it left out and why; damaged metrics are skipped by path."""
 
 import json
 import logging
 import statistics
 
 import pytest
+import yaml
 
-from kdflow.summary import read_metrics, summarize, write_summary
+from kdflow.cli import main
+from kdflow.config import Experiment, Sweep
+from kdflow.summary import ReportFiles, read_metrics, summarize, write_report
+
+HEADER = "epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_seconds,images_per_s\n"
+# Two configs sharing a working directory: A, and B with another seed and another alpha
+CONFIG_A = {
+    "seeds": [0, 1],
+    "datasets": {"cifar100": {}},
+    "models": ["r32", "r8"],
+    "pairs": [{"teacher": "r32", "student": "r8"}],
+    "alphas": [0.5],
+}
+CONFIG_B = {**CONFIG_A, "seeds": [0, 2], "alphas": [0.5, 0.9]}
 
 
-def _write(root, rel, **metrics):
-    d = root / rel
-    d.mkdir(parents=True)
-    (d / "metrics.json").write_text(json.dumps(metrics))
+def _write(root, experiment: Experiment, final_acc: float, finished: bool = True):
+    """An experiment's files as the trainer leaves them (`root` is the working directory)."""
+    d = root / experiment.directory
+    d.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{e},1.0,50,1.0,{final_acc - 2 + e},0.05,1.0,900\n" for e in range(3))
+    (d / "history.csv").write_text(HEADER + rows)
+    if finished:
+        alpha = float(experiment.alpha) if experiment.alpha else None
+        metrics = {
+            "dataset": experiment.dataset,
+            "method": experiment.method,
+            "model": experiment.model,
+            "teacher": experiment.teacher,
+            "alpha": alpha,
+            "seed": experiment.seed,
+            "final_acc": final_acc,
+            "best_acc": final_acc + 1,
+        }
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        (d / "completed").write_text("")
     return d
 
 
-def _sweep(root):
-    for seed, (alone, kd, teacher) in enumerate([(70.0, 72.0, 80.0), (71.0, 73.5, 79.0)]):
-        common = {"dataset": "cifar100", "seed": seed, "best_acc": 0.0}
-        _write(
-            root,
-            f"cifar100/pure/r8/seed{seed}",
-            **common,
-            method="pure",
-            model="r8",
-            final_acc=alone,
-            teacher=None,
-            alpha=0.0,
-        )
-        _write(
-            root,
-            f"cifar100/pure/r32/seed{seed}",
-            **common,
-            method="pure",
-            model="r32",
-            final_acc=teacher,
-            teacher=None,
-            alpha=0.0,
-        )
-        _write(
-            root,
-            f"cifar100/logit/r32-r8/alpha0.5/seed{seed}",
-            **common,
-            method="logit",
-            model="r8",
-            teacher="r32",
-            alpha=0.5,
-            final_acc=kd,
-        )
+def _sweep(root, config=CONFIG_A, name="a.yaml") -> Sweep:
+    (root / name).write_text(yaml.safe_dump(config))
+    return Sweep.from_file(root / name, check_names=False)
+
+
+def _accuracy(experiment: Experiment) -> float:
+    base = {"r8": 70.0, "r32": 79.0}[experiment.model] + experiment.seed
+    return base + (2.0 if not experiment.is_pure else 0.0)
 
 
 def test_mean_std_and_gain_equal_a_hand_computation(tmp_path):
-    _sweep(tmp_path)
-    table = summarize(read_metrics(tmp_path)).set_index(["method", "model"])
+    sweep = _sweep(tmp_path)
+    for experiment in sweep.experiments():
+        _write(tmp_path, experiment, _accuracy(experiment))
+    runs, not_finished, unreadable = read_metrics(
+        tmp_path / e.directory for e in sweep.experiments()
+    )
+    assert not_finished == [] and unreadable == []
+    table = summarize(runs).set_index(["method", "model"])
     kd = table.loc[("logit", "r8")]
     assert kd["n"] == 2
-    assert kd["final_acc_mean"] == pytest.approx(72.75)
-    assert kd["final_acc_std"] == pytest.approx(statistics.stdev([72.0, 73.5]))
-    assert kd["gain_final"] == pytest.approx(72.75 - 70.5)
+    assert kd["final_acc_mean"] == pytest.approx(72.5)  # 72, 73
+    assert kd["final_acc_std"] == pytest.approx(statistics.stdev([72.0, 73.0]))
+    assert kd["best_acc_mean"] == pytest.approx(73.5)
+    assert kd["gain_final"] == pytest.approx(72.5 - 70.5)
     assert table.loc[("pure", "r32")]["final_acc_mean"] == pytest.approx(79.5)
 
 
+def test_a_report_covers_exactly_its_configs_experiments_and_says_what_it_left_out(tmp_path):
+    a, b = _sweep(tmp_path), _sweep(tmp_path, CONFIG_B, "b.yaml")
+    for experiment in b.experiments():  # B's sweep ran first, all of it
+        _write(tmp_path, experiment, _accuracy(experiment) + 5)  # B's numbers are A's + 5
+    unfinished = Experiment("cifar100", 1, "logit", "r8", "r32", "0.5")
+    for experiment in a.experiments():  # then A's: seed 0 shared, seed 1 all but one
+        _write(tmp_path, experiment, _accuracy(experiment), finished=experiment != unfinished)
+    files = ReportFiles.of(a, tmp_path / "results/summary")
+    report = write_report(
+        [tmp_path / e.directory for e in a.experiments()], files, tmp_path / "results"
+    )
+    table = report.table.set_index(["method", "model", "alpha"])
+    assert sorted(table.index) == [("logit", "r8", "0.5"), ("pure", "r32", ""), ("pure", "r8", "")]
+    assert table.loc[("logit", "r8", "0.5")]["n"] == 1  # seed 1's is not finished
+    assert table.loc[("pure", "r8", "")]["final_acc_mean"] == pytest.approx(70.5)  # not B's
+    assert report.not_finished == [tmp_path / unfinished.directory]
+    theirs = sorted({e.directory for e in b.experiments()} - {e.directory for e in a.experiments()})
+    assert report.foreign == [tmp_path / d for d in theirs]
+    account = report.account()
+    assert account.startswith(
+        "5 of 6 experiments of this config in the table; 1 not finished yet; "
+        f"{len(theirs)} result(s) in {tmp_path / 'results'}/ belong to no experiment of this "
+        "config (ignored): "
+    )
+    assert f"and {len(theirs) - 3} more" in account
+    assert account in files.md.read_text()
+    assert sorted((tmp_path / "results/summary").iterdir()) == sorted([files.csv, files.md,
+                                                                      *files.figures])  # fmt: skip
+
+
 def test_damaged_metrics_are_skipped_with_their_path(tmp_path, caplog):
-    _sweep(tmp_path)
-    bad = tmp_path / "cifar100/logit/r32-r8/alpha0.5/seed1/metrics.json"
-    bad.write_text('{"dataset": "cifar100", "final_')
+    sweep = _sweep(tmp_path)
+    for experiment in sweep.experiments():
+        _write(tmp_path, experiment, _accuracy(experiment))
+    kd = Experiment("cifar100", 1, "logit", "r8", "r32", "0.5")
+    cut = tmp_path / kd.directory / "metrics.json"
+    cut.write_text('{"dataset": "cifar100", "final_')  # cut by a full disk or a copy
+    wrong = tmp_path / "results/cifar100/pure/r8/seed1/metrics.json"
+    wrong.write_text(json.dumps({"dataset": "cifar100", "method": "pure"}))  # keys missing
+    gone = tmp_path / "results/cifar100/pure/r32/seed1/metrics.json"
+    gone.unlink()
+    files = ReportFiles.of(sweep, tmp_path / "s")
     with caplog.at_level(logging.WARNING):
-        table = write_summary(tmp_path, tmp_path / "s/results.csv", tmp_path / "s/results.md")
-    assert str(bad) in caplog.text
-    kd = table.set_index(["method", "model"]).loc[("logit", "r8")]
-    assert kd["n"] == 1 and kd["final_acc_mean"] == pytest.approx(72.0)
-    assert (
-        "| cifar100 | logit | r32 | r8 | 0.5 | 1 | 72.00 |"
-        in (tmp_path / "s/results.md").read_text()
-    )
+        report = write_report([tmp_path / e.directory for e in sweep.experiments()], files,
+                              tmp_path / "results")  # fmt: skip
+    for path in (cut, wrong, gone):
+        assert str(path) in caplog.text
+    assert report.unreadable == [gone, wrong, cut]  # in the config's order
+    assert "3 finished but left out, metrics.json missing or unreadable: " in report.account()
+    kd_row = report.table.set_index(["method", "model"]).loc[("logit", "r8")]
+    assert kd_row["n"] == 1 and kd_row["final_acc_mean"] == pytest.approx(72.0)
+    assert "| cifar100 | logit | r32 | r8 | 0.5 | 1 | 72.00 |" in files.md.read_text()
 
 
-def test_nothing_finished_gives_an_empty_table(tmp_path):
-    table = write_summary(tmp_path, tmp_path / "results.csv", tmp_path / "results.md")
-    assert table.empty and (tmp_path / "results.csv").exists()
+def test_nothing_finished_gives_an_empty_table_and_figures_that_say_so(tmp_path):
+    sweep = _sweep(tmp_path)
+    files = ReportFiles.of(sweep, tmp_path / "s")
+    report = write_report([tmp_path / e.directory for e in sweep.experiments()], files,
+                          tmp_path / "results")  # fmt: skip
+    assert report.table.empty and files.csv.exists()
+    assert report.account() == "0 of 6 experiments of this config in the table; 6 not finished yet"
+    assert [f.name for f in files.figures] == ["alpha_cifar100.png", "curves_cifar100.png"]
+    assert all(f.stat().st_size > 1000 for f in files.figures)  # drawn, saying nothing is there
 
 
-def test_kdflow_report_writes_the_tables(tmp_path, capsys):
-    from kdflow.cli import main
+def test_kdflow_report_covers_the_configs_experiments(tmp_path, monkeypatch, capsys):
+    _sweep(tmp_path)
+    for experiment in _sweep(tmp_path, CONFIG_B, "b.yaml").experiments():
+        _write(tmp_path, experiment, _accuracy(experiment))
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--configfile", "a.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "| cifar100 | logit | r32 | r8 | 0.5 | 1 |" in out  # seed 0: the one A shares with B
+    assert "| cifar100 | logit | r32 | r8 | 0.9 |" not in out
+    assert ("a.yaml: 3 of 6 experiments of this config in the table; 3 not finished yet; "
+            "5 result(s) in results/ belong to no experiment of this config (ignored): "
+            "results/cifar100/logit/r32-r8/alpha0.5/seed2, ") in out  # fmt: skip
+    assert "wrote results/summary/alpha_cifar100.png" in out
+    written = sorted(p.name for p in (tmp_path / "results/summary").iterdir())
+    assert written == ["alpha_cifar100.png", "curves_cifar100.png", "results.csv", "results.md"]
 
-    _sweep(tmp_path / "results")
-    assert (
-        main(["report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "s")]) == 0
-    )
-    assert "| cifar100 | logit | r32 | r8 | 0.5 | 2 |" in capsys.readouterr().out
-    assert (tmp_path / "s" / "results.csv").exists()
-    assert main(["report", "--results", str(tmp_path / "missing")]) == 2
+    # the default is the Snakefile's config, as for `kdflow status`
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/experiments.yaml").write_text(yaml.safe_dump(CONFIG_B))
+    assert main(["report", "--out", "b"]) == 0
+    assert "8 of 8 experiments of this config in the table\n" in capsys.readouterr().out
+
+
+def test_kdflow_report_refuses_a_missing_results_directory_or_a_bad_config(tmp_path, capsys):
+    _sweep(tmp_path)
+    assert main(["report", "--configfile", str(tmp_path / "a.yaml"),
+                 "--results", str(tmp_path / "missing")]) == 2  # fmt: skip
     assert "no results directory" in capsys.readouterr().err
+    (tmp_path / "results").mkdir()
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**CONFIG_A, "alphas": [1.5]}))
+    assert main(["report", "--configfile", str(tmp_path / "bad.yaml"),
+                 "--results", str(tmp_path / "results")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("kdflow report: ") and "alphas[0] = 1.5" in err

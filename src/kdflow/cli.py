@@ -8,27 +8,79 @@ import sys
 import time
 from pathlib import Path
 
+DEFAULT_CONFIG = "config/experiments.yaml"  # the Snakefile's `configfile:`
+
+
+def _sweep(command: str, configfile: str):
+    """The sweep of `configfile` (the commands show whatever it names: the workflow has
+    checked the names), or None after saying why not."""
+    from kdflow.config import ConfigError, Sweep
+
+    try:
+        return Sweep.from_file(configfile, check_names=False)
+    except ConfigError as exc:
+        print(f"kdflow {command}: {exc}", file=sys.stderr)
+        return None
+
 
 def _report(args: argparse.Namespace) -> int:
-    from kdflow.summary import to_markdown, write_report
+    from kdflow.summary import ReportFiles, to_markdown, write_report
 
-    out = Path(args.out)
-    table, figures = write_report(args.results, out)
-    print(to_markdown(table))
-    print(f"wrote {out / 'results.csv'}, {out / 'results.md'} ({len(table)} rows)")
-    for figure in figures:
+    results = Path(args.results)
+    if not results.is_dir():
+        print(f"kdflow: no results directory {args.results!r} here; run it where the sweep runs",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    sweep = _sweep("report", args.configfile)
+    if sweep is None:
+        return 2
+    # the config's experiment directories are results/...: read under --results
+    experiments = [results / Path(e.directory).relative_to("results") for e in sweep.experiments()]
+    files = ReportFiles.of(sweep, args.out)
+    report = write_report(experiments, files, results)
+    print(to_markdown(report.table))
+    print(f"wrote {files.csv}, {files.md} ({len(report.table)} rows)")
+    for figure in files.figures:
         print(f"wrote {figure}")
+    print(f"{args.configfile}: {report.account()}")
     return 0
 
 
+class _HeldWarnings(logging.Handler):
+    """Holds kdflow's warnings while the dashboard reads its files, to print them after the
+    table: before it, --watch's clearing of the screen would wipe them."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> _HeldWarnings:
+        logger = logging.getLogger("kdflow")
+        self._propagate, logger.propagate = logger.propagate, False
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        logger = logging.getLogger("kdflow")
+        logger.removeHandler(self)
+        logger.propagate = self._propagate
+        if exc_type is not None:  # no table comes: say them now
+            self.print()
+
+    def print(self) -> None:
+        for record in self.records:
+            print(f"{record.levelname}: {record.getMessage()}", file=sys.stderr)
+        self.records.clear()
+
+
 def _status(args: argparse.Namespace) -> int:
-    from kdflow.config import ConfigError, Sweep
     from kdflow.status import collect, render, to_json
 
-    try:
-        sweep = Sweep.from_file(args.configfile, check_names=False)
-    except ConfigError as exc:
-        print(f"kdflow status: {exc}", file=sys.stderr)
+    sweep = _sweep("status", args.configfile)
+    if sweep is None:
         return 2
     qstat = None
     if not args.no_qstat:
@@ -37,13 +89,16 @@ def _status(args: argparse.Namespace) -> int:
 
         qstat = None if "qstat" in missing_commands() else Qstat(timeout=args.qstat_timeout)
     while True:
-        rows, note = collect(sweep, ".", args.registry, qstat)
+        with _HeldWarnings() as warnings:
+            rows, note = collect(sweep, ".", args.registry, qstat)
         if args.json:
             print(to_json(rows, note))
         else:
             if args.watch:
                 print("\033[2J\033[H", end="")  # clear the screen between refreshes
             render(rows, note)
+        sys.stdout.flush()
+        warnings.print()
         if not args.watch:
             return 0
         time.sleep(args.watch)
@@ -72,16 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="tables and figures of whatever has finished so far"
     )
+    report.add_argument(
+        "--configfile",
+        default=DEFAULT_CONFIG,
+        help="the sweep's config: the report covers exactly its experiments",
+    )
     report.add_argument("--results", default="results", help="the results directory")
-    report.add_argument("--out", default="results/summary", help="where the tables go")
+    report.add_argument("--out", default="results/summary", help="where tables and figures go")
     report.set_defaults(run=_report)
 
     status = commands.add_parser(
         "status", help="the dashboard: done, running, queued, waiting, failed and why"
     )
-    status.add_argument(
-        "--configfile", default="config/experiments.yaml", help="the sweep's config"
-    )
+    status.add_argument("--configfile", default=DEFAULT_CONFIG, help="the sweep's config")
     status.add_argument("--registry", default=".kdflow/pbs", help="the PBS executor's registry")
     status.add_argument("--json", action="store_true", help="one record per experiment, as JSON")
     status.add_argument(
@@ -101,10 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if args.command == "report" and not Path(args.results).is_dir():
-        print(f"kdflow: no results directory {args.results!r} here; run it where the sweep runs",
-              file=sys.stderr)  # fmt: skip
-        return 2
     return args.run(args)
 
 

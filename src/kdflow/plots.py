@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -42,17 +43,27 @@ def experiment_label(directory: Path, results_dir: Path) -> tuple[str, str, str]
     return parts[0], parts[2], f"{parts[1]} a={parts[3][5:]} {parts[4]}"
 
 
-def read_histories(results_dir: str | Path) -> dict[Path, pd.DataFrame]:
-    """Every experiment's history.csv, finished or not; damaged ones are skipped by path.
+def _nothing_yet(path: Path, title: str, text: str) -> Path:
+    """A figure that says there is nothing to draw yet (each declared figure is written)."""
+    fig, ax = _pyplot().subplots(figsize=(4.8, 2.4))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, wrap=True)
+    ax.set_axis_off()
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def read_histories(directories: Iterable[str | Path]) -> dict[Path, pd.DataFrame]:
+    """The history.csv of each experiment directory that has one, finished or not (one that has
+    not started has none); damaged ones are skipped by path.
 
     A row cut short (by a copy or a full disk) is left out with a warning: one with fewer
     fields than the header, and a last line without its newline, since the trainer writes whole
     lines and a cut can leave every field parsing: "25.0" cut to "2" is a number, a wrong one.
     Complete rows are kept as written, a diverged run's `nan` losses included.
     """
-    results_dir = Path(results_dir)
     out = {}
-    for path in sorted(results_dir.glob("*/*/**/seed*/history.csv")):
+    for directory in map(Path, directories):
+        path = directory / "history.csv"
         try:
             text = path.read_text()
             parsed = [row for row in csv.reader(io.StringIO(text)) if row]
@@ -67,6 +78,8 @@ def read_histories(results_dir: str | Path) -> dict[Path, pd.DataFrame]:
                 complete.pop()
             history = pd.DataFrame(complete, columns=header)
             history = history.astype(float)  # "nan" included: a diverged loss
+        except FileNotFoundError:
+            continue  # not started yet
         except (OSError, ValueError, csv.Error) as exc:
             log.warning("skipping %s: %s", path, exc)
             continue
@@ -77,17 +90,26 @@ def read_histories(results_dir: str | Path) -> dict[Path, pd.DataFrame]:
     return out
 
 
-def plot_curves(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """One figure per dataset: test accuracy per epoch, a panel per model or pair."""
+def plot_curves(
+    histories: dict[Path, pd.DataFrame], files: dict[str, Path], results_dir: str | Path
+) -> list[Path]:
+    """For each dataset of `files`, its figure: test accuracy per epoch of `histories`
+    (experiment directory -> history, as read_histories gives them), a panel per model or
+    pair."""
     plt = _pyplot()
     results_dir = Path(results_dir)
     by_dataset: dict[str, dict[str, list[tuple[str, pd.DataFrame]]]] = {}
-    for directory, history in read_histories(results_dir).items():
+    for directory, history in histories.items():
         dataset, group, run = experiment_label(directory, results_dir)
         by_dataset.setdefault(dataset, {}).setdefault(group, []).append((run, history))
 
     written = []
-    for dataset, groups in sorted(by_dataset.items()):
+    for dataset, path in files.items():
+        groups = by_dataset.get(dataset)
+        if not groups:
+            text = "no experiment has finished an epoch yet"
+            written.append(_nothing_yet(Path(path), f"{dataset}: training curves", text))
+            continue
         fig, axes = plt.subplots(
             1, len(groups), figsize=(4.5 * len(groups), 3.6), squeeze=False, sharey=True
         )
@@ -100,21 +122,24 @@ def plot_curves(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
             ax.legend(fontsize=6, ncol=1 + len(runs) // 8)
         axes[0][0].set_ylabel("test accuracy (%)")
         fig.suptitle(f"{dataset}: training curves", fontsize=11)
-        written.append(_save(fig, Path(out_dir) / f"curves_{dataset}.png"))
+        written.append(_save(fig, Path(path)))
     return written
 
 
-def plot_alpha(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """Per dataset, a panel per teacher -> student pair: student accuracy against alpha for
-    each method, mean with sample-std error bars over seeds (n beside each point), and the
-    student-alone and teacher accuracies as reference lines."""
+def plot_alpha(table: pd.DataFrame, files: dict[str, Path]) -> list[Path]:
+    """For each dataset of `files`, a panel per teacher -> student pair of the results table:
+    student accuracy against alpha for each method, mean with sample-std error bars over seeds
+    (n beside each point), and the student-alone and teacher accuracies as reference lines."""
     plt = _pyplot()
     written = []
-    for dataset, rows in table.groupby("dataset", sort=True):
+    for dataset, path in files.items():
+        rows = table[table["dataset"] == dataset]
         kd = rows[rows["method"] != "pure"]
         alone = rows[rows["method"] == "pure"].set_index("model")
         pairs = sorted(set(zip(kd["teacher"], kd["model"], strict=True)))
         if not pairs:
+            title = f"{dataset}: student accuracy against alpha"
+            written.append(_nothing_yet(Path(path), title, "no distilled student has finished yet"))
             continue
         fig, axes = plt.subplots(1, len(pairs), figsize=(4.8 * len(pairs), 3.8), squeeze=False)
         for ax, (teacher, student) in zip(axes[0], pairs, strict=True):
@@ -145,5 +170,5 @@ def plot_alpha(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         axes[0][0].set_ylabel("test accuracy, last epoch (%)")
         fig.suptitle(f"{dataset}: student accuracy against alpha (mean ± std over seeds)",
                      fontsize=11)  # fmt: skip
-        written.append(_save(fig, Path(out_dir) / f"alpha_{dataset}.png"))
+        written.append(_save(fig, Path(path)))
     return written

@@ -8,9 +8,17 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from kdflow.config import Sweep
+from kdflow.config import Experiment, Sweep
+from kdflow.fileio import read_json
+from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
+from snakemake_executor_plugin_pbs.status import (
+    JobInfo,
+    StatusUnknown,
+    job_id_order,
+    lookup,
+)
+from snakemake_executor_plugin_pbs.submit import job_name
 
 # Display order, and what each state means.
 STATES = {
@@ -24,6 +32,9 @@ STATES = {
     "failed": "given up by the PBS executor; see the reason and log",
 }
 QUEUED_STATES = frozenset("QHWTSUM")
+# The start of kdflow's PBS job names (profiles/pbs: pbs-job-name-prefix), by which the
+# executor names each target's registry record.
+JOB_NAME_PREFIX = "kd"
 
 
 @dataclass
@@ -44,49 +55,53 @@ class Row:
     epoch_seconds: float | None = field(default=None, repr=False)  # for the ETA only
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None  # missing, or caught mid-copy: the state comes from the other sources
-    return data if isinstance(data, dict) else None
-
-
-def _read_record(path_without_suffix: str):
-    from snakemake_executor_plugin_pbs.registry import TargetRecord
-
-    try:
-        with open(path_without_suffix + ".json") as f:
-            return TargetRecord.from_json(f.read())
-    except (OSError, ValueError, TypeError, KeyError):
-        return None  # no record: never submitted through PBS (or unreadable: the controller
-        # sets those aside and looks for the job by name)
-
-
 def collect(
     sweep: Sweep,
     workdir: str | Path = ".",
     registry_dir: str | Path = ".kdflow/pbs",
     qstat=None,
+    job_name_prefix: str = JOB_NAME_PREFIX,
 ) -> tuple[list[Row], str | None]:
     """Every experiment's Row, and a note if the scheduler could not be asked.
 
     `qstat` is the executor's Qstat (one call for all open jobs); None asks no scheduler.
-    Plain os.path on purpose: this reads two files per experiment, 10,000 experiments in a
-    second or two.
+    Plain os.path for the experiment files on purpose: this reads two files per experiment,
+    10,000 experiments in a second or two.
     """
-    from snakemake_executor_plugin_pbs.submit import job_name
+    workdir = "" if str(workdir) == "." else str(workdir)  # paths as the user sees them
+    experiments = sweep.experiments()
+    rows = _rows_from_files(sweep, experiments, workdir)
+    records = _records(
+        Registry(Path(workdir) / registry_dir),
+        {i: experiments[i].target for i, row in enumerate(rows) if row.state != "done"},
+        job_name_prefix,
+    )
+    open_jobs = {
+        i: record.last
+        for i, record in records.items()
+        if record.last is not None and record.last.is_open and record.last.job_id
+    }
+    infos, forgotten, note = _ask_scheduler(qstat, open_jobs)
+    now = time.time()
+    for i, record in records.items():
+        if i in open_jobs:
+            _show_job(rows[i], open_jobs[i], infos.get(i), i in forgotten, note is not None, now)
+        else:
+            _show_record(rows[i], record, now)
+    for row in rows:
+        if row.state == "ready" and row.epoch and not row.reason:
+            row.reason = f"resumes after epoch {row.epoch}"
+    return rows, note
 
-    workdir = str(workdir)
-    targets_dir = os.path.join(workdir, str(registry_dir), "targets")
-    has_registry = os.path.isdir(targets_dir)
+
+def _rows_from_files(sweep: Sweep, experiments: list[Experiment], workdir: str) -> list[Row]:
+    """Each experiment's Row from its own files: done (`completed`), waiting (its teacher's
+    `completed` is missing) or ready, with the progress its status.json records."""
     epochs = {dataset: sweep.recipe(dataset).epochs for dataset in sweep.datasets}
-
-    rows, records = [], {}
-    for experiment in sweep.experiments():
+    rows = []
+    for experiment in experiments:
         directory = os.path.join(workdir, experiment.directory)
-        status = _read_json(os.path.join(directory, "status.json")) or {}
+        status = read_json(os.path.join(directory, "status.json")) or {}
         row = Row(
             path=experiment.directory,
             state="ready",
@@ -98,66 +113,87 @@ def collect(
         if os.path.exists(os.path.join(directory, "completed")):
             row.state = "done"
             continue
-        if has_registry:
-            record = _read_record(os.path.join(targets_dir, job_name([experiment.target])))
-            if record is not None:
-                records[len(rows) - 1] = record
         if not experiment.is_pure and not os.path.exists(
             os.path.join(workdir, experiment.teacher_directory, "completed")
         ):
             row.state = "waiting"
         row.epoch_seconds = status.get("epoch_seconds")
+    return rows
 
-    open_jobs = {
-        i: record.last
-        for i, record in records.items()
-        if record.last is not None and record.last.is_open and record.last.job_id
-    }
-    infos, forgotten, note = {}, set(), None
-    if open_jobs and qstat is not None:
-        from snakemake_executor_plugin_pbs.status import StatusUnknown, lookup
 
+def _records(registry: Registry, targets: dict[int, str], prefix: str) -> dict[int, TargetRecord]:
+    """The registry's record of each target that has one, by the same index.
+
+    Read-only, located by Registry.path: Registry.load would set an unreadable record aside
+    (a write: the controller is the registry's one writer) and makes up a record for a
+    target that has none."""
+    if not targets or not os.path.isdir(registry.targets_dir):
+        return {}
+    records = {}
+    for i, target in targets.items():
         try:
-            answer = qstat.query([s.job_id for s in open_jobs.values()])
-            infos = {i: lookup(answer, s.job_id) for i, s in open_jobs.items()}
-            forgotten = {i for i, s in open_jobs.items() if answer.forgotten(s.job_id)}
-        except StatusUnknown as exc:
-            note = f"qstat did not answer ({exc}); PBS states unknown"
+            text = registry.path(job_name([target], prefix=prefix)).read_text()
+            records[i] = TargetRecord.from_json(text)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # no record: never submitted through PBS (or unreadable: the controller
+            # sets those aside and looks for the job by name)
+    return records
 
-    now = time.time()
-    for i, record in records.items():
-        row = rows[i]
-        submission = open_jobs.get(i)
-        if submission is not None:
-            row.pbs_id, row.log = submission.job_id, submission.log_err
-            info = infos.get(i)
-            if note is not None or (info is None and i not in forgotten):
-                row.state = "submitted"  # no word about it: it may be queued or running
-            elif info is not None and info.alive:
-                row.pbs_state = info.state
-                row.elapsed = info.walltime_used
-                started = info.time("stime")
-                if row.elapsed is None and started is not None and info.state == "R":
-                    row.elapsed = max(0, round(now - started))  # the mom has not reported yet
-                row.state = "queued" if info.state in QUEUED_STATES else "running"
-                if row.state == "running" and row.epoch_seconds and row.epoch:
-                    row.eta = round((row.epochs - row.epoch) * row.epoch_seconds)
-            else:  # ended since the controller last looked; it will classify it
-                row.state = "ready"
-                row.reason = "job ended; the controller will classify it"
-        elif record.failed:
-            row.state = "failed"
-            row.reason = record.failed
-            row.log = record.last.log_err if record.last else None
-        elif record.hold_until is not None and record.hold_until > now and record.last:
-            row.state = "held"
-            until = time.strftime("%H:%M", time.localtime(record.hold_until))
-            row.reason = f"{record.last.reason}; resubmitted at {until}"
-            row.log = record.last.log_err
-    for row in rows:
-        if row.state == "ready" and row.epoch and not row.reason:
-            row.reason = f"resumes after epoch {row.epoch}"
-    return rows, note
+
+def _ask_scheduler(
+    qstat, open_jobs: dict[int, Submission]
+) -> tuple[dict[int, JobInfo | None], set[int], str | None]:
+    """One qstat for every open job (ids in the order the server gave them out): what it
+    says of each, which ones it said it does not know, and a note if it did not answer."""
+    if not open_jobs or qstat is None:
+        return {}, set(), None
+    ids = sorted({s.job_id for s in open_jobs.values()}, key=job_id_order)
+    try:
+        answer = qstat.query(ids)
+    except StatusUnknown as exc:
+        return {}, set(), f"qstat did not answer ({exc}); PBS states unknown"
+    infos = {i: lookup(answer, s.job_id) for i, s in open_jobs.items()}
+    forgotten = {i for i, s in open_jobs.items() if answer.forgotten(s.job_id)}
+    return infos, forgotten, None
+
+
+def _show_job(
+    row: Row,
+    submission: Submission,
+    info: JobInfo | None,
+    forgotten: bool,
+    unanswered: bool,
+    now: float,
+) -> None:
+    """A target whose last job the controller has not classified yet, as qstat shows it."""
+    row.pbs_id, row.log = submission.job_id, submission.log_err
+    if unanswered or (info is None and not forgotten):
+        row.state = "submitted"  # no word about it: it may be queued or running
+    elif info is not None and info.alive:
+        row.pbs_state = info.state
+        row.elapsed = info.walltime_used
+        started = info.time("stime")
+        if row.elapsed is None and started is not None and info.state == "R":
+            row.elapsed = max(0, round(now - started))  # the mom has not reported yet
+        row.state = "queued" if info.state in QUEUED_STATES else "running"
+        if row.state == "running" and row.epoch_seconds and row.epoch:
+            row.eta = round((row.epochs - row.epoch) * row.epoch_seconds)
+    else:  # ended since the controller last looked; it will classify it
+        row.state = "ready"
+        row.reason = "job ended; the controller will classify it"
+
+
+def _show_record(row: Row, record: TargetRecord, now: float) -> None:
+    """A target with no open job: given up (failed), or held back after a full disk."""
+    if record.failed:
+        row.state = "failed"
+        row.reason = record.failed
+        row.log = record.last.log_err if record.last else None
+    elif record.hold_until is not None and record.hold_until > now and record.last:
+        row.state = "held"
+        until = time.strftime("%H:%M", time.localtime(record.hold_until))
+        row.reason = f"{record.last.reason}; resubmitted at {until}"
+        row.log = record.last.log_err
 
 
 def counts(rows: list[Row]) -> Counter:

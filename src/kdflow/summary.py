@@ -1,14 +1,24 @@
-"""The results table: mean and std over seeds of every finished experiment, with the KD gain."""
+"""The results of one sweep's config: the table (mean and std over seeds, with the KD gain)
+and the figures, from exactly that config's experiments.
+
+`write_report` is the one code path of the `plot_sweep` rule and of `kdflow report`: both give
+it the config's experiment directories and the files to write (`ReportFiles`, which the rule
+also declares as its outputs), and it says what it left out and why.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from kdflow.fileio import atomic_write_text, read_json
 
-from kdflow.fileio import atomic_write_text
+if TYPE_CHECKING:  # pandas is imported where a table is made: the workflow imports this module
+    import pandas as pd  # for ReportFiles, and a dry run must not pay for pandas
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +32,97 @@ COLUMNS = GROUP + [
     "gain_final",
     "gain_best",
 ]
+RUN_COLUMNS = GROUP + ["seed", "final_acc", "best_acc", "path"]
+SHOWN = 3  # paths named in the one-line account of what was left out, per reason
 
 
-def read_metrics(results_dir: str | Path) -> pd.DataFrame:
-    """One row per finished experiment (its metrics.json); unreadable files are skipped by path."""
-    rows = []
-    for path in sorted(Path(results_dir).glob("*/*/**/seed*/metrics.json")):
+@dataclass(frozen=True)
+class ReportFiles:
+    """Every file a report writes: the two tables, and per dataset its figures."""
+
+    csv: Path
+    md: Path
+    alpha: dict[str, Path]  # dataset -> accuracy against alpha (datasets of a sweep with pairs)
+    curves: dict[str, Path]  # dataset -> training curves (every dataset)
+
+    @classmethod
+    def of(cls, sweep, out_dir: str | Path = "results/summary") -> ReportFiles:
+        """The files of `sweep`'s report: what the rule declares, and `kdflow report` writes."""
+        out = Path(out_dir)
+        datasets = sweep.datasets
+        return cls(
+            csv=out / "results.csv",
+            md=out / "results.md",
+            alpha={d: out / f"alpha_{d}.png" for d in datasets} if sweep.pairs else {},
+            curves={d: out / f"curves_{d}.png" for d in datasets},
+        )
+
+    @property
+    def figures(self) -> list[Path]:
+        return [*self.alpha.values(), *self.curves.values()]
+
+
+@dataclass
+class Report:
+    """What a report wrote, and what it left out of the table and why."""
+
+    table: pd.DataFrame
+    files: ReportFiles
+    results_dir: Path
+    experiments: int  # of the config
+    in_table: int  # experiments whose metrics are in the table
+    not_finished: list[Path] = field(default_factory=list)  # no `completed` yet
+    unreadable: list[Path] = field(default_factory=list)  # finished, metrics.json unusable
+    foreign: list[Path] = field(default_factory=list)  # results of no experiment of the config
+
+    def account(self) -> str:
+        """One line: what the table covers, what it left out and why, e.g. `240 of 252
+        experiments of this config in the table; 12 not finished yet; 3 results in results/
+        belong to no experiment of this config (ignored): ...`."""
+        parts = [f"{self.in_table} of {self.experiments} experiments of this config in the table"]
+        if self.not_finished:
+            parts.append(f"{len(self.not_finished)} not finished yet")
+        if self.unreadable:
+            parts.append(
+                f"{len(self.unreadable)} finished but left out, metrics.json missing or "
+                f"unreadable: {_some(self.unreadable)}"
+            )
+        if self.foreign:
+            parts.append(
+                f"{len(self.foreign)} result(s) in {self.results_dir}/ belong to no experiment "
+                f"of this config (ignored): {_some(self.foreign)}"
+            )
+        return "; ".join(parts)
+
+
+def _some(paths: list[Path]) -> str:
+    shown = ", ".join(map(str, paths[:SHOWN]))
+    return shown + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
+
+
+def _key(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+def read_metrics(directories: Iterable[str | Path]) -> tuple[pd.DataFrame, list[Path], list[Path]]:
+    """One row per finished experiment among `directories` (those with `completed`), from its
+    metrics.json; and what is left out: the directories not finished, and the metrics.json of
+    finished ones that is missing or unreadable (each logged by path)."""
+    import pandas as pd
+
+    rows, not_finished, unreadable = [], [], []
+    for directory in map(Path, directories):
+        if not (directory / "completed").exists():
+            not_finished.append(directory)
+            continue
+        path = directory / "metrics.json"
+        record = read_json(path)  # logs a damaged file by path
+        if record is None:
+            if not path.exists():
+                log.warning("skipping %s: missing, although `completed` is there", path)
+            unreadable.append(path)
+            continue
         try:
-            record = json.loads(path.read_text())
             row = {
                 "dataset": str(record["dataset"]),
                 "method": str(record["method"]),
@@ -39,14 +132,22 @@ def read_metrics(results_dir: str | Path) -> pd.DataFrame:
                 "seed": int(record["seed"]),
                 "final_acc": float(record["final_acc"]),
                 "best_acc": float(record["best_acc"]),
-                "path": str(path.parent),
+                "path": str(directory),
             }
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("skipping %s: %s", path, exc)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping %s: %s: %s", path, type(exc).__name__, exc)
+            unreadable.append(path)
             continue
         rows.append(row)
-    columns = GROUP + ["seed", "final_acc", "best_acc", "path"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS), not_finished, unreadable
+
+
+def results_of_others(results_dir: str | Path, directories: Iterable[str | Path]) -> list[Path]:
+    """Experiment directories under `results_dir` with a metrics.json that are none of
+    `directories`: a demo's, an older config's (a report of this config ignores them)."""
+    ours = {_key(d) for d in directories}
+    found = Path(results_dir).glob("*/*/**/seed*/metrics.json")
+    return sorted(path.parent for path in found if _key(path.parent) not in ours)
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -55,6 +156,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     The gain is a KD student's mean accuracy minus the same model's mean trained alone on the
     same dataset (NaN if that baseline has not finished).
     """
+    import pandas as pd
+
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
     table = (
@@ -77,8 +180,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return table[COLUMNS]
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """A Markdown table; accuracies in %, `final` is the last epoch, `best` the best epoch."""
+def to_markdown(table: pd.DataFrame, account: str | None = None) -> str:
+    """A Markdown table; accuracies in %, `final` is the last epoch, `best` the best epoch;
+    `account` (Report.account) says what it covers and what it left out."""
     header = [
         "dataset",
         "method",
@@ -91,6 +195,8 @@ def to_markdown(table: pd.DataFrame) -> str:
         "gain (final)",
         "gain (best)",
     ]
+    import pandas as pd
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def pm(mean, std):
@@ -118,23 +224,35 @@ def to_markdown(table: pd.DataFrame) -> str:
         "(RepDistiller's convention), `best` the best epoch (DKD's). The gain is over the same "
         "student trained alone.\n"
     )
+    if account:
+        note += f"\n{account}.\n"
     return "\n".join(lines) + "\n" + note
 
 
-def write_summary(
-    results_dir: str | Path, csv_path: str | Path, md_path: str | Path
-) -> pd.DataFrame:
-    table = summarize(read_metrics(results_dir))
-    Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(csv_path, table.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(md_path, to_markdown(table))
-    return table
+def write_report(
+    experiments: Iterable[str | Path], files: ReportFiles, results_dir: str | Path = "results"
+) -> Report:
+    """The tables and figures of exactly `experiments` (directories under `results_dir`):
+    the table of those finished, curves also of those still running. Writes every file of
+    `files`, a figure with nothing to draw yet saying so; logs what it left out."""
+    from kdflow.plots import plot_alpha, plot_curves, read_histories
 
-
-def write_report(results_dir: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, list[Path]]:
-    """Tables and figures of whatever has finished (curves also of what is still running)."""
-    from kdflow.plots import plot_alpha, plot_curves
-
-    out_dir = Path(out_dir)
-    table = write_summary(results_dir, out_dir / "results.csv", out_dir / "results.md")
-    return table, plot_alpha(table, out_dir) + plot_curves(results_dir, out_dir)
+    directories = [Path(d) for d in experiments]
+    runs, not_finished, unreadable = read_metrics(directories)
+    report = Report(
+        table=summarize(runs),
+        files=files,
+        results_dir=Path(results_dir),
+        experiments=len(directories),
+        in_table=len(runs),
+        not_finished=not_finished,
+        unreadable=unreadable,
+        foreign=results_of_others(results_dir, directories),
+    )
+    files.csv.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(files.csv, report.table.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(files.md, to_markdown(report.table, report.account()))
+    plot_alpha(report.table, files.alpha)
+    plot_curves(read_histories(directories), files.curves, results_dir)
+    log.info("%s", report.account())
+    return report
