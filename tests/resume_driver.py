@@ -1,6 +1,8 @@
 """Train one experiment in a fresh process, as a PBS job would; optionally SIGKILL it mid-write.
 
-    python resume_driver.py SPEC_JSON OUT_DIR
+    python resume_driver.py SPEC_JSON OUT_DIR              kdflow.trainer.train, no owner check
+    python resume_driver.py --rule SPEC_JSON OUT_DIR LOG   scripts/train.py, as the workflow's
+                                                           rule runs it (owner check included)
 
 KILL_AT_REPLACE=K makes the K-th os.replace of this process (every atomic write and the
 checkpoint rotation go through it) end in SIGKILL; KILL_MODE says where:
@@ -8,14 +10,20 @@ checkpoint rotation go through it) end in SIGKILL; KILL_MODE says where:
              checkpoint rotation, which has no temp file: a kill before the rename)
   before     the temp file complete, not yet renamed
   after      right after the rename, before anything else is written
+Just before the kill it prints `KILL <K> <mode> <file>` on stderr, <file> being the name the
+rename was to give (status.json, checkpoint.pth, checkpoint.prev.pth for the rotation, ...):
+the tests check where each kill landed.
 """
 
 import json
 import os
+import runpy
 import signal
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
-from kdflow.trainer import TrainSpec, train
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
 
 
 def die():
@@ -30,6 +38,7 @@ def kill_at_replace(k: int, mode: str) -> None:
         nonlocal calls
         calls += 1
         if calls == k:
+            print(f"KILL {k} {mode} {os.path.basename(dst)}", file=sys.stderr, flush=True)
             if mode == "truncated":
                 # only an atomic write's temp file: the checkpoint rotation renames the real
                 # checkpoint, which a kill cannot damage (it dies before the rename instead)
@@ -46,7 +55,24 @@ def kill_at_replace(k: int, mode: str) -> None:
     os.replace = replace
 
 
+def run_rule(spec: dict, out_dir: str, log: str) -> None:
+    """scripts/train.py with a stand-in for the `snakemake` object Snakemake gives a script."""
+    hparams = {k: v for k, v in spec.items() if k != "threads"}
+    snakemake = SimpleNamespace(
+        params=SimpleNamespace(hparams=hparams),
+        threads=spec.get("threads", 1),
+        output=[str(Path(out_dir) / "completed")],
+        log=[log],
+    )
+    runpy.run_path(str(TRAIN_SCRIPT), init_globals={"snakemake": snakemake}, run_name="__main__")
+
+
 if __name__ == "__main__":
     if os.environ.get("KILL_AT_REPLACE"):
         kill_at_replace(int(os.environ["KILL_AT_REPLACE"]), os.environ.get("KILL_MODE", "before"))
-    train(TrainSpec.from_params(json.loads(sys.argv[1])), sys.argv[2])
+    if sys.argv[1] == "--rule":
+        run_rule(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])
+    else:
+        from kdflow.trainer import TrainSpec, train
+
+        train(TrainSpec.from_params(json.loads(sys.argv[1])), sys.argv[2])

@@ -4,16 +4,19 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fakedata import train_params, write_prepared
 
+from kdflow.checkpoint import DIGEST_KEY
 from kdflow.trainer import TrainSpec, train
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
@@ -50,17 +53,19 @@ def _run(spec, out, env=None, **kw):
     )
 
 
-def _assert_identical(out: Path, reference: Path):
-    for name, part in [
-        ("best.pth", "model"),
-        ("checkpoint.pth", "model"),
-        ("checkpoint.pth", "method"),
-    ]:
-        got = torch.load(out / name, weights_only=False)[part]
-        want = torch.load(reference / name, weights_only=False)[part]
-        assert got.keys() == want.keys()
+def _assert_identical(out: Path, reference: Path, context: str = ""):
+    """Every saved state of `out` equals `reference`'s bit for bit (model, the method's
+    modules, optimizer, schedule, RNGs, best epoch, history), times apart."""
+    where = f" ({context})" if context else ""
+    for name in ("best.pth", "checkpoint.pth"):
+        got, want = (torch.load(d / name, weights_only=False) for d in (out, reference))
+        for state in (got, want):
+            state.pop(DIGEST_KEY)  # save_verified's digest: covered by the rest
+            for row in state.get("history", []):
+                row.pop("epoch_seconds"), row.pop("images_per_s")
+        assert got.keys() == want.keys(), f"{name}{where}"
         for key in want:
-            assert torch.equal(got[key], want[key]), f"{name}: {part} {key} differs"
+            _assert_equal(got[key], want[key], f"{name}: {key}{where}")
 
     def rows(d):
         with open(d / "history.csv") as f:
@@ -69,58 +74,115 @@ def _assert_identical(out: Path, reference: Path):
                 for row in csv.DictReader(f)
             ]
 
-    assert rows(out) == rows(reference)
+    assert rows(out) == rows(reference), where
     got, want = (json.loads((d / "metrics.json").read_text()) for d in (out, reference))
-    assert {k: v for k, v in got.items() if k != "train_seconds"} == {
-        k: v for k, v in want.items() if k != "train_seconds"
-    }
-    assert (out / "completed").exists()
-    assert not list(out.glob(".*.tmp")), "partial writes must be cleaned up"
+    got.pop("train_seconds"), want.pop("train_seconds")
+    assert got == want, where
+    assert (out / "completed").exists(), where
+    assert not list(out.glob(".*.tmp")), f"partial writes must be cleaned up{where}"
+
+
+def _assert_equal(got, want, where: str) -> None:
+    """Equal, recursively: tensors and arrays element for element, in dtype and shape."""
+    assert type(got) is type(want), f"{where}: {type(got)} != {type(want)}"
+    if isinstance(want, torch.Tensor):
+        assert got.dtype == want.dtype and torch.equal(got, want), f"{where} differs"
+    elif isinstance(want, np.ndarray):
+        assert np.array_equal(got, want), f"{where} differs"
+    elif isinstance(want, dict):
+        assert got.keys() == want.keys(), f"{where}: keys {got.keys()} != {want.keys()}"
+        for key in want:
+            _assert_equal(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), f"{where}: length {len(got)} != {len(want)}"
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            _assert_equal(a, b, f"{where}[{i}]")
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
 
 
 # Each process restarts its count of os.replace calls: one status write at start, then per
-# epoch best.pth (when it improves), the checkpoint rotation, the checkpoint, history, status.
-KILLS = [  # where each lands (traced with this setup's spec; each run starts where the last left)
-    (1, "truncated"),  # inside the first status write
-    (3, "truncated"),  # inside the first checkpoint write
-    (3, "before"),  # the first checkpoint complete, not renamed
-    (4, "after"),  # right after history.csv is renamed
-    (4, "truncated"),  # resumed from epoch 1: inside the checkpoint write
-    (5, "after"),  # right after the epoch's status write
-    (3, "after"),  # resumed from epoch 2: right after the rotation, checkpoint.pth missing
-    (2, "after"),  # resumed from .prev: right after a status write
-    (4, "truncated"),  # inside the history write
-    (8, "before"),  # resumed from epoch 3: the checkpoint complete, not renamed
+# epoch best.pth (when it improves), the checkpoint rotation, the checkpoint, history, status;
+# a resumed run first rewrites history.csv. The driver names the file each kill landed on.
+KILLS = [  # each run starts where the last left: (K, mode, the file being renamed)
+    (1, "truncated", "status.json"),  # inside the first status write
+    (3, "truncated", "checkpoint.pth"),  # inside the first checkpoint write
+    (3, "before", "checkpoint.pth"),  # the first checkpoint complete, not renamed
+    (4, "after", "history.csv"),  # right after history.csv is renamed
+    (4, "truncated", "checkpoint.pth"),  # resumed from epoch 1: inside the checkpoint write
+    (5, "after", "status.json"),  # right after the epoch's status write
+    (3, "after", "checkpoint.prev.pth"),  # resumed from epoch 2: right after the rotation,
+    # checkpoint.pth missing
+    (2, "after", "status.json"),  # resumed from .prev: right after a status write
+    (4, "truncated", "history.csv"),  # inside the history write
+    (8, "before", "checkpoint.pth"),  # resumed from epoch 3: the checkpoint complete, not renamed
 ]
 
 
-def test_kills_inside_writes_and_at_random_instants_resume_bit_identical(setup):
+def _killed_at(result) -> tuple[int, str, str] | None:
+    """(K, mode, file) of the kill the driver announced, None if it announced none."""
+    found = re.search(r"^KILL (\d+) (\w+) (\S+)$", result.stderr, re.M)
+    return (int(found[1]), found[2], found[3]) if found else None
+
+
+def test_kills_inside_writes_resume_bit_identical(setup):
     root, spec, reference = setup
     out = root / "killed"
-    for k, mode in KILLS:
-        result = _run(spec, out, env={"KILL_AT_REPLACE": str(k), "KILL_MODE": mode})
-        assert result.returncode == -signal.SIGKILL, (k, mode, result.stderr[-2000:])
+    for kill in KILLS:
+        result = _run(spec, out, env={"KILL_AT_REPLACE": str(kill[0]), "KILL_MODE": kill[1]})
+        assert result.returncode == -signal.SIGKILL, f"{kill}: {result.stderr[-2000:]}"
+        assert _killed_at(result) == kill, f"the kill landed elsewhere: {result.stderr[-2000:]}"
         assert not (out / "completed").exists()
+    final = _run(spec, out)
+    assert final.returncode == 0, final.stderr[-2000:]
+    _assert_identical(out, reference)
 
+
+def test_kills_at_random_instants_while_training_resume_bit_identical(setup):
+    """SIGKILL at random instants while the trainer trains (it has written its start status,
+    and has not finished): each process is killed, at least once, then a last run ends."""
+    root, spec, reference = setup
+    out = root / "random"
+    with open(reference / "history.csv") as f:
+        epoch_seconds = max(float(row["epoch_seconds"]) for row in csv.DictReader(f))
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    kills = 0
-    while kills < 4:
+    kills = []
+    while len(kills) < 4:
         proc = subprocess.Popen(
             [sys.executable, str(DRIVER), json.dumps(spec), str(out)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.5, 4.0))
+        epoch = _wait_until_training(out, proc)
+        if epoch is None:
+            break  # it finished before it could be killed: nothing more to interrupt
+        time.sleep(rng.uniform(0, (spec["epochs"] - epoch) * epoch_seconds))
         if proc.poll() is not None:
-            break  # finished before the kill: nothing more to interrupt
+            break
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
+        assert proc.wait() == -signal.SIGKILL
+        kills.append(epoch)
+    assert kills, f"random kill seed {seed}: no kill landed while the trainer trained"
 
     final = _run(spec, out)
     assert final.returncode == 0, final.stderr[-2000:]
-    _assert_identical(out, reference), f"random kill seed {seed}"
+    _assert_identical(out, reference, f"random kill seed {seed}, kills at epochs {kills}")
+
+
+def _wait_until_training(out: Path, proc: subprocess.Popen, timeout: float = 120) -> int | None:
+    """The epoch process `proc` trains from, once its start status names it (None: it ended)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            status = json.loads((out / "status.json").read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("pid") == proc.pid and status.get("status") == "in_progress":
+            return status["epoch"]
+        assert time.monotonic() < deadline, f"the trainer did not start within {timeout} s"
+        time.sleep(0.01)
+    return None
 
 
 def test_corrupt_checkpoint_is_reported_and_the_previous_one_used(setup):
@@ -139,10 +201,21 @@ def test_a_changed_recipe_is_refused_not_silently_mixed(setup):
     root, spec, reference = setup
     out = root / "changed"
     assert _run({**spec, "epochs": 2}, out).returncode == 0
+    before = _contents(out)
     changed = _run({**spec, "lr": 0.1}, out)
     assert changed.returncode != 0
     assert "written by a different experiment (lr: 0.05 -> 0.1)" in changed.stderr
     assert str(out / "checkpoint.pth") in changed.stderr
+    # refused before it trained: checkpoints, history and metrics as they were (status.json
+    # says who last started, nothing else)
+    after = _contents(out)
+    assert {k: v for k, v in after.items() if k != "status.json"} == {
+        k: v for k, v in before.items() if k != "status.json"
+    }
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def test_a_killed_fitnet_run_resumes_bit_identical_regressor_included(setup):
@@ -152,12 +225,14 @@ def test_a_killed_fitnet_run_resumes_bit_identical_regressor_included(setup):
     fitnet = {**spec, "method": "fitnet", "epochs": 3, "method_settings": {"hint_layer": 2}}
     reference = root / "fitnet_reference"
     assert _run(fitnet, reference).returncode == 0
-    assert torch.load(reference / "checkpoint.pth", weights_only=False)["method"]
+    regressor = torch.load(reference / "checkpoint.pth", weights_only=False)["method"]
+    assert any(k.startswith("regressor") for k in regressor), sorted(regressor)
 
     out = root / "fitnet_killed"
     for k, mode in [(6, "after"), (7, "truncated"), (9, "before")]:
         result = _run(fitnet, out, env={"KILL_AT_REPLACE": str(k), "KILL_MODE": mode})
-        assert result.returncode == -signal.SIGKILL, (k, mode, result.stderr[-2000:])
+        assert result.returncode == -signal.SIGKILL, f"{k} {mode}: {result.stderr[-2000:]}"
+        assert _killed_at(result)[:2] == (k, mode), result.stderr[-2000:]
     final = _run(fitnet, out)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "resumed" in final.stderr

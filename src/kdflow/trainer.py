@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,19 @@ def load_teacher(spec: TrainSpec, num_classes: int, device: torch.device) -> tor
     return teacher
 
 
+# An owner check, handed to `train` by its caller (scripts/train.py: kdflow.owner.claim). Asked
+# before anything is written, with the experiment directory and the status.json the last
+# trainer left ({} if none), it raises to refuse (another live job or process trains the
+# experiment), or returns the status.json fields that record this trainer as the owner.
+Claim = Callable[[Path, dict[str, Any]], dict[str, Any]]
+
+
+def unclaimed(directory: Path, status: dict[str, Any]) -> dict[str, Any]:
+    """No owner check (tests, benchmarks, a run by hand): nothing refused, no owner recorded
+    (status.json's `host` and `pid` still say which process writes)."""
+    return {"owner": None}
+
+
 class ExperimentFiles:
     """The files of one experiment directory (the contract of DESIGN.md)."""
 
@@ -174,6 +188,17 @@ class ExperimentFiles:
         self.best = self.dir / "best.pth"
         self.metrics = self.dir / "metrics.json"
         self.completed = self.dir / "completed"
+        self.owner: dict[str, Any] = {"owner": None}  # status.json's owner fields (`claim`)
+
+    def claim(self, check: Claim) -> None:
+        """Own the experiment if `check` allows (it raises where another live owner trains it);
+        every later status write records the owner it returns."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.owner = check(self.dir, read_json(self.status) or {})
+        except Exception as exc:
+            log.error("not training %s: %s", self.dir, exc)  # into the job's log, too
+            raise
 
     def remove_partial_writes(self) -> None:
         """Delete temp files of atomic writes that a kill interrupted (they were never renamed)."""
@@ -201,42 +226,12 @@ class ExperimentFiles:
             "epochs": spec.epochs,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "pbs_job_id": os.environ.get("PBS_JOBID", previous.get("pbs_job_id")),
+            **self.owner,
             "updated_at": time.time(),
             **fields_,
         }
         record.setdefault("started_at", record["updated_at"])
         atomic_write_json(self.status, record)
-
-
-class AlreadyOwned(RuntimeError):
-    """Another live PBS job is training this experiment; a second writer would corrupt it."""
-
-
-def check_owner(files: ExperimentFiles, qstat=None) -> None:
-    """Refuse to start where another live PBS job owns the experiment.
-
-    The executor never submits two jobs for one target; this guards against everything else
-    (a job started by hand, a second controller in another directory). The owner is the job
-    id the last trainer wrote into status.json. If the scheduler cannot be asked, training
-    goes ahead: an unanswered qstat must not stall a sweep.
-    """
-    status = read_json(files.status) or {}
-    owner, me = status.get("pbs_job_id"), os.environ.get("PBS_JOBID")
-    if status.get("status") != "in_progress" or not owner or owner == me:
-        return
-    from snakemake_executor_plugin_pbs.status import Qstat, StatusUnknown, lookup
-
-    try:
-        info = lookup((qstat or Qstat(timeout=60)).query([owner]), owner)
-    except (StatusUnknown, OSError) as exc:
-        log.warning("cannot ask PBS whether job %s still owns %s: %s", owner, files.dir, exc)
-        return
-    if info is not None and info.alive:
-        raise AlreadyOwned(
-            f"{files.dir} is being trained by PBS job {owner} (state {info.state}); this job "
-            f"({me or 'not a PBS job'}) will not write beside it. qdel one of them, or wait."
-        )
 
 
 def _flat(identity: dict[str, Any]) -> dict[str, Any]:
@@ -270,39 +265,70 @@ def _check_same_experiment(spec: TrainSpec, state: dict[str, Any], path: Path) -
         )
 
 
-def train(spec: TrainSpec, out_dir: str | Path, log_path: str | Path | None = None) -> dict:
-    """Train `spec` into `out_dir`, resuming from its checkpoint; returns the final metrics."""
+# -- one experiment: claim its directory, build, resume, train epoch by epoch, finish ----------
+
+
+def train(
+    spec: TrainSpec,
+    out_dir: str | Path,
+    log_path: str | Path | None = None,
+    claim: Claim = unclaimed,
+) -> dict:
+    """Train `spec` into `out_dir`, resuming from its checkpoint; returns the final metrics.
+
+    `claim` is asked before anything is written whether this trainer may own the experiment
+    (scripts/train.py passes kdflow.owner.claim, which knows the schedulers)."""
     files = ExperimentFiles(out_dir)
-    files.dir.mkdir(parents=True, exist_ok=True)
-    check_owner(files)
-    files.remove_partial_writes()
     _setup_logging(log_path)
+    files.claim(claim)  # refuses where another live job or process trains this experiment
+    files.remove_partial_writes()  # only once owned: they may have been a live owner's
+    run = build(spec)
+    progress = resume(spec, run, files)
+    files.write_status(
+        spec, "in_progress", epoch=progress.next_epoch, best_acc=max(progress.best_acc, 0.0)
+    )
+    for epoch in range(progress.next_epoch, spec.epochs):
+        row = run_epoch(run, spec.seed, epoch)
+        save_epoch(spec, run, progress, files, row)
+    return finish(spec, files, progress)
+
+
+@dataclass
+class Run:
+    """What training holds in memory: built by `build`, its states restored by `resume`."""
+
+    on_gpu: bool
+    train_batches: DeviceBatches
+    test_batches: DeviceBatches
+    model: torch.nn.Module
+    teacher: torch.nn.Module | None  # None for a pure run
+    distill: Any  # the method (kdflow.losses); None for a pure run
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
+class Progress:
+    """Where training stands: the next epoch, the history so far, the best test accuracy."""
+
+    next_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = -1
+
+
+def build(spec: TrainSpec) -> Run:
+    """The data on the device, the student (with the frozen teacher and the method's own
+    modules), optimizer and schedule, every random initial value drawn from the seed."""
+    # Keep the count fixed across resubmissions: on the CPU a resumed run ends bit-identical
+    # to an uninterrupted one only with the same number of threads (checked in `resume`).
     torch.set_num_threads(spec.threads)
     device = pick_device(spec.device)
     on_gpu = device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True
-
     data = load_prepared(Path(spec.data_path))
-    train_x, test_x = torch.from_numpy(data.train_x), torch.from_numpy(data.test_x)
-    mean, std = channel_stats(train_x)
-    batches = dict(device=device, mean=mean, std=std, channels_last=on_gpu)
-    train_batches = DeviceBatches(
-        train_x,
-        torch.from_numpy(data.train_y),
-        batch_size=spec.batch_size,
-        train=True,
-        crop_padding=spec.crop_padding,
-        flip=spec.flip,
-        **batches,
-    )
-    test_batches = DeviceBatches(
-        test_x,
-        torch.from_numpy(data.test_y),
-        batch_size=spec.eval_batch_size,
-        train=False,
-        **batches,
-    )
+    train_batches, test_batches = _batches(spec, data, device, on_gpu)
 
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
@@ -314,127 +340,178 @@ def train(spec: TrainSpec, out_dir: str | Path, log_path: str | Path | None = No
     if spec.method != "pure":
         teacher = load_teacher(spec, data.num_classes, device).to(memory_format=memory_format)
         distill = build_method(spec.method, alpha=spec.alpha, **spec.method_settings)
-        distill.setup(model, teacher, image_shape=tuple(train_x.shape[1:]))
+        distill.setup(model, teacher, image_shape=tuple(data.train_x.shape[1:]))
         distill.to(device, memory_format=memory_format)
         trainable += distill.parameters()  # e.g. FitNet's regressor, trained with the student
     optimizer = torch.optim.SGD(
-        trainable,
-        lr=spec.lr,
-        momentum=spec.momentum,
-        weight_decay=spec.weight_decay,
+        trainable, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(spec.lr_milestones), gamma=spec.lr_decay
     )
+    return Run(on_gpu, train_batches, test_batches, model, teacher, distill, optimizer, scheduler)
 
-    history: list[dict[str, Any]] = []
-    best_acc, best_epoch, start_epoch = -1.0, -1, 0
+
+def _batches(spec: TrainSpec, data, device, on_gpu: bool) -> tuple[DeviceBatches, DeviceBatches]:
+    """Train and test images on the device, normalized by the training set's channel stats."""
+    train_x, test_x = torch.from_numpy(data.train_x), torch.from_numpy(data.test_x)
+    mean, std = channel_stats(train_x)
+    common = dict(device=device, mean=mean, std=std, channels_last=on_gpu)
+    train_batches = DeviceBatches(
+        train_x,
+        torch.from_numpy(data.train_y),
+        batch_size=spec.batch_size,
+        train=True,
+        crop_padding=spec.crop_padding,
+        flip=spec.flip,
+        **common,
+    )
+    test_batches = DeviceBatches(
+        test_x,
+        torch.from_numpy(data.test_y),
+        batch_size=spec.eval_batch_size,
+        train=False,
+        **common,
+    )
+    return train_batches, test_batches
+
+
+def resume(spec: TrainSpec, run: Run, files: ExperimentFiles) -> Progress:
+    """Where the last checkpoint left off, its states loaded into `run` (every RNG too, so the
+    run goes on exactly as if it had never stopped); a fresh start without one."""
     state = load_checkpoint(files.checkpoint)
-    if state is not None:
-        _check_same_experiment(spec, state, files.checkpoint)
-        model.load_state_dict(state["model"])
-        if distill is not None:
-            distill.load_state_dict(state.get("method", {}))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        history = state["history"]
-        best_acc, best_epoch = state["best_acc"], state["best_epoch"]
-        start_epoch = state["epoch"] + 1
-        if state.get("threads") != spec.threads:
-            log.warning(
-                "resuming with %d threads where the run started with %s: the result will not "
-                "be bit-identical to an uninterrupted run",
-                spec.threads,
-                state.get("threads"),
-            )
-        files.write_history(history)  # the csv may be an epoch ahead of the checkpoint
-        log.info("resumed %s from epoch %d", files.dir, start_epoch)
-    files.write_status(spec, "in_progress", epoch=start_epoch, best_acc=max(best_acc, 0.0))
+    if state is None:
+        return Progress()
+    _check_same_experiment(spec, state, files.checkpoint)
+    run.model.load_state_dict(state["model"])
+    if run.distill is not None:
+        run.distill.load_state_dict(state.get("method", {}))
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    if state.get("threads") != spec.threads:
+        log.warning(
+            "resuming with %d threads where the run started with %s: the result will not "
+            "be bit-identical to an uninterrupted run",
+            spec.threads,
+            state.get("threads"),
+        )
+    progress = Progress(
+        next_epoch=state["epoch"] + 1,
+        history=state["history"],
+        best_acc=state["best_acc"],
+        best_epoch=state["best_epoch"],
+    )
+    files.write_history(progress.history)  # the csv may be an epoch ahead of the checkpoint
+    log.info("resumed %s from epoch %d", files.dir, progress.next_epoch)
+    return progress
 
-    for epoch in range(start_epoch, spec.epochs):
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = _train_epoch(
-            model, teacher, distill, optimizer, train_batches, spec.seed, epoch, on_gpu
-        )
-        train_seconds = time.perf_counter() - started
-        test_loss, test_acc = evaluate(model, test_batches, on_gpu)
-        scheduler.step()
-        history.append(
+
+def run_epoch(run: Run, seed: int, epoch: int) -> dict[str, Any]:
+    """Train one epoch, test, step the schedule: the epoch's row of history.csv."""
+    started = time.perf_counter()
+    lr = run.optimizer.param_groups[0]["lr"]
+    train_loss, train_acc = _train_epoch(
+        run.model,
+        run.teacher,
+        run.distill,
+        run.optimizer,
+        run.train_batches,
+        seed,
+        epoch,
+        run.on_gpu,
+    )
+    train_seconds = time.perf_counter() - started
+    test_loss, test_acc = evaluate(run.model, run.test_batches, run.on_gpu)
+    run.scheduler.step()
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "lr": lr,
+        "epoch_seconds": time.perf_counter() - started,
+        "images_per_s": run.train_batches.num_images / train_seconds,
+    }
+
+
+def save_epoch(
+    spec: TrainSpec, run: Run, progress: Progress, files: ExperimentFiles, row: dict[str, Any]
+) -> None:
+    """Record a trained epoch: best.pth if it is the best so far, the checkpoint, history.csv,
+    status.json; each written atomically, so a kill at any instant loses at most this epoch."""
+    epoch, test_acc = row["epoch"], row["test_acc"]
+    progress.history.append(row)
+    # best.pth before the checkpoint: a kill between the two replays this epoch, which
+    # rewrites best.pth identically; the other order could leave best.pth an epoch stale.
+    if test_acc > progress.best_acc:
+        progress.best_acc, progress.best_epoch = test_acc, epoch
+        save_verified(
+            files.best,
             {
+                "model": run.model.state_dict(),
+                "model_name": spec.model,
                 "epoch": epoch,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "test_loss": test_loss,
                 "test_acc": test_acc,
-                "lr": lr,
-                "epoch_seconds": time.perf_counter() - started,
-                "images_per_s": train_batches.num_images / train_seconds,
-            }
-        )
-        # best.pth before the checkpoint: a kill between the two replays this epoch, which
-        # rewrites best.pth identically; the other order could leave best.pth an epoch stale.
-        if test_acc > best_acc:
-            best_acc, best_epoch = test_acc, epoch
-            save_verified(
-                files.best,
-                {
-                    "model": model.state_dict(),
-                    "model_name": spec.model,
-                    "epoch": epoch,
-                    "test_acc": test_acc,
-                },
-            )
-        save_checkpoint(
-            files.checkpoint,
-            {
-                "epoch": epoch,
-                "identity": spec.identity,
-                "threads": spec.threads,
-                "model": model.state_dict(),
-                "method": distill.state_dict() if distill is not None else {},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
-                "history": history,
-                "best_acc": best_acc,
-                "best_epoch": best_epoch,
             },
         )
-        files.write_history(history)
-        files.write_status(
-            spec,
-            "in_progress",
-            epoch=epoch + 1,
-            best_acc=best_acc,
-            last_acc=test_acc,
-            epoch_seconds=history[-1]["epoch_seconds"],
-        )
-        log.info(
-            "epoch %d/%d loss %.4f train %.2f%% test %.2f%% (best %.2f%%) %.1fs %.0f img/s",
-            epoch + 1,
-            spec.epochs,
-            train_loss,
-            train_acc,
-            test_acc,
-            best_acc,
-            history[-1]["epoch_seconds"],
-            history[-1]["images_per_s"],
-        )
+    save_checkpoint(
+        files.checkpoint,
+        {
+            "epoch": epoch,
+            "identity": spec.identity,
+            "threads": spec.threads,
+            "model": run.model.state_dict(),
+            "method": run.distill.state_dict() if run.distill is not None else {},
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": rng_state(),
+            "history": progress.history,
+            "best_acc": progress.best_acc,
+            "best_epoch": progress.best_epoch,
+        },
+    )
+    files.write_history(progress.history)
+    files.write_status(
+        spec,
+        "in_progress",
+        epoch=epoch + 1,
+        best_acc=progress.best_acc,
+        last_acc=test_acc,
+        epoch_seconds=row["epoch_seconds"],
+    )
+    log.info(
+        "epoch %d/%d loss %.4f train %.2f%% test %.2f%% (best %.2f%%) %.1fs %.0f img/s",
+        epoch + 1,
+        spec.epochs,
+        row["train_loss"],
+        row["train_acc"],
+        test_acc,
+        progress.best_acc,
+        row["epoch_seconds"],
+        row["images_per_s"],
+    )
 
+
+def finish(spec: TrainSpec, files: ExperimentFiles, progress: Progress) -> dict[str, Any]:
+    """metrics.json, the final status, and last of all `completed` (the rule's output)."""
+    history = progress.history
     metrics = {
         **spec.identity,
         "epochs": spec.epochs,
-        "best_acc": best_acc,
-        "best_epoch": best_epoch,
+        "best_acc": progress.best_acc,
+        "best_epoch": progress.best_epoch,
         "final_acc": history[-1]["test_acc"],
         "train_seconds": sum(row["epoch_seconds"] for row in history),
     }
     atomic_write_json(files.metrics, metrics)
-    files.write_status(spec, "completed", epoch=spec.epochs, best_acc=best_acc)
+    files.write_status(spec, "completed", epoch=spec.epochs, best_acc=progress.best_acc)
     atomic_write_text(files.completed, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
     return metrics
+
+
+# -- the steps of one epoch ------------------------------------------------------------------
 
 
 def _train_epoch(model, teacher, distill, optimizer, batches, seed, epoch, on_gpu):
