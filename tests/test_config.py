@@ -1,12 +1,18 @@
 """The config is validated before anything runs; every error names the key and the bad value."""
 
 import copy
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from kdflow.config import ConfigError, Experiment, Sweep, alpha_label
+from kdflow import config as kdconfig
+from kdflow.config import ConfigError, Experiment, RegistryMismatch, Sweep, alpha_label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,15 +172,86 @@ def test_every_problem_is_listed_at_once(good):
     assert "resnet9000" in str(err.value) and "methods.crd" in str(err.value)
 
 
-def test_a_registered_method_without_a_schema_entry_is_named(good, monkeypatch):
-    # a new method class whose settings config/schema.yaml does not document yet
-    from kdflow import losses
+def test_config_owns_the_names_and_every_registry_implements_exactly_them():
+    from kdflow import data, losses, models
 
-    monkeypatch.setitem(losses.METHODS, "crd", losses.LogitKD)
-    good["methods"]["crd"] = {}
-    with pytest.raises(ConfigError, match=r"methods.crd: registered in kdflow.losses, but "
-                       r"config/schema.yaml has no `methods.crd` entry"):  # fmt: skip
-        Sweep(good)
+    assert kdconfig.dataset_names() == ["cifar10", "cifar100", "svhn", "tinyimagenet", "digits"]
+    assert kdconfig.dataset_names() == list(data.DATASETS) == data.dataset_names()
+    assert kdconfig.model_names() == list(models.MODELS)
+    assert kdconfig.method_names() == ["dkd", "fitnet", "logit"] == sorted(losses.METHODS)
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    assert kdconfig.method_names() == sorted(schema["properties"]["methods"]["properties"])
+
+
+def test_a_registry_that_differs_from_the_names_is_refused_naming_both_sides():
+    with pytest.raises(RegistryMismatch) as err:
+        kdconfig.check_registry("method", ["dkd", "logit", "crd"], kdconfig.method_names())
+    message = str(err.value)
+    assert "['fitnet'], which nothing implements" in message
+    assert "['crd'] are implemented, but kdflow.config does not know them" in message
+    assert "config/schema.yaml" in message
+    kdconfig.check_registry("model", ["a", "b"], ["b", "a"])  # the order does not matter
+
+
+def test_importing_the_config_imports_neither_torch_nor_numpy():
+    # the workflow and the dashboard import it: a dry run must not pay for torch
+    code = (
+        "import sys, kdflow.config as c\n"
+        "c.Sweep.from_file('config/experiments.yaml')\n"
+        "assert 'torch' not in sys.modules, 'torch'\n"
+        "assert 'numpy' not in sys.modules, 'numpy'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_schema_ships_in_the_package_and_config_schema_yaml_is_the_same_file():
+    assert kdconfig.SCHEMA_PATH.parent == Path(kdconfig.__file__).parent
+    assert (ROOT / "config" / "schema.yaml").resolve() == kdconfig.SCHEMA_PATH.resolve()
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("setuptools"), reason="needs setuptools")
+def test_a_non_editable_install_validates_configs_and_runs_kdflow_status(tmp_path):
+    # pip builds from a copy (a build from the checkout leaves build/ there), offline, into a
+    # directory of its own; it is then used from outside the repository
+    copy = tmp_path / "copy"
+    (copy / "src").mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, copy / name)
+    shutil.copytree(
+        ROOT / "src" / "kdflow",
+        copy / "src" / "kdflow",
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
+    target = tmp_path / "installed"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
+    pip += ["--no-build-isolation", "--target", str(target), str(copy)]
+    subprocess.run(pip, check=True, capture_output=True, text=True)
+    assert (target / "kdflow" / "schema.yaml").read_text() == kdconfig.SCHEMA_PATH.read_text()
+    shutil.rmtree(copy)  # nothing may find the source tree any more
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(ROOT / "config" / "demo.yaml", work / "sweep.yaml")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = (
+        "import kdflow.config as c, pathlib, sys\n"
+        f"assert pathlib.Path(c.__file__).is_relative_to({str(target)!r}), c.__file__\n"
+        "print(len(c.Sweep.from_file('sweep.yaml').experiments()))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "8", loaded.stderr
+    status = subprocess.run(
+        [sys.executable, str(target / "bin" / "kdflow"), "status", "--configfile", "sweep.yaml"]
+        + ["--no-qstat"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "finished 0/8" in status.stdout
 
 
 def test_unreadable_file_is_named(tmp_path):

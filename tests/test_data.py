@@ -228,7 +228,7 @@ def test_digits_split_is_deterministic_and_stratified():
 def test_prepare_writes_a_cache_that_loads_back_identically(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "data" / "cifar10" / "prepared.npz"
     write_cifar(raw, "cifar10")
-    prepared = data.prepare("cifar10", raw, out, download=False)
+    prepared = data.prepare("cifar10", raw, out, allow_download=False)
     assert_same(data.load_prepared(out), prepared)
     assert os.listdir(out.parent) == ["prepared.npz"]  # no temp file left behind
     assert_layout(data.load_prepared(out), 32)
@@ -236,16 +236,20 @@ def test_prepare_writes_a_cache_that_loads_back_identically(tmp_path):
 
 def test_prepare_tinyimagenet_and_digits(tmp_path):
     write_tinyimagenet(tmp_path / "raw", n_classes=2, n_train_per_class=2, n_val_per_class=1)
-    tiny = data.prepare("tinyimagenet", tmp_path / "raw", tmp_path / "tiny.npz", download=False)
+    tiny = data.prepare(
+        "tinyimagenet", tmp_path / "raw", tmp_path / "tiny.npz", allow_download=False
+    )
     assert_same(data.load_prepared(tmp_path / "tiny.npz"), tiny)
-    digits = data.prepare("digits", tmp_path / "nothing", tmp_path / "digits.npz", download=False)
+    digits = data.prepare(
+        "digits", tmp_path / "nothing", tmp_path / "digits.npz", allow_download=False
+    )
     assert_same(data.load_prepared(tmp_path / "digits.npz"), digits)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "tinyimagenet"])
 def test_prepare_without_download_names_the_missing_directory(tmp_path, name):
     with pytest.raises(DatasetError, match=r"missing under .*internet") as err:
-        data.prepare(name, tmp_path / "raw", tmp_path / "out.npz", download=False)
+        data.prepare(name, tmp_path / "raw", tmp_path / "out.npz", allow_download=False)
     assert str(tmp_path / "raw") in str(err.value)
     assert not (tmp_path / "out.npz").exists()
 
@@ -335,7 +339,7 @@ def test_failed_cache_write_keeps_the_old_cache(tmp_path, monkeypatch):
 
     with monkeypatch.context() as m, pytest.raises(OSError, match="killed mid-write"):
         m.setattr(data.os, "replace", crash)
-        data.prepare("svhn", tmp_path / "raw", out, download=False)
+        data.prepare("svhn", tmp_path / "raw", out, allow_download=False)
     assert sorted(os.listdir(tmp_path)) == ["prepared.npz", "raw"]  # temp file removed
     assert_same(data.load_prepared(out), old)
 

@@ -2,13 +2,13 @@
 
 import torch
 
-from kdflow.loader import DeviceBatches, _random_crop, channel_stats
+from kdflow.loader import DeviceBatches, _random_crop, channel_stats, epoch_generator
 
 
-def _batches(images, labels, **kw):
+def _batches(images, labels, batch_size=4, **kw):
     mean, std = torch.zeros(3), torch.ones(3)
     return DeviceBatches(
-        images, labels, batch_size=4, device=torch.device("cpu"), mean=mean, std=std, **kw
+        images, labels, batch_size=batch_size, device=torch.device("cpu"), mean=mean, std=std, **kw
     )
 
 
@@ -51,23 +51,39 @@ def test_evaluation_is_in_order_unaugmented_and_complete():
     assert torch.allclose(torch.cat(xs), images.float() / 255)
 
 
-def test_flip_mirrors_columns():
-    images = torch.arange(2 * 3 * 2 * 4, dtype=torch.uint8).view(2, 3, 2, 4)
-    b = DeviceBatches(
-        images,
-        torch.arange(2),
-        batch_size=2,
-        device=torch.device("cpu"),
-        mean=torch.zeros(3),
-        std=torch.ones(3),
-        train=True,
-        flip=True,
-    )
-    for seed in range(20):
-        x, y = next(iter(b.epoch(seed, 0)))
-        for img, label in zip(x, y, strict=True):
-            original = images[label].float() / 255
-            assert torch.equal(img, original) or torch.equal(img, original.flip(2))
+def test_flip_mirrors_half_the_images_at_the_positions_the_seed_draws():
+    # every image is either itself or its mirror image; which ones are mirrored is drawn from
+    # the (seed, epoch) generator (after the order, one draw per image of a batch), and about
+    # half of them are: a loader that never (or always) flips fails here
+    n, batch = 64, 16
+    images = torch.randint(0, 256, (n, 3, 4, 6), dtype=torch.uint8, generator=_generator(0))
+    b = _batches(images, torch.arange(n), batch_size=batch, train=True, flip=True)
+    seen, drawn = [], []
+    for seed in range(4):
+        g = epoch_generator(seed, 0)
+        order = torch.randperm(n, generator=g)
+        for i, (x, y) in enumerate(b.epoch(seed, 0)):
+            assert torch.equal(y, order[i * batch : (i + 1) * batch])
+            drawn += (torch.rand(batch, generator=g) < 0.5).tolist()
+            for img, label in zip(x, y, strict=True):
+                original = images[label].float() / 255
+                assert not torch.equal(original, original.flip(2))  # a flip shows
+                assert torch.equal(img, original) or torch.equal(img, original.flip(2))
+                seen.append(torch.equal(img, original.flip(2)))
+    assert seen == drawn
+    assert 0.4 < sum(seen) / len(seen) < 0.6, sum(seen)
+
+
+def test_without_flip_no_image_is_mirrored():
+    images = torch.randint(0, 256, (8, 3, 4, 6), dtype=torch.uint8, generator=_generator(1))
+    b = _batches(images, torch.arange(8), train=True, flip=False)
+    for seed in range(3):
+        for x, y in b.epoch(seed, 0):
+            assert torch.equal(x, images[y].float() / 255)
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(seed)
 
 
 def test_channel_stats():

@@ -1,4 +1,10 @@
-"""The sweep config: schema validation, semantic checks, and the list of experiments."""
+"""The sweep config: schema validation, semantic checks, and the list of experiments.
+
+This module owns the names a config may use (datasets, models, methods): kdflow.data,
+kdflow.models and kdflow.losses register their implementations under these names and check
+at import that they implement exactly these (tests/test_config.py asserts it too). Importing it
+costs no torch and no numpy: stdlib, PyYAML, and jsonschema when a config is validated.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,14 @@ from typing import Any
 
 import yaml
 
-from kdflow.architectures import model_names
-from kdflow.data import dataset_names
+from kdflow.architectures import ARCHITECTURES
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+# The schema ships inside the package (it works installed anywhere, editable or not);
+# config/schema.yaml, where users and messages look for it, is a symlink to this file.
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+
+# The datasets kdflow.data can prepare, in the order the dashboard and docs list them.
+DATASET_NAMES = ("cifar10", "cifar100", "svhn", "tinyimagenet", "digits")
 
 # Names end up in paths and PBS job names; '-' is reserved to join teacher and student.
 NAME_PATTERN = r"[a-z0-9_]+"
@@ -199,18 +209,53 @@ def _schema_errors(config: dict[str, Any]) -> list[str]:
     return errors
 
 
-def _registered_methods() -> list[str]:
-    # Imported here: the method classes need torch, which checking a sweep does not.
-    from kdflow.losses import method_names
+def dataset_names() -> list[str]:
+    """The datasets a config may name; kdflow.data has one reader per name."""
+    return list(DATASET_NAMES)
 
-    return method_names()
+
+def model_names() -> list[str]:
+    """The models a config may name, grouped by family: the keys of kdflow.architectures'
+    torch-free table, from which kdflow.models builds the networks."""
+    return list(ARCHITECTURES)
+
+
+def method_names() -> list[str]:
+    """The distillation methods a config may name: those config/schema.yaml documents, each
+    with its settings; kdflow.losses registers one class per name."""
+    return sorted(_schema()["properties"]["methods"]["properties"])
+
+
+class RegistryMismatch(RuntimeError):
+    """A registry of implementations (datasets, models, methods) that differs from the names
+    this module owns: a bug in kdflow, raised when the registry's module is imported."""
+
+
+def check_registry(kind: str, registered: Iterable[str], names: Iterable[str]) -> None:
+    """Raise RegistryMismatch naming what differs between the `kind`s a module implements and
+    the names this module lets a config use."""
+    registered, names = list(registered), list(names)
+    missing = [n for n in names if n not in registered]
+    extra = [n for n in registered if n not in names]
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"configs may name {missing}, which nothing implements")
+        if extra:
+            problems.append(f"{extra} are implemented, but kdflow.config does not know them")
+        where = {
+            "method": "config/schema.yaml (methods.<name>, with its settings)",
+            "dataset": "kdflow.config.DATASET_NAMES",
+            "model": "kdflow.architectures.ARCHITECTURES",
+        }.get(kind, "kdflow.config")
+        raise RegistryMismatch(
+            f"{kind} names disagree: {'; '.join(problems)}. The names live in {where}: "
+            "add or remove the name there and in the registry together"
+        )
 
 
 def _unknown_names(config: dict[str, Any]) -> list[str]:
-    """Names the config uses that kdflow does not know. Torch-free on a good config: models
-    come from kdflow.architectures and methods from the schema, which documents every method
-    registered in kdflow.losses (tests/test_losses.py keeps the two equal); the registry is
-    asked only to explain a name the schema lacks."""
+    """Names the config uses that kdflow does not know (the names above: no torch needed)."""
     errors = []
     known_models = model_names()
     for i, model in enumerate(config["models"]):
@@ -222,23 +267,11 @@ def _unknown_names(config: dict[str, Any]) -> list[str]:
     for name in config["datasets"]:
         if name not in known_datasets:
             errors.append(f"datasets.{name}: unknown dataset; known: {', '.join(known_datasets)}")
-    documented = _documented_methods()
+    known_methods = method_names()
     for name in config["methods"]:
-        if name in documented or name == "pure":
-            continue
-        if name in _registered_methods():
-            errors.append(
-                f"methods.{name}: registered in kdflow.losses, but config/schema.yaml has no "
-                f"`methods.{name}` entry to check its settings against; add one"
-            )
-        else:
-            errors.append(f"methods.{name}: unknown method; known: {', '.join(documented)}")
+        if name not in known_methods and name != "pure":
+            errors.append(f"methods.{name}: unknown method; known: {', '.join(known_methods)}")
     return errors
-
-
-def _documented_methods() -> list[str]:
-    """The distillation methods config/schema.yaml documents, each with its settings."""
-    return sorted(_schema()["properties"]["methods"]["properties"])
 
 
 def _semantic_errors(config: dict[str, Any], check_names: bool) -> list[str]:
@@ -293,7 +326,8 @@ class Sweep:
     ):
         """Validate `config`, read from `files` (checked for keys given twice). check_names=False
         accepts models, datasets and methods kdflow does not know: the dashboard shows whatever
-        a config names (the workflow has refused it already if they are unknown)."""
+        a config names (the workflow has refused it already if they are unknown). Either way
+        no torch is imported: the names are this module's."""
         self.config = _copy(dict(config))
         errors = _file_errors(list(files)) + _schema_errors(self.config)
         if not errors:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdflow.config import DATASET_NAMES, check_registry
 from kdflow.fileio import atomic_file
 
 CIFAR_SIZE = 32
@@ -443,6 +444,9 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+check_registry("dataset", DATASETS, DATASET_NAMES)  # kdflow.config owns the names
+
+
 def dataset_names() -> list[str]:
     return list(DATASETS)
 
@@ -470,10 +474,6 @@ def _missing_message(name: str, missing: list[Path]) -> str:
 
 def download(name: str, root: Path) -> None:
     """Fetch the raw files of `name` into `root`, only if some are missing."""
-    _download(name, root)
-
-
-def _download(name: str, root: Path) -> None:
     spec, root = _spec(name), Path(root)
     if not missing_files(name, root):
         return
@@ -526,14 +526,14 @@ def load_prepared(path: Path) -> ImageSet:
     return check_imageset(ImageSet(**arrays, classes=classes.tolist()), path)
 
 
-def prepare(name: str, raw_root: Path, out_path: Path, download: bool = True) -> ImageSet:
+def prepare(name: str, raw_root: Path, out_path: Path, *, allow_download: bool = True) -> ImageSet:
     """Download `name` if allowed and needed, read it, and cache it at `out_path`."""
     spec, raw_root = _spec(name), Path(raw_root)
     missing = missing_files(name, raw_root)
     if missing:
-        if not download:
+        if not allow_download:
             raise DatasetError(_missing_message(name, missing))
-        _download(name, raw_root)
+        download(name, raw_root)
     images = check_imageset(spec.read(raw_root), raw_root)
     save_prepared(images, out_path)
     return images

@@ -7,7 +7,9 @@ Adding a method takes one class and one config entry:
    `__init__`, each with its default, implement `forward`, and decorate the class with
    `@register`;
 2. add `methods.<name>` to config/schema.yaml with the same settings (types, ranges, the same
-   defaults and a description); tests/test_losses.py checks that the two agree.
+   defaults and a description). kdflow.config takes the method names a config may use from
+   the schema (torch-free); importing this module fails if its classes and those names differ,
+   and tests/test_losses.py checks that the settings and defaults agree.
 
 The trainer treats every method alike: it builds it with `build_method`, calls `setup` once,
 optimizes `parameters()` with the student's, keeps `state_dict()` in the checkpoint and calls
@@ -23,6 +25,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from kdflow import config
 
 METHODS: dict[str, type[DistillMethod]] = {}
 
@@ -340,3 +344,6 @@ def _same_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     if b.shape[-2:] != size:
         b = F.adaptive_avg_pool2d(b, size)
     return a, b
+
+
+config.check_registry("method", METHODS, config.method_names())  # kdflow.config owns the names

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from kdflow.architectures import ARCHITECTURES
+from kdflow.config import check_registry, model_names
 
 
 class FeatureNet(nn.Module):
@@ -226,6 +227,7 @@ MODELS: dict[str, Callable[[int], FeatureNet]] = {
     name: partial(FAMILIES[family], **kwargs) for name, (family, kwargs) in ARCHITECTURES.items()
 }
 """Model name -> constructor taking ``num_classes`` (the names and shapes: kdflow.architectures)."""
+check_registry("model", MODELS, model_names())  # kdflow.config owns the names
 
 
 def build_model(name: str, num_classes: int) -> FeatureNet:
