@@ -28,7 +28,6 @@ rule plot_sweep:
     conda:
         "../envs/kdflow.yaml"
     params:
-        results="results",
         # the dataset of each file of output.alpha and output.curves, in the same order
         alpha_datasets=list(REPORT_FILES.alpha),
         curves_datasets=list(REPORT_FILES.curves),

@@ -4,6 +4,7 @@ one's `completed`), into exactly its declared outputs."""
 import logging
 from pathlib import Path
 
+from kdflow.config import RESULTS_DIR
 from kdflow.summary import ReportFiles, write_report
 
 sm = snakemake  # noqa: F821
@@ -14,4 +15,4 @@ files = ReportFiles(
     alpha=dict(zip(sm.params.alpha_datasets, map(Path, sm.output.alpha), strict=True)),
     curves=dict(zip(sm.params.curves_datasets, map(Path, sm.output.curves), strict=True)),
 )
-write_report([Path(target).parent for target in sm.input], files, sm.params.results)
+write_report([Path(target).parent for target in sm.input], files, RESULTS_DIR)

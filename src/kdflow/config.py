@@ -38,6 +38,10 @@ class ConfigError(ValueError):
     """A config that must not run; the message names the key, the bad value and the fix."""
 
 
+# Every experiment directory lives under this one, relative to the working directory.
+RESULTS_DIR = "results"
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How one experiment trains (the validated `train` section, with dataset overrides)."""
@@ -78,9 +82,9 @@ class Experiment:
     @property
     def directory(self) -> str:
         if self.is_pure:
-            return f"results/{self.dataset}/pure/{self.model}/seed{self.seed}"
+            return f"{RESULTS_DIR}/{self.dataset}/pure/{self.model}/seed{self.seed}"
         return (
-            f"results/{self.dataset}/{self.method}/{self.teacher}-{self.model}"
+            f"{RESULTS_DIR}/{self.dataset}/{self.method}/{self.teacher}-{self.model}"
             f"/alpha{self.alpha}/seed{self.seed}"
         )
 
@@ -92,7 +96,7 @@ class Experiment:
     def teacher_directory(self) -> str | None:
         if self.is_pure:
             return None
-        return f"results/{self.dataset}/pure/{self.teacher}/seed{self.seed}"
+        return f"{RESULTS_DIR}/{self.dataset}/pure/{self.teacher}/seed{self.seed}"
 
 
 def alpha_label(alpha: float) -> str:
