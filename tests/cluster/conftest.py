@@ -403,11 +403,11 @@ def _remove_old_sessions(keep: int) -> None:
 
 def _session_venv(session: Path, workflow: Path) -> Path:
     """A venv of this session's own on top of the shared one (`openpbs.sh venv`, which holds
-    the dependencies only): its site-packages points first at the session's copy of `src`, then
+    the dependencies only): its site-packages points first at the session's copies of `src`
+    and the plugin's `src`, then
     at the shared site-packages. Nothing shared is changed, so sessions side by side each test
     their own code. The jobs PBS starts run this venv's python (Snakemake's job command names
-    it), whatever their PATH: they import kdflow and the plugin from the copy too. (Not a
-    non-editable install: kdflow finds config/schema.yaml beside its source tree.)"""
+    it), whatever their PATH: they import kdflow and the plugin from the copy too."""
     venv = session / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True,
                    env={"PATH": PLAIN_PATH})  # fmt: skip
