@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -118,6 +119,25 @@ def wait_for(predicate, timeout=30):
     return False
 
 
+def children(pid: int) -> list[list[bytes]]:
+    """The command lines of the processes whose parent is `pid`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append((proc / "cmdline").read_bytes().split(b"\0"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def runs_its_job(pid: int) -> bool:
+    """Whether controller `pid` runs its job (the job's shell is its child): it got past
+    Snakemake's lock, where a controller that found the lock taken exits."""
+    return any(b"sleep" in b" ".join(cmd) for cmd in children(pid))
+
+
 def test_on_twice_leaves_one_entry_and_off_removes_only_ours(crontab, project):
     other = "0 3 * * * /usr/local/bin/backup --all # the user's own\n"
     subprocess.run(["crontab", "-"], input=other, text=True, check=True)
@@ -167,7 +187,8 @@ def test_ticks_keep_exactly_one_controller(project, cleanup):
     restarted = tick(project)
     assert "started controller" in restarted.stdout
     assert wait_for(lambda: controllers(project) == [_pid(project)]) and _pid(project) != old
-    time.sleep(3)  # a controller that found the lock taken would have exited by now
+    # the new controller took the lock (released by the tick) and runs the job
+    assert wait_for(lambda: runs_its_job(_pid(project)), timeout=60)
     assert controllers(project) == [_pid(project)]
     assert "LockException" not in (project / "logs/cron/controller.log").read_text()
 
@@ -187,8 +208,10 @@ def test_two_concurrent_ticks_start_one_controller(project, cleanup):
     assert sum("started controller" in out for out in outputs) == 1, outputs
     assert sum("is alive" in out for out in outputs) == 1, outputs
     assert wait_for(lambda: len(controllers(project)) == 1)
-    time.sleep(2)
-    assert len(controllers(project)) == 1
+    # both ticks have ended and the one controller runs its job: nothing can start another
+    started = _pid(project)
+    assert wait_for(lambda: runs_its_job(started), timeout=60)
+    assert controllers(project) == [started]
 
 
 def test_a_finished_sweep_starts_nothing(project, cleanup):
@@ -208,25 +231,68 @@ def test_logs_are_rotated(project, cleanup):
     assert (project / "logs/cron/cron.log.1").stat().st_size == 1_100_000
 
 
-def test_a_live_controllers_log_is_rotated_only_once_it_has_ended(project, cleanup):
-    log = project / "logs/cron/controller.log"
+# The controller's job writes numbered lines to the controller's output (controller.log) for as
+# long as it runs: a live writer of the log, as a controller is while it runs a sweep.
+WRITER_SNAKEFILE = r"""
+rule all:
+    input: "a.done"
+
+rule a:
+    output: "a.done"
+    shell: "i=0; while true; do i=$((i+1)); echo \"writer $$ line $i\"; sleep 0.01; done"
+"""
+
+
+def writer_lines(path: Path) -> dict[str, list[int]]:
+    """{writer: its line numbers, in file order} of the writers' lines in `path`."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return {}
+    lines: dict[str, list[int]] = {}
+    for match in re.finditer(r"^writer (\d+) line (\d+)$", text, re.MULTILINE):
+        lines.setdefault(match[1], []).append(int(match[2]))
+    return lines
+
+
+@pytest.mark.slow
+def test_a_controller_writing_while_ticks_run_keeps_its_log_and_loses_no_line(project, cleanup):
+    (project / "Snakefile").write_text(WRITER_SNAKEFILE)
+    log, rotated = project / "logs/cron/controller.log", project / "logs/cron/controller.log.1"
     assert tick(project).returncode == 0
-    assert wait_for(lambda: controllers(project) and log.exists())
+    assert wait_for(lambda: writer_lines(log), timeout=60)
     first = _pid(project)
-    with open(log, "ab") as f:  # as the controller would: appending
-        f.write(b"x" * 1_100_000)
+    (writer,) = writer_lines(log)
+    with open(log, "ab") as f:  # past the rotation size (1 MB), appended as the writer does
+        f.write(b"padding\n" * 140_000)
     inode = log.stat().st_ino
 
-    assert tick(project).returncode == 0  # the controller is alive: its log stays put
-    assert log.stat().st_ino == inode and not (project / "logs/cron/controller.log.1").exists()
+    for _ in range(3):  # ticks while the controller writes: its log stays where it is
+        before = len(writer_lines(log).get(writer, []))
+        assert tick(project).returncode == 0
+        assert log.exists() and log.stat().st_ino == inode and not rotated.exists()
+        assert wait_for(lambda b=before: len(writer_lines(log).get(writer, [])) > b + 10)
 
     os.killpg(os.getpgid(first), signal.SIGKILL)
     assert wait_for(lambda: not controllers(project))
-    assert tick(project).returncode == 0  # no writer now: rotated, the new controller writes anew
-    assert wait_for(lambda: controllers(project) and _pid(project) != first)
-    rotated = project / "logs/cron/controller.log.1"
-    assert rotated.stat().st_ino == inode and rotated.stat().st_size >= 1_100_000
-    assert wait_for(lambda: log.exists() and 0 < log.stat().st_size < 1_000_000)
+    written = len(writer_lines(log)[writer])
+    assert tick(project).returncode == 0  # no writer now: rotated; the new controller writes anew
+    assert _pid(project) != first
+    assert wait_for(lambda: len(writer_lines(log)) == 1 and writer not in writer_lines(log),
+                    timeout=60)  # fmt: skip
+    (second,) = writer_lines(log)
+    assert rotated.stat().st_ino == inode
+    size = rotated.stat().st_size
+    now = len(writer_lines(log)[second])
+    assert wait_for(lambda: len(writer_lines(log)[second]) > now + 50)
+    assert rotated.stat().st_size == size  # the rotated log no longer grows
+
+    # no line lost: each writer's lines are 1, 2, 3, ... without a gap, all in one file
+    old = writer_lines(rotated)
+    assert list(old) == [writer] and old[writer] == list(range(1, len(old[writer]) + 1))
+    assert len(old[writer]) >= written
+    new = writer_lines(log)[second]
+    assert new == list(range(1, len(new) + 1))
 
 
 def _free_port():
@@ -275,6 +341,22 @@ def sshd(tmp_path):
     server.wait(timeout=10)
 
 
+# one experiment, digits/pure/resnet8/seed0: what the remote results below hold
+REMOTE_SWEEP = """\
+seeds: [0]
+datasets:
+  digits: {mem_mb: 2000, runtime: 10}
+models: [resnet8]
+pairs: []
+methods:
+  logit: {temperature: 4}
+alphas: [0.5]
+train: {epochs: 1, batch_size: 64, lr: 0.05, momentum: 0.9, weight_decay: 5.0e-4,
+        lr_milestones: [], lr_decay: 0.1, crop_padding: 2, flip: false}
+device: cpu
+"""
+
+
 @pytest.mark.slow
 def test_remote_mode_pushes_ticks_pulls_without_checkpoints_and_plots(project, sshd, tmp_path):
     remote = tmp_path / "remote"
@@ -290,6 +372,10 @@ def test_remote_mode_pushes_ticks_pulls_without_checkpoints_and_plots(project, s
     metrics = {"dataset": "digits", "method": "pure", "model": "resnet8", "teacher": None,
                "alpha": 0.0, "seed": 0, "final_acc": 45.5, "best_acc": 45.5}  # fmt: skip
     (results / "metrics.json").write_text(json.dumps(metrics))
+    (results / "completed").write_text("")
+    # the sweep's config: `kdflow report` draws exactly its experiments
+    (project / "config").mkdir()
+    (project / "config/experiments.yaml").write_text(REMOTE_SWEEP)
     (project / "local-only.txt").write_text("not for the cluster")
     (project / ".snakemake").mkdir()
     (project / ".snakemake/local-state").write_text("this machine's controller state")
@@ -315,7 +401,7 @@ def test_remote_mode_pushes_ticks_pulls_without_checkpoints_and_plots(project, s
         local = project / "results/digits/pure/resnet8/seed0"
         assert (local / "metrics.json").exists() and (local / "history.csv").exists()
         assert not (local / "checkpoint.pth").exists() and not (local / "best.pth").exists()
-        assert (project / "results/summary/results.csv").exists()
+        assert "resnet8" in (project / "results/summary/results.csv").read_text()
         assert (project / "results/summary/curves_digits.png").exists()
     finally:
         for pid in controllers(remote):

@@ -1,0 +1,189 @@
+"""The PBS executor plugin alone, without kdflow: installed from a copy of
+plugins/snakemake-executor-plugin-pbs (non-editable) into a fresh venv made from Debian's
+python3, (a) its own tests pass there, and (b) `snakemake --executor pbs` from that venv runs a
+one-rule workflow on the real OpenPBS as the test user.
+
+The venv of the plugin's dependencies (its own, its [test] extra: Snakemake, pytest; neither
+the plugin nor kdflow) is made once per plugin pyproject.toml and kept (KDFLOW_PLUGIN_DEPS,
+a stamp holds the file's hash; ~1 min on 2 cores, from the local wheels). Each session makes a
+small venv of its own on top of it (its site-packages names the shared one) and installs the
+plugin there with `pip install --no-deps` from a copy of the working tree: the code under test
+is the working tree's, and nothing shared is changed. Uses only settings the plugin has always
+had (queue, status interval): no job-name prefix, registry or log directory is relied on.
+
+Cost (2 shared cores): the dependencies' venv ~1 min when the plugin's pyproject.toml changed;
+each session's venv and install ~6 s; (a) the plugin's whole suite, 2.5-3.5 min; (b) ~7 s.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+PLUGIN = REPO / "plugins/snakemake-executor-plugin-pbs"
+DEPS = Path(os.environ.get("KDFLOW_PLUGIN_DEPS") or "/opt/kdflow-test/plugin-deps")
+MODULE = "snakemake_executor_plugin_pbs"
+IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".pytest_cache")
+
+
+def _run(*argv, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("env", {"PATH": PLAIN_PATH, "HOME": os.environ.get("HOME", "/root")})
+    return subprocess.run(list(map(str, argv)), capture_output=True, text=True, **kwargs)
+
+
+def _copy_plugin(target: Path, *names: str) -> Path:
+    target.mkdir(parents=True)
+    for name in names:
+        source = PLUGIN / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=IGNORE)
+        elif source.exists():
+            shutil.copy2(source, target / name)
+    return target
+
+
+def _purelib(python: Path) -> str:
+    code = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    return _run(python, "-c", code, check=True).stdout.strip()
+
+
+def _deps_venv(scratch: Path) -> Path:
+    """The shared venv of the plugin's dependencies, made when its stamp (the hash of the
+    plugin's pyproject.toml) differs; one maker at a time."""
+    want = hashlib.sha256((PLUGIN / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    stamp = DEPS / ".plugin-deps"
+    DEPS.parent.mkdir(parents=True, exist_ok=True)
+    with open(DEPS.parent / f".{DEPS.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (DEPS / "bin/python").exists() and stamp.exists() and stamp.read_text() == want:
+            return DEPS
+        shutil.rmtree(DEPS, ignore_errors=True)
+        old_umask = os.umask(0o022)
+        try:
+            _run("/usr/bin/python3", "-m", "venv", DEPS, check=True)
+            copy = _copy_plugin(scratch / "plugin-for-deps", "pyproject.toml", "README.md", "src")
+            python = DEPS / "bin/python"
+            for argv in (
+                ["-m", "pip", "install", "--quiet", "--upgrade", "pip", "setuptools>=68", "wheel"],
+                ["-m", "pip", "install", "--quiet", f"{copy}[test]"],
+                # its dependencies only: each session installs the plugin itself, fresh
+                ["-m", "pip", "uninstall", "--yes", "--quiet", "snakemake-executor-plugin-pbs"],
+            ):
+                p = _run(python, *argv, timeout=1800)
+                assert p.returncode == 0, f"{argv}: {p.stdout[-3000:]}{p.stderr[-3000:]}"
+            _run("chmod", "-R", "a+rX", DEPS, check=True)
+            stamp.write_text(want)
+        finally:
+            os.umask(old_umask)
+    return DEPS
+
+
+@pytest.fixture(scope="module")
+def plugin_venv(openpbs) -> Path:
+    """A fresh venv (Debian's python3) with the plugin installed alone, non-editable, from a
+    copy of the working tree, on top of the shared dependencies; readable by the test user."""
+    where = openpbs.session_dir / "plugin-alone"
+    where.mkdir()
+    deps = _deps_venv(where)
+    venv = where / "venv"
+    _run("/usr/bin/python3", "-m", "venv", "--without-pip", venv, check=True)
+    # the shared dependencies after the venv's own site-packages (the plugin goes there)
+    Path(_purelib(venv / "bin/python"), "50-plugin-deps.pth").write_text(
+        f"import site; site.addsitedir({_purelib(deps / 'bin/python')!r})\n"
+    )
+    copy = _copy_plugin(where / "plugin", "pyproject.toml", "README.md", "src")
+    p = _run(deps / "bin/python", "-m", "pip", "--python", venv / "bin/python", "install",
+             "--quiet", "--no-deps", "--no-build-isolation", copy, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _run("chmod", "-R", "a+rX", where, check=True)
+    return venv
+
+
+def _where(python: Path, module: str, env=None) -> subprocess.CompletedProcess:
+    return _run(python, "-c", f"import {module}; print({module}.__file__)", env=env)
+
+
+def test_the_plugin_installs_alone_and_its_own_tests_pass_there(plugin_venv, tmp_path):
+    python = plugin_venv / "bin/python"
+    # the plugin from the venv's own site-packages (a real install), kdflow from nowhere
+    found = _where(python, MODULE)
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()).is_relative_to(_purelib(python)), found.stdout
+    assert _where(python, "kdflow").returncode != 0
+    assert not list(Path(_purelib(python)).glob("__editable__*"))
+    # and the shared layer holds neither
+    deps = DEPS / "bin/python"
+    assert _where(deps, MODULE).returncode != 0 and _where(deps, "kdflow").returncode != 0
+
+    # its tests (and the README they check), from a copy without src/: every import of the
+    # plugin is the installed one
+    tests = _copy_plugin(tmp_path / "plugin-tests", "pyproject.toml", "README.md", "tests")
+    env = {"PATH": f"{plugin_venv / 'bin'}:{PLAIN_PATH}", "HOME": os.environ.get("HOME", "/root"),
+           "CI": os.environ.get("CI", ""), "LANG": "C.UTF-8"}  # fmt: skip
+    p = _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=tests, env=env,
+             timeout=1200)  # fmt: skip
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
+    assert " passed" in p.stdout and " failed" not in p.stdout, p.stdout[-2000:]
+
+
+# `run:` runs in the job's own Snakemake (inside the PBS job): it tells which python that is,
+# whether kdflow is importable there, and the job's id and user
+SNAKEFILE = """
+rule hello:
+    output:
+        "hello.txt",
+    resources:
+        mem_mb=300,
+        runtime=2,
+    run:
+        import importlib.util, json, os, pwd, sys
+
+        with open(output[0], "w") as f:
+            json.dump({"job": os.environ.get("PBS_JOBID"), "python": sys.executable,
+                       "user": pwd.getpwuid(os.getuid()).pw_name,
+                       "kdflow": importlib.util.find_spec("kdflow") is not None}, f)
+"""
+
+
+def test_snakemake_runs_a_job_through_openpbs_with_the_plugin_alone(openpbs, plugin_venv):
+    workdir = openpbs.workdir("plugin-alone")
+    (workdir / "Snakefile").write_text(SNAKEFILE)
+    python = plugin_venv / "bin/python"
+    # the user's PATH without kdflow's session venv: counting wrappers, PBS, the system
+    env = {"PATH": f"{openpbs.counter_dir / 'bin'}:{plugin_venv / 'bin'}:/opt/pbs/bin:{PLAIN_PATH}"}
+    # as the test user: the plugin is found, kdflow is not
+    p = openpbs.run(python, "-c", "import kdflow", env=env, cwd=workdir)
+    assert p.returncode != 0 and "No module named 'kdflow'" in p.stderr, p.stderr
+    p = openpbs.run(python, "-c", f"import {MODULE}; print({MODULE}.__file__)", env=env)
+    assert p.returncode == 0 and p.stdout.startswith(str(plugin_venv)), p.stdout + p.stderr
+
+    qsubs = openpbs.calls("qsub")
+    p = openpbs.run(
+        python, "-m", "snakemake", "--executor", "pbs", "--jobs", "1",
+        "--pbs-queue", "workq", "--pbs-status-interval", "1",
+        env=env, cwd=workdir, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert openpbs.calls("qsub") == qsubs + 1
+
+    # the server ran it: one job from this directory, finished, exit 0, in queue workq
+    jobs = openpbs.jobs_of(workdir, history=True)
+    assert len(jobs) == 1, jobs
+    ((job_id, job),) = jobs.items()
+    assert job["job_state"] == "F" and job["Exit_status"] == "0", job
+    assert job["queue"] == "workq" and job["Job_Owner"].startswith(f"{openpbs.user}@")
+    # the output is the job's, written inside it, by the plugin venv's python without kdflow
+    ran = json.loads((workdir / "hello.txt").read_text())
+    assert ran == {"job": job_id, "python": str(python), "user": openpbs.user, "kdflow": False}
