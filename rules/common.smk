@@ -1,5 +1,15 @@
 # The sweep: validate the config, expand it to experiments, and give rules their parameters.
 
+import sys
+from pathlib import Path
+
+# kdflow from this workflow's own src/, installed or not: the controller and every job process
+# parse this file, and Snakemake appends their sys.path to each `script:`'s, so jobs in a conda
+# environment (envs/kdflow.yaml holds no kdflow) import it from here too.
+_SRC = str(Path(workflow.main_snakefile).parent / "src")
+if _SRC not in sys.path:
+    sys.path.insert(0, _SRC)
+
 from kdflow.config import Sweep
 
 # Validates against config/schema.yaml and checks what a schema cannot (pairs naming models

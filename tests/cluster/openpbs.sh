@@ -251,6 +251,13 @@ cmd_venv() {
 		return 0
 	fi
 	[[ -w $(dirname "$VENV") || $(id -u) -eq 0 ]] || die "cannot create $VENV (run as root)"
+	# one builder at a time: another session may be rebuilding it (rm -rf, then pip install)
+	mkdir -p "$(dirname "$VENV")"
+	exec 8>"$VENV.lock"
+	flock 8
+	if [[ -x $VENV/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
+		return 0 # built while this one waited
+	fi
 	umask 022
 	# Debian's python, not a pyenv or venv one found first on PATH
 	export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
