@@ -254,3 +254,20 @@ def train_params(data_path: Path, **overrides) -> dict:
         "device": "cpu",
         **overrides,
     }
+
+
+# A sweep of one experiment (digits/pure/resnet8/seed0, one epoch on the CPU): the smallest
+# config a workflow test can run or report on.
+ONE_EXPERIMENT_SWEEP = """\
+seeds: [0]
+datasets:
+  digits: {mem_mb: 2000, runtime: 10}
+models: [resnet8]
+pairs: []
+methods:
+  logit: {temperature: 4}
+alphas: [0.5]
+train: {epochs: 1, batch_size: 64, lr: 0.05, momentum: 0.9, weight_decay: 5.0e-4,
+        lr_milestones: [], lr_decay: 0.1, crop_padding: 2, flip: false}
+device: cpu
+"""

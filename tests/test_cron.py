@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fakedata import ONE_EXPERIMENT_SWEEP
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
@@ -341,22 +342,6 @@ def sshd(tmp_path):
     server.wait(timeout=10)
 
 
-# one experiment, digits/pure/resnet8/seed0: what the remote results below hold
-REMOTE_SWEEP = """\
-seeds: [0]
-datasets:
-  digits: {mem_mb: 2000, runtime: 10}
-models: [resnet8]
-pairs: []
-methods:
-  logit: {temperature: 4}
-alphas: [0.5]
-train: {epochs: 1, batch_size: 64, lr: 0.05, momentum: 0.9, weight_decay: 5.0e-4,
-        lr_milestones: [], lr_decay: 0.1, crop_padding: 2, flip: false}
-device: cpu
-"""
-
-
 @pytest.mark.slow
 def test_remote_mode_pushes_ticks_pulls_without_checkpoints_and_plots(project, sshd, tmp_path):
     remote = tmp_path / "remote"
@@ -373,9 +358,10 @@ def test_remote_mode_pushes_ticks_pulls_without_checkpoints_and_plots(project, s
                "alpha": 0.0, "seed": 0, "final_acc": 45.5, "best_acc": 45.5}  # fmt: skip
     (results / "metrics.json").write_text(json.dumps(metrics))
     (results / "completed").write_text("")
-    # the sweep's config: `kdflow report` draws exactly its experiments
+    # the sweep's config (what the remote results hold): `kdflow report` draws exactly its
+    # experiments
     (project / "config").mkdir()
-    (project / "config/experiments.yaml").write_text(REMOTE_SWEEP)
+    (project / "config/experiments.yaml").write_text(ONE_EXPERIMENT_SWEEP)
     (project / "local-only.txt").write_text("not for the cluster")
     (project / ".snakemake").mkdir()
     (project / ".snakemake/local-state").write_text("this machine's controller state")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakedata import ONE_EXPERIMENT_SWEEP
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
@@ -343,27 +344,6 @@ CONDA_CACHE = Path(
     or ("/var/cache/kdflow/conda-envs" if os.geteuid() == 0 else "~/.cache/kdflow/conda-envs")
 ).expanduser()
 
-SMALL_SWEEP = """\
-seeds: [0]
-datasets:
-  digits: {mem_mb: 2000, runtime: 10}
-models: [resnet8]
-pairs: []
-methods:
-  logit: {temperature: 4}
-alphas: [0.5]
-train:
-  epochs: 1
-  batch_size: 64
-  lr: 0.05
-  momentum: 0.9
-  weight_decay: 5.0e-4
-  lr_milestones: []
-  lr_decay: 0.1
-  crop_padding: 2
-  flip: false
-device: cpu
-"""
 # what the jobs import, as modules
 JOB_MODULES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "scipy", "sklearn",
                "yaml", "jsonschema", "rich", "pygments")  # fmt: skip
@@ -385,7 +365,7 @@ def test_the_real_env_runs_every_script_of_the_workflow(tmp_path):
             )
         else:
             shutil.copy2(source, target)
-    (workflow / "small.yaml").write_text(SMALL_SWEEP)
+    (workflow / "small.yaml").write_text(ONE_EXPERIMENT_SWEEP)
 
     fake = hashlib.sha256((FAKE_CONDA + ACTIVATE).encode()).hexdigest()[:12]
     envs = CONDA_CACHE / f"fake-{fake}"
