@@ -16,8 +16,10 @@
 # pushes the code with rsync, ticks there, pulls results without checkpoints, and draws the
 # plots here. KDFLOW_SSH adds ssh options (e.g. "-p 2222 -i ~/.ssh/id_kdflow").
 #
-# Settings (environment): KDFLOW_PROFILE (profiles/pbs), KDFLOW_SNAKEMAKE_ARGS (extra
-# arguments for the controller), KDFLOW_VENV (.venv), KDFLOW_LOG_KEEP (5 rotated logs).
+# Settings (environment): KDFLOW_PROFILE (profiles/pbs), KDFLOW_CONFIGFILE (the sweep's
+# config, default config/experiments.yaml: the controller runs it in place of the default,
+# `kdflow status` and `kdflow report` show exactly its experiments), KDFLOW_SNAKEMAKE_ARGS
+# (extra arguments for the controller), KDFLOW_VENV (.venv), KDFLOW_LOG_KEEP (5 rotated logs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +32,12 @@ PID_FILE=$STATE_DIR/controller.pid
 TAG="# kdflow-cron:$ROOT"
 PATH="$VENV/bin:$PATH"
 export PATH
+SNAKEMAKE=(snakemake --profile "$PROFILE") # + the config, + KDFLOW_SNAKEMAKE_ARGS (unquoted)
+KDFLOW_CONFIG=()                           # for kdflow status and kdflow report
+if [ -n "${KDFLOW_CONFIGFILE:-}" ]; then
+    SNAKEMAKE+=(--configfile "$KDFLOW_CONFIGFILE" --replace-workflow-config)
+    KDFLOW_CONFIG=(--configfile "$KDFLOW_CONFIGFILE")
+fi
 
 mkdir -p "$LOG_DIR" "$STATE_DIR"
 
@@ -89,14 +97,14 @@ cmd_off() {
 
 sweep_finished() { # true when Snakemake has nothing left to do
     local plan # captured first: `| grep -q` would SIGPIPE snakemake and fail under pipefail
-    plan=$(snakemake --profile "$PROFILE" ${KDFLOW_SNAKEMAKE_ARGS:-} -n --quiet 2>&1 || true)
+    plan=$("${SNAKEMAKE[@]}" ${KDFLOW_SNAKEMAKE_ARGS:-} -n --quiet 2>&1 || true)
     [[ $plan == *"Nothing to be done"* ]]
 }
 
 refresh() { # the dashboard into the log, and the live plots
-    kdflow status >"$LOG_DIR/status.txt" 2>&1 || true
+    kdflow status "${KDFLOW_CONFIG[@]}" >"$LOG_DIR/status.txt" 2>&1 || true
     [ -d results ] || return 0
-    kdflow report >"$LOG_DIR/report.txt" 2>&1 || log "kdflow report failed: see $LOG_DIR/report.txt"
+    kdflow report "${KDFLOW_CONFIG[@]}" >"$LOG_DIR/report.txt" 2>&1 || log "kdflow report failed: see $LOG_DIR/report.txt"
 }
 
 tick() {
@@ -119,12 +127,12 @@ tick() {
     fi
     # No controller is alive (we hold the tick lock, and the pid file's process is gone), so
     # a lock left in .snakemake/locks is stale: a SIGKILLed or rebooted controller's.
-    snakemake --profile "$PROFILE" ${KDFLOW_SNAKEMAKE_ARGS:-} --unlock >/dev/null 2>&1 || true
+    "${SNAKEMAKE[@]}" ${KDFLOW_SNAKEMAKE_ARGS:-} --unlock >/dev/null 2>&1 || true
     # and controller.log has no writer: a live controller's log is never moved
     rotate "$LOG_DIR/controller.log"
     # 9>&-: the controller must not inherit the tick lock, or every later tick would wait
     # for the whole sweep
-    setsid nohup snakemake --profile "$PROFILE" ${KDFLOW_SNAKEMAKE_ARGS:-} \
+    setsid nohup "${SNAKEMAKE[@]}" ${KDFLOW_SNAKEMAKE_ARGS:-} \
         >>"$LOG_DIR/controller.log" 2>&1 </dev/null 9>&- &
     echo $! >"$PID_FILE"
     log "started controller $! (log: logs/cron/controller.log)"
@@ -153,7 +161,7 @@ remote_tick() {
     rsync -az -e "$ssh" --include='*/' --exclude='*.pth' --exclude='.*.tmp' \
         "$remote/results/" "$ROOT/results/"
     rsync -az -e "$ssh" "$remote/logs/cron/status.txt" "$LOG_DIR/status.remote.txt" || true
-    kdflow report >"$LOG_DIR/report.txt" 2>&1 || log "kdflow report failed: see $LOG_DIR/report.txt"
+    kdflow report "${KDFLOW_CONFIG[@]}" >"$LOG_DIR/report.txt" 2>&1 || log "kdflow report failed: see $LOG_DIR/report.txt"
     log "plots drawn locally under results/summary/"
 }
 

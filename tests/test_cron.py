@@ -223,6 +223,23 @@ def test_a_finished_sweep_starts_nothing(project, cleanup):
     assert controllers(project) == []
 
 
+def test_the_dashboard_and_report_show_the_config_the_controller_runs(project, cleanup):
+    """KDFLOW_CONFIGFILE goes to the controller and to `kdflow status` and `kdflow report`:
+    with another config, neither shows config/experiments.yaml's experiments (here there is
+    none: they would fail)."""
+    (project / "config").mkdir()
+    (project / "config/one.yaml").write_text(ONE_EXPERIMENT_SWEEP)
+    (project / "results").mkdir()
+    (project / "a.done").write_text("")
+    result = tick(project, KDFLOW_CONFIGFILE="config/one.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "the sweep is finished" in result.stdout, result.stdout
+    status = (project / "logs/cron/status.txt").read_text()
+    assert "finished 0/1 " in status, status  # one.yaml's one experiment
+    report = (project / "logs/cron/report.txt").read_text()
+    assert "config/one.yaml: 0 of 1 experiments" in report, report
+
+
 def test_logs_are_rotated(project, cleanup):
     log = project / "logs/cron/cron.log"
     log.parent.mkdir(parents=True)
