@@ -15,7 +15,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for disks
+# disks.py: the plugin's tests own it (its tests fill disks too); kdflow's pytest finds it there
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[2] / "plugins/snakemake-executor-plugin-pbs/tests")
+)
 from disks import fill  # noqa: E402
 
 from kdflow.trainer import TrainSpec, train  # noqa: E402
