@@ -3,6 +3,8 @@
     python resume_driver.py SPEC_JSON OUT_DIR              kdflow.trainer.train, no owner check
     python resume_driver.py --rule SPEC_JSON OUT_DIR LOG   scripts/train.py, as the workflow's
                                                            rule runs it (owner check included)
+    python resume_driver.py --pack SPECS_JSON DIRS_JSON    kdflow.pack.train_pack: a list of
+                                                           specs, one directory each
 
 KILL_AT_REPLACE=K makes the K-th os.replace of this process (every atomic write and the
 checkpoint rotation go through it) end in SIGKILL; KILL_MODE says where:
@@ -72,6 +74,12 @@ if __name__ == "__main__":
         kill_at_replace(int(os.environ["KILL_AT_REPLACE"]), os.environ.get("KILL_MODE", "before"))
     if sys.argv[1] == "--rule":
         run_rule(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "--pack":
+        from kdflow.pack import train_pack
+        from kdflow.trainer import TrainSpec
+
+        specs = [TrainSpec.from_params(p) for p in json.loads(sys.argv[2])]
+        train_pack(specs, json.loads(sys.argv[3]))
     else:
         from kdflow.trainer import TrainSpec, train
 
