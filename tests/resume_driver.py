@@ -12,6 +12,8 @@ checkpoint rotation go through it) end in SIGKILL; KILL_MODE says where:
              checkpoint rotation, which has no temp file: a kill before the rename)
   before     the temp file complete, not yet renamed
   after      right after the rename, before anything else is written
+KILL_NAME=<file> counts only the renames to that name (KILL_AT_REPLACE=2 KILL_NAME=checkpoint.pth:
+the second checkpoint write of the process; a pack writes one per student and epoch).
 Just before the kill it prints `KILL <K> <mode> <file>` on stderr, <file> being the name the
 rename was to give (status.json, checkpoint.pth, checkpoint.prev.pth for the rotation, ...):
 the tests check where each kill landed.
@@ -32,14 +34,15 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_at_replace(k: int, mode: str) -> None:
+def kill_at_replace(k: int, mode: str, name: str | None = None) -> None:
     real_replace = os.replace
     calls = 0
 
     def replace(src, dst):
         nonlocal calls
-        calls += 1
-        if calls == k:
+        if name is None or os.path.basename(dst) == name:
+            calls += 1
+        if calls == k and (name is None or os.path.basename(dst) == name):
             print(f"KILL {k} {mode} {os.path.basename(dst)}", file=sys.stderr, flush=True)
             if mode == "truncated":
                 # only an atomic write's temp file: the checkpoint rotation renames the real
@@ -71,7 +74,11 @@ def run_rule(spec: dict, out_dir: str, log: str) -> None:
 
 if __name__ == "__main__":
     if os.environ.get("KILL_AT_REPLACE"):
-        kill_at_replace(int(os.environ["KILL_AT_REPLACE"]), os.environ.get("KILL_MODE", "before"))
+        kill_at_replace(
+            int(os.environ["KILL_AT_REPLACE"]),
+            os.environ.get("KILL_MODE", "before"),
+            os.environ.get("KILL_NAME"),
+        )
     if sys.argv[1] == "--rule":
         run_rule(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "--pack":
