@@ -691,9 +691,11 @@ def _train_students(
 
 def _teach(teacher, x, features: bool):
     """The frozen teacher's (stage maps or None, logits) for one batch, computed once for all
-    the students that see it."""
+    the students that see it. Inference tensors cannot be saved for backward: the students get
+    ordinary copies, made once and shared (methods never change them in place)."""
     with torch.inference_mode():
-        return _forward(teacher, x, features)
+        maps, logits = _forward(teacher, x, features)
+    return ([m.clone() for m in maps] if features else None), logits.clone()
 
 
 def _loss(model, teacher, distill, x, y, epoch):
@@ -711,14 +713,13 @@ def _student_loss(model, distill, x, y, taught, epoch):
     features = distill.needs_features  # stage maps only for methods that use them
     student_maps, logits = _forward(model, x, features)
     teacher_maps, teacher_logits = taught
-    # inference tensors cannot be saved for backward: the method gets ordinary copies
     loss = distill(
         logits,
-        teacher_logits.clone(),
+        teacher_logits,
         y,
         epoch=epoch,
         student_features=student_maps,
-        teacher_features=[m.clone() for m in teacher_maps] if features else None,
+        teacher_features=teacher_maps if features else None,
     )
     return logits, loss
 
