@@ -103,6 +103,15 @@ def test_a_completed_student_is_left_alone_and_a_failing_one_stops_no_other(setu
     assert _contents(out / _name(done)) == before, "a completed student must not be retrained"
     _assert_all_identical(out, [s for s in specs if s is not refused], alone)
 
+    # its old run moved away, the next pack trains it alone (the others are completed), and
+    # its status forgets the error
+    for name in ("checkpoint.pth", "checkpoint.prev.pth", "best.pth", "history.csv"):
+        (out / _name(refused) / name).unlink(missing_ok=True)
+    train_pack([TrainSpec.from_params(s) for s in specs], [out / _name(s) for s in specs])
+    status = json.loads((out / _name(refused) / "status.json").read_text())
+    assert status["status"] == "completed" and "error" not in status
+    _assert_all_identical(out, specs, alone)
+
 
 def _run_pack(specs, out: Path, env=None, **kw):
     return subprocess.run(

@@ -220,6 +220,7 @@ class ExperimentFiles:
 
     def write_status(self, spec: TrainSpec, status: str, **fields_: Any) -> None:
         previous = read_json(self.status) or {}
+        previous.pop("error", None)  # a failed pack student's error, once it trains again
         record = {
             **previous,
             "status": status,
