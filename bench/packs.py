@@ -4,14 +4,17 @@ together with one teacher forward per batch (kdflow.pack), or each alone with it
 
     python bench/packs.py [--images 2048] [--batch-size 64] [--rounds 3] [--device auto]
                           [--pairs resnet32x4:resnet8x4,wrn_40_2:wrn_16_2] [--alphas ...]
-    python bench/packs.py --images 128 --batch-size 32 --rounds 1     # a smoke run on a CPU
+    python bench/packs.py --pairs wrn_40_2:wrn_16_2 --images 64 --batch-size 32 --rounds 1
+                          # a smoke run on a CPU: 2 batches an epoch, a few minutes
 
 For each pair it prints student-epochs per second of the pack and of the separate runs and
 their ratio (goals: resnet32x4 -> resnet8x4 >= 2.2x, wrn_40_2 -> wrn_16_2 >= 1.55x), each
 the median over interleaved rounds on the same batches and the same code the trainer runs
-(`kdflow.trainer._train_students`), and the peak memory of one epoch of the pack against one
-KD run's: GPU memory on CUDA (peak allocated), else the peak resident size of a fresh process
-that runs that one epoch (imports and data included).
+(`kdflow.trainer._train_students`); the teacher forward's share of a separate KD step and so
+the most a pack can gain on this machine (it saves 11 of 12 teacher forwards and nothing
+else; on a CPU a student's backward is slow and the ceiling low); and the peak memory of one
+epoch of the pack against one KD run's: GPU memory on CUDA (peak allocated), else the peak
+resident size of a fresh process that runs that one epoch (imports and data included).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from kdflow.loader import DeviceBatches, channel_stats
 from kdflow.losses import build_method
 from kdflow.models import build_model
-from kdflow.trainer import Run, _train_students, pick_device, rng_state
+from kdflow.trainer import Run, _teach, _train_students, pick_device, rng_state
 
 METHODS = {  # the sweep's settings (config/experiments.yaml), DKD's beta per pair as mdistiller
     "logit": {"temperature": 4},
@@ -153,11 +156,17 @@ def main() -> None:
         "student-epochs per second, median over interleaved rounds"
     )
     for pair in pairs:
-        got, base, n = speeds(args, pair, alphas, data, device)
+        got, base, share, n = speeds(args, pair, alphas, data, device)
         goal = GOALS.get(pair)
         print(
             f"{pair[0]} -> {pair[1]}: pack {got:.3f}, separate {base:.3f} student-epochs/s: "
             f"{got / base:.2f}x" + (f" (goal >= {goal}x)" if goal else "")
+        )
+        # a pack saves n - 1 of n teacher forwards and nothing else: its ceiling here
+        bound = 1 / (1 - share * (n - 1) / n)
+        print(
+            f"  the teacher's forward is {100 * share:.0f}% of a separate KD step here: "
+            f"a pack can gain at most {bound:.2f}x on this machine"
         )
         if not args.no_memory:
             one = peak_memory(args, pair, alphas, pack=False)
@@ -169,22 +178,34 @@ def main() -> None:
             )
 
 
-def speeds(args, pair, alphas, data, device) -> tuple[float, float, int]:
-    """Student-epochs per second of the pack and of the separate runs (medians), students."""
+def speeds(args, pair, alphas, data, device) -> tuple[float, float, float, int]:
+    """Student-epochs per second of the pack and of the separate runs (medians), the share of
+    a separate KD step that is the teacher's forward (median), and the number of students."""
     pack = students(*pair, alphas, data, device, own_rng=True)
     alone = students(*pair, alphas, data, device, own_rng=False)
-    n = len(pack)
+    teacher, n = pack[0].teacher, len(pack)
+
+    def teacher_epoch(r):
+        for x, _ in data.epoch(0, r):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                _teach(teacher, x, True)
+
     # warm-up: allocator, cudnn autotuning, first touch of the data
     _train_students(pack, 0, 0, None)
     for run in alone:
         _train_students([run], 0, 0, None)
-    together, separate = [], []
+    together, separate, share = [], [], []
     for r in range(1, args.rounds + 1):
         together.append(n / timed(lambda r=r: _train_students(pack, 0, r, None)))
-        separate.append(
-            n / timed(lambda r=r: [_train_students([run], 0, r, None) for run in alone])
-        )
-    return statistics.median(together), statistics.median(separate), n
+        seconds = timed(lambda r=r: [_train_students([run], 0, r, None) for run in alone])
+        separate.append(n / seconds)
+        share.append(timed(lambda r=r: teacher_epoch(r)) / (seconds / n))
+    return (
+        statistics.median(together),
+        statistics.median(separate),
+        statistics.median(share),
+        n,
+    )
 
 
 if __name__ == "__main__":
