@@ -3,6 +3,8 @@
     python resume_driver.py SPEC_JSON OUT_DIR              kdflow.trainer.train, no owner check
     python resume_driver.py --rule SPEC_JSON OUT_DIR LOG   scripts/train.py, as the workflow's
                                                            rule runs it (owner check included)
+    python resume_driver.py --pack SPECS_JSON DIRS_JSON    kdflow.pack.train_pack: a list of
+                                                           specs, one directory each
 
 KILL_AT_REPLACE=K makes the K-th os.replace of this process (every atomic write and the
 checkpoint rotation go through it) end in SIGKILL; KILL_MODE says where:
@@ -10,6 +12,8 @@ checkpoint rotation go through it) end in SIGKILL; KILL_MODE says where:
              checkpoint rotation, which has no temp file: a kill before the rename)
   before     the temp file complete, not yet renamed
   after      right after the rename, before anything else is written
+KILL_NAME=<file> counts only the renames to that name (KILL_AT_REPLACE=2 KILL_NAME=checkpoint.pth:
+the second checkpoint write of the process; a pack writes one per student and epoch).
 Just before the kill it prints `KILL <K> <mode> <file>` on stderr, <file> being the name the
 rename was to give (status.json, checkpoint.pth, checkpoint.prev.pth for the rotation, ...):
 the tests check where each kill landed.
@@ -30,14 +34,15 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_at_replace(k: int, mode: str) -> None:
+def kill_at_replace(k: int, mode: str, name: str | None = None) -> None:
     real_replace = os.replace
     calls = 0
 
     def replace(src, dst):
         nonlocal calls
-        calls += 1
-        if calls == k:
+        if name is None or os.path.basename(dst) == name:
+            calls += 1
+        if calls == k and (name is None or os.path.basename(dst) == name):
             print(f"KILL {k} {mode} {os.path.basename(dst)}", file=sys.stderr, flush=True)
             if mode == "truncated":
                 # only an atomic write's temp file: the checkpoint rotation renames the real
@@ -69,9 +74,19 @@ def run_rule(spec: dict, out_dir: str, log: str) -> None:
 
 if __name__ == "__main__":
     if os.environ.get("KILL_AT_REPLACE"):
-        kill_at_replace(int(os.environ["KILL_AT_REPLACE"]), os.environ.get("KILL_MODE", "before"))
+        kill_at_replace(
+            int(os.environ["KILL_AT_REPLACE"]),
+            os.environ.get("KILL_MODE", "before"),
+            os.environ.get("KILL_NAME"),
+        )
     if sys.argv[1] == "--rule":
         run_rule(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "--pack":
+        from kdflow.pack import train_pack
+        from kdflow.trainer import TrainSpec
+
+        specs = [TrainSpec.from_params(p) for p in json.loads(sys.argv[2])]
+        train_pack(specs, json.loads(sys.argv[3]))
     else:
         from kdflow.trainer import TrainSpec, train
 

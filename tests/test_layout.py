@@ -59,9 +59,10 @@ PARTS = (
     ),
     Part(
         "trainer",
-        ("src/kdflow/trainer.py",),
-        (*TORCH_SIDE, *TORCH_FREE_KDFLOW, *TRAINING),
-        summary="what training may; no scheduler (not kdflow.owner), no plugin, no snakemake",
+        ("src/kdflow/trainer.py", "src/kdflow/pack.py"),
+        (*TORCH_SIDE, *TORCH_FREE_KDFLOW, *TRAINING, "kdflow.trainer"),
+        summary="what training may, and the trainer; no scheduler (not kdflow.owner), no "
+        "plugin, no snakemake",
     ),
     Part(
         "owner",

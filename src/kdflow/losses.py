@@ -82,7 +82,8 @@ class DistillMethod(nn.Module):
     `forward` gets the student's logits (with grad), the teacher's (without), the labels and
     the epoch (counted from 0); when `needs_features` is true also both networks' stage
     feature maps, `forward_features(x)[0]` of kdflow.models, else None. It returns the scalar
-    loss to minimise, cross-entropy included.
+    loss to minimise, cross-entropy included. The teacher's tensors are shared by every student
+    of a pack (kdflow.pack): a method never changes them in place.
     """
 
     name: ClassVar[str]

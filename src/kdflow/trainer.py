@@ -9,7 +9,8 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def load_teacher(spec: TrainSpec, num_classes: int, device: torch.device) -> torch.nn.Module:
     """The frozen teacher from its run's best.pth (its `completed` is this job's input)."""
+    return _load_teacher_weights(build_model(spec.teacher, num_classes), spec, device)
+
+
+def _load_teacher_weights(
+    teacher: torch.nn.Module, spec: TrainSpec, device: torch.device
+) -> torch.nn.Module:
     path = Path(spec.teacher_dir) / "best.pth"
     try:
         saved = load_verified(path)
@@ -158,7 +165,6 @@ def load_teacher(spec: TrainSpec, num_classes: int, device: torch.device) -> tor
         raise RuntimeError(
             f"{path} holds a {saved.get('model_name')!r}, but the teacher is {spec.teacher!r}"
         )
-    teacher = build_model(spec.teacher, num_classes)
     teacher.load_state_dict(saved["model"])
     teacher.to(device).eval().requires_grad_(False)
     return teacher
@@ -214,6 +220,7 @@ class ExperimentFiles:
 
     def write_status(self, spec: TrainSpec, status: str, **fields_: Any) -> None:
         previous = read_json(self.status) or {}
+        previous.pop("error", None)  # a failed pack student's error, once it trains again
         record = {
             **previous,
             "status": status,
@@ -293,9 +300,12 @@ def train(
     return finish(spec, files, progress)
 
 
-@dataclass
+@dataclass(eq=False)  # runs are told apart by identity
 class Run:
-    """What training holds in memory: built by `build`, its states restored by `resume`."""
+    """What training holds in memory: built by `build`, its states restored by `resume`.
+
+    The students of a pack (kdflow.pack) share `train_batches`, `test_batches` and `teacher`
+    (the same objects); everything else is each student's own."""
 
     on_gpu: bool
     train_batches: DeviceBatches
@@ -305,6 +315,9 @@ class Run:
     distill: Any  # the method (kdflow.losses); None for a pure run
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    # The experiment's own random streams (python, numpy, torch: `rng_state`) while other
+    # experiments train in the same process (a pack); None: the process's global ones.
+    rng: dict[str, Any] | None = None
 
 
 @dataclass
@@ -317,9 +330,25 @@ class Progress:
     best_epoch: int = -1
 
 
-def build(spec: TrainSpec) -> Run:
-    """The data on the device, the student (with the frozen teacher and the method's own
-    modules), optimizer and schedule, every random initial value drawn from the seed."""
+@dataclass
+class Data:
+    """The data on the device, as every experiment of one (dataset, seed, batch recipe) sees
+    it: built once, shared by the students of a pack."""
+
+    device: torch.device
+    on_gpu: bool
+    train_batches: DeviceBatches
+    test_batches: DeviceBatches
+    num_classes: int
+    image_shape: tuple[int, ...]
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.on_gpu else torch.contiguous_format
+
+
+def build_data(spec: TrainSpec) -> Data:
+    """The device, and the training and test images on it (normalized per batch)."""
     # Keep the count fixed across resubmissions: on the CPU a resumed run ends bit-identical
     # to an uninterrupted one only with the same number of threads (checked in `resume`).
     torch.set_num_threads(spec.threads)
@@ -329,19 +358,44 @@ def build(spec: TrainSpec) -> Run:
         torch.backends.cudnn.benchmark = True
     data = load_prepared(Path(spec.data_path))
     train_batches, test_batches = _batches(spec, data, device, on_gpu)
+    image_shape = tuple(data.train_x.shape[1:])
+    return Data(device, on_gpu, train_batches, test_batches, data.num_classes, image_shape)
 
+
+def build(
+    spec: TrainSpec,
+    data: Data | None = None,
+    teacher: torch.nn.Module | None = None,
+    own_rng: bool = False,
+) -> Run:
+    """The data on the device, the student (with the frozen teacher and the method's own
+    modules), optimizer and schedule, every random initial value drawn from the seed.
+
+    A pack passes the `data` and the loaded `teacher` its students share, and `own_rng`: the
+    run then keeps the random streams its build left (`Run.rng`, used through `stream`), so
+    that each student draws exactly what it would draw alone."""
+    data = data or build_data(spec)
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
-    memory_format = torch.channels_last if on_gpu else torch.contiguous_format
-    model = build_model(spec.model, data.num_classes).to(device, memory_format=memory_format)
-    teacher = distill = None
+    memory_format = data.memory_format
+    model = build_model(spec.model, data.num_classes).to(data.device, memory_format=memory_format)
+    distill = None
     trainable = list(model.parameters())
-    if spec.method != "pure":
-        teacher = load_teacher(spec, data.num_classes, device).to(memory_format=memory_format)
+    if spec.method == "pure":
+        teacher = None
+    else:
+        # The teacher's random initial values are drawn here, after the student's, whether its
+        # weights are loaded into this network (a run alone) or the pack's shared teacher is
+        # used: what is drawn next (FitNet's regressor) is the same either way.
+        drawn = build_model(spec.teacher, data.num_classes)
+        if teacher is None:
+            teacher = _load_teacher_weights(drawn, spec, data.device)
+            teacher = teacher.to(memory_format=memory_format)
+        del drawn
         distill = build_method(spec.method, alpha=spec.alpha, **spec.method_settings)
-        distill.setup(model, teacher, image_shape=tuple(data.train_x.shape[1:]))
-        distill.to(device, memory_format=memory_format)
+        distill.setup(model, teacher, image_shape=data.image_shape)
+        distill.to(data.device, memory_format=memory_format)
         trainable += distill.parameters()  # e.g. FitNet's regressor, trained with the student
     optimizer = torch.optim.SGD(
         trainable, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
@@ -349,7 +403,32 @@ def build(spec: TrainSpec) -> Run:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(spec.lr_milestones), gamma=spec.lr_decay
     )
-    return Run(on_gpu, train_batches, test_batches, model, teacher, distill, optimizer, scheduler)
+    return Run(
+        data.on_gpu,
+        data.train_batches,
+        data.test_batches,
+        model,
+        teacher,
+        distill,
+        optimizer,
+        scheduler,
+        rng=rng_state() if own_rng else None,
+    )
+
+
+@contextmanager
+def stream(run: Run) -> Iterator[None]:
+    """Inside, the process's random streams are `run`'s own (a no-op for a run alone): every
+    draw of one student (initial values, dropout, the RNG states its checkpoint saves) is then
+    the same whether it trains alone or in a pack, whatever the others draw."""
+    if run.rng is None:
+        yield
+        return
+    set_rng_state(run.rng)
+    try:
+        yield
+    finally:
+        run.rng = rng_state()
 
 
 def _batches(spec: TrainSpec, data, device, on_gpu: bool) -> tuple[DeviceBatches, DeviceBatches]:
@@ -409,31 +488,62 @@ def resume(spec: TrainSpec, run: Run, files: ExperimentFiles) -> Progress:
 
 def run_epoch(run: Run, seed: int, epoch: int) -> dict[str, Any]:
     """Train one epoch, test, step the schedule: the epoch's row of history.csv."""
+    return run_epochs([run], seed, epoch)[0]
+
+
+# Told of a student that raised in a pack's epoch (it is dropped, the others go on).
+Failed = Callable[[Run, Exception], None]
+
+
+def run_epochs(
+    runs: list[Run], seed: int, epoch: int, failed: Failed | None = None
+) -> list[dict[str, Any] | None]:
+    """Train one epoch of each run, test each, step each schedule: their rows of history.csv.
+
+    The runs share their batches and teacher (a pack, or a run alone): one teacher forward per
+    batch serves them all. Without `failed` an error propagates; with it, a run that raises is
+    dropped, `failed` is told, its row is None and the others go on. Timings are the epoch's
+    wall time for all runs together (what one job spends per epoch)."""
     started = time.perf_counter()
-    lr = run.optimizer.param_groups[0]["lr"]
-    train_loss, train_acc = _train_epoch(
-        run.model,
-        run.teacher,
-        run.distill,
-        run.optimizer,
-        run.train_batches,
-        seed,
-        epoch,
-        run.on_gpu,
-    )
+    lrs = [run.optimizer.param_groups[0]["lr"] for run in runs]
+    trained = _train_students(runs, seed, epoch, failed)
     train_seconds = time.perf_counter() - started
-    test_loss, test_acc = evaluate(run.model, run.test_batches, run.on_gpu)
-    run.scheduler.step()
-    return {
-        "epoch": epoch,
-        "train_loss": train_loss,
-        "train_acc": train_acc,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "lr": lr,
-        "epoch_seconds": time.perf_counter() - started,
-        "images_per_s": run.train_batches.num_images / train_seconds,
-    }
+    rows: list[dict[str, Any] | None] = []
+    for run, lr, result in zip(runs, lrs, trained, strict=True):
+        if result is None:
+            rows.append(None)
+            continue
+        try:
+            with stream(run):
+                test_loss, test_acc = evaluate(run.model, run.test_batches, run.on_gpu)
+                run.scheduler.step()
+        except Exception as exc:
+            _failed(failed, run, exc)
+            rows.append(None)
+            continue
+        train_loss, train_acc = result
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "lr": lr,
+            }
+        )
+    epoch_seconds = time.perf_counter() - started
+    for run, row in zip(runs, rows, strict=True):
+        if row is not None:
+            row["epoch_seconds"] = epoch_seconds
+            row["images_per_s"] = run.train_batches.num_images / train_seconds
+    return rows
+
+
+def _failed(failed: Failed | None, run: Run, exc: Exception) -> None:
+    if failed is None:
+        raise exc
+    failed(run, exc)
 
 
 def save_epoch(
@@ -443,6 +553,7 @@ def save_epoch(
     status.json; each written atomically, so a kill at any instant loses at most this epoch."""
     epoch, test_acc = row["epoch"], row["test_acc"]
     progress.history.append(row)
+    progress.next_epoch = epoch + 1
     # best.pth before the checkpoint: a kill between the two replays this epoch, which
     # rewrites best.pth identically; the other order could leave best.pth an epoch stale.
     if test_acc > progress.best_acc:
@@ -515,43 +626,101 @@ def finish(spec: TrainSpec, files: ExperimentFiles, progress: Progress) -> dict[
 
 
 def _train_epoch(model, teacher, distill, optimizer, batches, seed, epoch, on_gpu):
-    model.train()
-    if distill is not None:
-        distill.train()  # a method's own modules (FitNet's regressor) train with the student
-    total_loss = torch.zeros((), device=batches.device)
-    correct = torch.zeros((), device=batches.device, dtype=torch.long)
+    """One training epoch of one student: (mean loss, accuracy in %)."""
+    run = Run(on_gpu, batches, batches, model, teacher, distill, optimizer, scheduler=None)
+    return _train_students([run], seed, epoch, None)[0]
+
+
+def _train_students(
+    runs: list[Run], seed: int, epoch: int, failed: Failed | None
+) -> list[tuple[float, float] | None]:
+    """One training epoch of students that see the same batches: (mean loss, accuracy in %)
+    of each, None for one that raised (`failed` told). The teacher runs once per batch, with
+    the stage maps if any student's method uses them; each student's forward, loss, backward
+    and step are those it would compute alone, in its own random streams."""
+    batches, on_gpu = runs[0].train_batches, runs[0].on_gpu
+    teachers = {id(run.teacher): run.teacher for run in runs if run.teacher is not None}
+    if len(teachers) > 1 or any(run.train_batches is not batches for run in runs):
+        raise ValueError("students trained together must share their batches and teacher")
+    teacher = next(iter(teachers.values()), None)
+    features = any(run.distill is not None and run.distill.needs_features for run in runs)
+    totals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    active = []
+    for run in runs:
+        run.model.train()
+        if run.distill is not None:
+            run.distill.train()  # a method's own modules (FitNet's regressor) train too
+        totals[id(run)] = (
+            torch.zeros((), device=batches.device),
+            torch.zeros((), device=batches.device, dtype=torch.long),
+        )
+        active.append(run)
     seen = 0
     for x, y in batches.epoch(seed, epoch):
-        # bf16 needs no GradScaler; on the CPU autocast stays off so resume is bit-exact
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-            logits, loss = _loss(model, teacher, distill, x, y, epoch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        # accumulate on the device: a .item() per step would stall the GPU
-        total_loss += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        if not active:
+            break
+        taught = None
+        if teacher is not None:
+            # bf16 needs no GradScaler; on the CPU autocast stays off so resume is bit-exact
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                taught = _teach(teacher, x, features)
+        for run in list(active):
+            try:
+                with stream(run):
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                        logits, loss = _student_loss(run.model, run.distill, x, y, taught, epoch)
+                    run.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    run.optimizer.step()
+                    # accumulate on the device: a .item() per step would stall the GPU
+                    total_loss, correct = totals[id(run)]
+                    total_loss += loss.detach() * len(y)
+                    correct += (logits.argmax(1) == y).sum()
+            except Exception as exc:
+                active.remove(run)
+                _failed(failed, run, exc)
         seen += len(y)
-    return total_loss.item() / seen, 100.0 * correct.item() / seen
+    out: list[tuple[float, float] | None] = []
+    for run in runs:
+        if run not in active:
+            out.append(None)
+            continue
+        total_loss, correct = totals[id(run)]
+        out.append((total_loss.item() / seen, 100.0 * correct.item() / seen))
+    return out
+
+
+def _teach(teacher, x, features: bool):
+    """The frozen teacher's (stage maps or None, logits) for one batch, computed once for all
+    the students that see it. Inference tensors cannot be saved for backward: the students get
+    ordinary copies, made once and shared (methods never change them in place)."""
+    with torch.inference_mode():
+        maps, logits = _forward(teacher, x, features)
+    return ([m.clone() for m in maps] if features else None), logits.clone()
 
 
 def _loss(model, teacher, distill, x, y, epoch):
     """The student's logits and its training loss on one batch: CE alone, or the method's."""
     if teacher is None:
+        return _student_loss(model, None, x, y, None, epoch)
+    return _student_loss(model, distill, x, y, _teach(teacher, x, distill.needs_features), epoch)
+
+
+def _student_loss(model, distill, x, y, taught, epoch):
+    """The student's logits and loss, given the teacher's output `taught` (from `_teach`)."""
+    if distill is None:
         logits = model(x)
         return logits, F.cross_entropy(logits, y)
     features = distill.needs_features  # stage maps only for methods that use them
     student_maps, logits = _forward(model, x, features)
-    with torch.inference_mode():
-        teacher_maps, teacher_logits = _forward(teacher, x, features)
-    # inference tensors cannot be saved for backward: the method gets ordinary copies
+    teacher_maps, teacher_logits = taught
     loss = distill(
         logits,
-        teacher_logits.clone(),
+        teacher_logits,
         y,
         epoch=epoch,
         student_features=student_maps,
-        teacher_features=[m.clone() for m in teacher_maps] if features else None,
+        teacher_features=teacher_maps if features else None,
     )
     return logits, loss
 
