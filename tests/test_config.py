@@ -41,6 +41,33 @@ def test_defaults_are_filled_from_the_schema(good):
     assert sweep.resources("digits") == {"mem_mb": 2000, "runtime": 10}
 
 
+def test_packs_hold_every_student_of_one_teacher_and_ask_for_resources_by_their_size():
+    sweep = Sweep.from_file(ROOT / "config" / "experiments.yaml")
+    assert sweep.packing == "teacher"  # the default, and what the shipped config says
+    packs = sweep.packs()
+    assert len(packs) == 3 * 3 * 2  # (seed, dataset, teacher)
+    students = [s for pack in packs for s in pack.students]
+    kd = [e for e in sweep.experiments() if not e.is_pure]
+    assert sorted(students) == sorted(kd) and len(set(students)) == len(kd) == 216
+    for pack in packs:
+        assert len(pack.students) == 12
+        assert {(s.dataset, s.seed, s.teacher) for s in pack.students} == {
+            (pack.dataset, pack.seed, pack.teacher)
+        }
+    jobs = sweep.jobs()
+    assert len(set(jobs.values())) == 36 + 18  # the pure runs' jobs and the packs
+    pack = packs[0]
+    assert all(jobs[s] == tuple(pack.targets) for s in pack.students)
+    # cifar100: 24000 MB + 11 x 1000 MB; 12 x 180 min, at most pack_runtime = 720
+    assert sweep.pack_resources("cifar100", 12) == {"mem_mb": 35000, "runtime": 720}
+    assert sweep.pack_resources("cifar100", 3) == {"mem_mb": 26000, "runtime": 540}
+    # tinyimagenet sets no pack_runtime: a pack asks for runtime, as one student's job does
+    assert sweep.pack_resources("tinyimagenet", 12)["runtime"] == 720
+
+    none = Sweep({**sweep.config, "packing": "none"})
+    assert all(jobs == (e.target,) for e, jobs in none.jobs().items())
+
+
 def test_method_settings_are_filled_from_the_schema(good):
     good["methods"] = {"logit": {}, "dkd": {"beta": 6}, "fitnet": {"hint_layer": 2}}
     sweep = Sweep(good)
@@ -138,6 +165,10 @@ BAD = [
     (("train", "batch_size"), True, ["train.batch_size", "True"]),
     (("train", "learning_rate"), 0.1, ["train", "'learning_rate'", "spelling"]),
     (("device",), "tpu", ["device", "'tpu'", "is not one of"]),
+    (("packing",), "student", ["packing", "'student'", "is not one of"]),
+    (("packing",), True, ["packing", "True"]),
+    (("datasets", "digits", "pack_mem_mb"), -1, ["datasets.digits.pack_mem_mb", "-1", "minimum"]),
+    (("datasets", "digits", "pack_runtime"), 0, ["datasets.digits.pack_runtime", "0", "minimum"]),
     (("epochs",), 10, ["(top level)", "'epochs'", "spelling"]),
 ]
 

@@ -150,3 +150,60 @@ def test_kdflow_status_prints_warnings_after_the_table(tmp_path, monkeypatch, ca
     assert main(["status", "--configfile", "sweep.yaml", "--no-qstat", "--json"]) == 0
     out, err = capsys.readouterr()
     assert len(json.loads(out)["experiments"]) == 2 and "status.json" in err
+
+
+PACKED = {
+    "seeds": [0],
+    "datasets": {"cifar100": {}},
+    "models": ["resnet32x4", "resnet8x4", "wrn_16_2"],
+    "pairs": [
+        {"teacher": "resnet32x4", "student": "resnet8x4"},
+        {"teacher": "resnet32x4", "student": "wrn_16_2"},
+    ],
+    "methods": {"logit": {}, "fitnet": {}},
+    "alphas": [0.5, 0.9],
+}
+
+
+def test_every_student_of_a_pack_shows_the_pack_job_that_trains_it(tmp_path):
+    sweep = _sweep(tmp_path, PACKED)  # packing: teacher, the default
+    (pack,) = sweep.packs()
+    assert pack.name == "cifar100/resnet32x4/seed0" and len(pack.students) == 8
+    teacher = tmp_path / "results/cifar100/pure/resnet32x4/seed0"
+    teacher.mkdir(parents=True)
+    (teacher / "completed").touch()
+    done, training = pack.students[0], pack.students[1]
+    (tmp_path / done.directory).mkdir(parents=True)
+    (tmp_path / done.target).touch()
+    (tmp_path / training.directory).mkdir(parents=True)
+    (tmp_path / training.directory / "status.json").write_text(
+        json.dumps({"epoch": 3, "epochs": 240, "epoch_seconds": 10.0})
+    )
+    registry = Registry(tmp_path / ".kdflow/pbs")
+    name = job_name(pack.targets, prefix=JOB_NAME_PREFIX)  # the executor's name of the pack job
+    submission = Submission(job_id="8.pbs", submitted_at=0.0)
+    registry.save(TargetRecord(name=name, outputs=pack.targets, submissions=[submission]))
+    info = JobInfo(id="8.pbs", name=name, state="R", walltime_used=600)
+    qstat = _Qstat(Answer({"8.pbs": info}))
+    rows, note = collect(sweep, tmp_path, qstat=qstat)
+    by_path = {row.path: row for row in rows}
+    assert qstat.asked == [["8.pbs"]]  # one job for the whole pack, asked about once
+    assert by_path[done.directory].state == "done"
+    students = [by_path[s.directory] for s in pack.students[1:]]
+    assert {(r.state, r.pbs_id, r.pack) for r in students} == {
+        ("running", "8.pbs", "cifar100/resnet32x4/seed0")
+    }
+    assert by_path[training.directory].epoch == 3 and by_path[training.directory].eta == 2370
+    assert by_path["results/cifar100/pure/resnet8x4/seed0"].pack is None  # pure: its own job
+
+    console = Console(file=io.StringIO(), width=250)
+    render(rows, note, console)
+    table = console.file.getvalue()
+    header = next(line for line in table.splitlines() if "experiment" in line)
+    assert "pack" in header and table.count("cifar100/resnet32x4/seed0") == 7
+
+    # packing: none -- one job per student, found by its own name
+    sweep = _sweep(tmp_path, {**PACKED, "packing": "none"})
+    rows, _ = collect(sweep, tmp_path, qstat=_Qstat(Answer({"8.pbs": info})))
+    assert {row.state for row in rows if row.path == training.directory} == {"ready"}
+    assert all(row.pack is None for row in rows)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,20 +44,41 @@ def test_dry_run_lists_exactly_the_sweep_without_importing_torch(tmp_path):
     counts = job_counts(result.stdout)
     seeds, datasets, models, pairs, methods, alphas = 3, 3, 4, 2, 3, 4
     assert counts["train_pure"] == seeds * datasets * models
-    assert counts["train_kd"] == seeds * datasets * pairs * methods * alphas
     assert counts["prepare_dataset"] == datasets
+    # packing: teacher (the default): one job per (dataset, teacher, seed) trains its students
+    assert counts["train_pack_resnet32x4"] == counts["train_pack_wrn_40_2"] == seeds * datasets
+    packs = [b for b in result.stdout.split("\nrule ")[1:] if b.startswith("train_pack_")]
+    outputs = [re.search(r"output: (.*)", block)[1].split(", ") for block in packs]
+    students = [path for job in outputs for path in job]
+    assert {len(job) for job in outputs} == {methods * alphas}
+    assert len(set(students)) == seeds * datasets * pairs * methods * alphas
+    # update(): Snakemake neither deletes a finished student's `completed` before its pack
+    # runs again nor, if the pack fails, one that existed before
+    assert all(path.endswith("/completed (update)") for path in students)
+
+    none = subprocess.run(
+        [*SNAKEMAKE, "-n", "--config", "packing=none"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert none.returncode == 0, none.stderr[-3000:]
+    counts = job_counts(none.stdout)
+    assert counts["train_kd"] == seeds * datasets * pairs * methods * alphas
+    assert not any(rule.startswith("train_pack") for rule in counts)
 
 
-def test_every_student_is_fed_by_its_teacher():
+def _dag(*args) -> tuple[dict[str, dict[str, str]], list[tuple[str, str]]]:
     dot = subprocess.run(
-        [*SNAKEMAKE, "--dag"], capture_output=True, text=True, cwd=ROOT, check=True
+        [*SNAKEMAKE, "--dag", *args], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout
     labels = {
         node: dict(re.findall(r"\\n(\w+): ([\w.]+)", "\\n" + label.split("\\n", 1)[-1]))
         | {"rule": label.split("\\n")[0]}
         for node, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', dot, re.M)
     }
-    edges = re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)
+    return labels, re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)
+
+
+def test_every_student_is_fed_by_its_teacher():
+    labels, edges = _dag("--config", "packing=none")
     students = [n for n, info in labels.items() if info["rule"] == "train_kd"]
     assert len(students) == 3 * 3 * 2 * 3 * 4
     for student in students:
@@ -64,6 +86,25 @@ def test_every_student_is_fed_by_its_teacher():
         teachers = [f for f in feeders if f["rule"] == "train_pure"]
         assert len(teachers) == 1, labels[student]
         assert teachers[0]["model"] == labels[student]["teacher"]
+
+
+def test_every_pack_is_fed_by_its_teacher_and_trains_only_its_students():
+    # (--dag labels a pack with no wildcards: its teacher's node has them all; the dry run has)
+    out = subprocess.run([*SNAKEMAKE, "-n"], capture_output=True, text=True, cwd=ROOT).stdout
+    packs = [b for b in out.split("\nrule ")[1:] if b.startswith("train_pack_")]
+    assert len(packs) == 3 * 3 * 2
+    for block in packs:
+        teacher = block.split(":", 1)[0].removeprefix("train_pack_")
+        w = dict(re.findall(r"(\w+)=(\w+)", re.search(r"wildcards: (.*)", block)[1]))
+        fed = f"results/{w['dataset']}/pure/{teacher}/seed{w['seed']}/completed"
+        assert fed in re.search(r"input: (.*)", block)[1].split(", "), block
+        for output in re.search(r"output: (.*)", block)[1].split(", "):
+            dataset, method, pair, alpha, seed, _ = output.split("/")[1:]
+            assert (dataset, seed, pair.split("-")[0]) == (
+                w["dataset"],
+                f"seed{w['seed']}",
+                teacher,
+            )
 
 
 @pytest.mark.parametrize("datasets", [["digits"], ["digits", "cifar10"]])
@@ -75,7 +116,7 @@ def test_every_training_job_gets_its_datasets_memory_and_runtime(tmp_path, datas
         "cifar10": {"mem_mb": 9000, "runtime": 600},
     }
     config["datasets"] = {name: settings[name] for name in datasets}
-    out = snakemake(tmp_path, "-n", config=config).stdout
+    out = snakemake(tmp_path, "-n", config={**config, "packing": "none"}).stdout
     jobs = [block for block in out.split("rule ")[1:] if block.startswith("train_")]
     assert len(jobs) == 8 * len(datasets)
     for block in jobs:
@@ -83,6 +124,25 @@ def test_every_training_job_gets_its_datasets_memory_and_runtime(tmp_path, datas
         resources = dict(re.findall(r"(\w+)=(\w+)", re.search(r"resources: (.*)", block)[1]))
         assert int(resources["mem_mb"]) == settings[dataset]["mem_mb"], block
         assert int(resources["runtime"]) == settings[dataset]["runtime"], block
+
+
+@pytest.mark.parametrize("datasets", [["digits"], ["digits", "cifar10"]])
+def test_a_pack_asks_for_its_datasets_memory_and_walltime_grown_by_its_size(tmp_path, datasets):
+    # demo.yaml: 2 seeds, one pair, one method, 2 alphas: packs of 2 students
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    settings = {
+        "digits": {"mem_mb": 2000, "runtime": 10, "pack_runtime": 15},  # 2 x 10, up to 15
+        "cifar10": {"mem_mb": 9000, "runtime": 600, "pack_mem_mb": 3000},  # 2 x 600 > 600
+    }
+    expected = {"digits": (2000 + 1000, 15), "cifar10": (9000 + 3000, 600)}
+    config["datasets"] = {name: settings[name] for name in datasets}
+    out = snakemake(tmp_path, "-n", config=config).stdout
+    packs = [block for block in out.split("rule ")[1:] if block.startswith("train_pack_")]
+    assert len(packs) == 2 * len(datasets)
+    for block in packs:
+        dataset = re.search(r"wildcards: dataset=(\w+)", block)[1]
+        resources = dict(re.findall(r"(\w+)=(\w+)", re.search(r"resources: (.*)", block)[1]))
+        assert (int(resources["mem_mb"]), int(resources["runtime"])) == expected[dataset], block
 
 
 def test_bad_config_stops_before_anything_runs(tmp_path):
@@ -138,3 +198,59 @@ def test_small_sweep_runs_end_to_end(tmp_path):
     # a second run finds nothing to do
     again = snakemake(tmp_path, "-n", config=config)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_a_pack_writes_what_one_job_per_student_writes(tmp_path):
+    from test_resume import _assert_identical  # torch: only this test needs it
+
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config.update(seeds=[0], models=["resnet14", "resnet8"], alphas=[0.5, 0.9])
+    config["pairs"] = [{"teacher": "resnet14", "student": "resnet8"}]
+    config["methods"] = {"logit": {}, "fitnet": {}}
+    config["train"].update(epochs=2, lr_milestones=[1])
+    threads = ("--set-threads", "train_pure=1", "train_kd=1")
+    students = [
+        f"results/digits/{method}/resnet14-resnet8/alpha{alpha}/seed0"
+        for method in ("logit", "fitnet")
+        for alpha in ("0.5", "0.9")
+    ]
+
+    # packing: teacher; asking for one student's `completed` runs its whole pack
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    snakemake(packed, f"{students[-1]}/completed", "--cores", "2", *threads, config=config)
+    for student in students:
+        assert (packed / student / "completed").exists(), student
+        log = (packed / "logs/train" / student).with_suffix(".log").read_text()
+        assert f"{student}" in log and "epoch 2/2" in log  # its own log, its own epochs
+        assert all(other not in log for other in students if other != student)
+    pack_log = (packed / "logs/train/digits/pack/resnet14/seed0.log").read_text()
+    assert all(f"{student}: epoch 2/2" in pack_log for student in students)
+
+    # packing: none, from the same data and teacher: one job per student, the same files
+    alone = tmp_path / "alone"
+    for path in ("data", "results/digits/pure/resnet14"):
+        shutil.copytree(packed / path, alone / path)
+    targets = [f"{student}/completed" for student in students]
+    snakemake(alone, *targets, "--cores", "2", *threads, config={**config, "packing": "none"})
+    for student in students:
+        _assert_identical(packed / student, alone / student, student)
+
+
+def test_a_profiles_threads_and_resources_for_train_kd_apply_to_packs(tmp_path):
+    # profiles name train_kd (a student's job); a pack is that job for several students
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    args = ["--cores", "8", "--set-threads", "train_kd=3", "--set-resources", "train_kd:gpu=1"]
+    out = snakemake(tmp_path, "-n", *args, "train_kd:runtime=7", config=config).stdout
+    packs = [block for block in out.split("rule ")[1:] if block.startswith("train_pack_")]
+    assert len(packs) == 2
+    for block in packs:
+        resources = dict(re.findall(r"(\w+)=(\w+)", re.search(r"resources: (.*)", block)[1]))
+        assert re.search(r"threads: 3\n", block), block
+        assert (resources["gpu"], resources["runtime"], resources["mem_mb"]) == ("1", "7", "3000")
+    # train_pack, if a profile names it, wins for packs
+    args += ["train_pack:gpu=2", "--set-threads", "train_pack=5"]
+    out = snakemake(tmp_path, "-n", *args, config=config).stdout
+    packs = [block for block in out.split("rule ")[1:] if block.startswith("train_pack_")]
+    assert all("threads: 5\n" in block and "gpu=2" in block for block in packs), packs

@@ -99,6 +99,26 @@ class Experiment:
         return f"{RESULTS_DIR}/{self.dataset}/pure/{self.teacher}/seed{self.seed}"
 
 
+@dataclass(frozen=True)
+class Pack:
+    """The distilled students of one (dataset, teacher, seed), trained in one job with one
+    teacher forward per batch (`packing: teacher`; kdflow.pack, docs/PACKS.md)."""
+
+    dataset: str
+    seed: int
+    teacher: str
+    students: tuple[Experiment, ...]  # in the sweep's order
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.teacher}/seed{self.seed}"
+
+    @property
+    def targets(self) -> list[str]:
+        """The job's outputs: every student's `completed`."""
+        return [student.target for student in self.students]
+
+
 def alpha_label(alpha: float) -> str:
     """Write alpha the way a config does: 0.25 -> '0.25', 0.5 -> '0.5', 1 -> '1.0'."""
     text = repr(float(alpha))
@@ -388,6 +408,61 @@ class Sweep:
     def resources(self, dataset: str) -> dict[str, int]:
         settings = self.config["datasets"][dataset]
         return {"mem_mb": settings["mem_mb"], "runtime": settings["runtime"]}
+
+    @property
+    def packing(self) -> str:
+        """'teacher': the students of one (dataset, teacher, seed) train as one job; 'none'."""
+        return self.config["packing"]
+
+    def pack_students(self, teacher: str) -> list[tuple[str, str, str]]:
+        """(method, student, alpha) of every student of `teacher`, in the sweep's order."""
+        return [
+            (method, student, alpha)
+            for pair_teacher, student in self.pairs
+            if pair_teacher == teacher
+            for method in self.methods
+            for alpha in self.alphas
+        ]
+
+    def packs(self) -> list[Pack]:
+        """Every pack of the sweep (whatever `packing` says), seed-major like experiments()."""
+        teachers = list(dict.fromkeys(teacher for teacher, _ in self.pairs))
+        return [
+            Pack(
+                dataset,
+                seed,
+                teacher,
+                tuple(
+                    Experiment(dataset, seed, method, student, teacher, alpha)
+                    for method, student, alpha in self.pack_students(teacher)
+                ),
+            )
+            for seed in self.seeds
+            for dataset in self.datasets
+            for teacher in teachers
+        ]
+
+    def jobs(self) -> dict[Experiment, tuple[str, ...]]:
+        """Each experiment's job, as the outputs of that job: its own `completed`, or with
+        `packing: teacher` every `completed` of its pack (a PBS job's name and registry
+        record are the executor's function of these outputs)."""
+        jobs = {experiment: (experiment.target,) for experiment in self.experiments()}
+        if self.packing == "teacher":
+            for pack in self.packs():
+                outputs = tuple(pack.targets)
+                jobs.update(dict.fromkeys(pack.students, outputs))
+        return jobs
+
+    def pack_resources(self, dataset: str, students: int) -> dict[str, int]:
+        """A pack job's memory and walltime: mem_mb plus pack_mem_mb for each student after
+        the first, and n x runtime up to pack_runtime (default: runtime)."""
+        settings = self.config["datasets"][dataset]
+        runtime = settings["runtime"]
+        longest = settings.get("pack_runtime", runtime)
+        return {
+            "mem_mb": settings["mem_mb"] + (students - 1) * settings["pack_mem_mb"],
+            "runtime": min(students * runtime, longest),
+        }
 
     def method_settings(self, method: str) -> dict[str, Any]:
         """The validated `methods.<method>` entry, every setting filled in from the schema."""

@@ -17,8 +17,10 @@ refused claim, a damaged checkpoint, a changed recipe, an error while training) 
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,10 @@ from kdflow.trainer import (
 )
 
 log = logging.getLogger("kdflow.pack")
+
+# The student whose step is running, if any: its log takes that step's records, and the
+# pack's log names it on each of them.
+_STUDENT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("student", default=None)
 
 # What the students of one pack must share: the batches (data, seed, batch recipe), the
 # teacher, and how the process computes (threads, device). Everything else may differ:
@@ -98,13 +104,15 @@ def train_pack(
     out_dirs: Sequence[str | Path],
     log_path: str | Path | None = None,
     claim: Claim = unclaimed,
+    student_logs: Sequence[str | Path] | None = None,
 ) -> dict[Path, dict[str, Any]]:
     """Train each spec into its directory, all in this process, with one teacher forward per
     batch; returns each directory's final metrics. Raises PackError after the others finished
     if any student failed.
 
     `claim` is asked for each directory, as `kdflow.trainer.train` asks it; a refusal fails
-    that student only."""
+    that student only. `log_path` takes every line, each naming its student; `student_logs`
+    (one per spec) take a student's own lines and the pack's, as its log would alone."""
     if len(specs) != len(out_dirs) or not specs:
         raise ValueError("train_pack needs one output directory per spec, and at least one spec")
     keys = {pack_key(spec) for spec in specs}
@@ -114,29 +122,91 @@ def train_pack(
     dirs = [Path(d).resolve() for d in out_dirs]
     if len(set(dirs)) != len(dirs):
         raise ValueError("two students of a pack write one directory")
-    _setup_logging(log_path)
+    if student_logs is not None and len(student_logs) != len(specs):
+        raise ValueError("train_pack needs one student log per spec, or none")
     students = [Student(spec, ExperimentFiles(d)) for spec, d in zip(specs, out_dirs, strict=True)]
-
-    todo = []
-    for student in students:
-        if student.files.completed.exists():
-            log.info("%s is completed: not training it again", student.files.dir)
-            student.metrics = read_json(student.files.metrics) or {}
-            continue
-        try:
-            student.files.claim(claim)  # refuses where another live owner trains it
-            student.files.remove_partial_writes()  # only once owned
-        except Exception as exc:
-            student.error = exc  # claim logged it; nothing of this directory is written
-            continue
-        todo.append(student)
-
-    if todo:
-        _train(todo)
+    _setup_logging(log_path)
+    handlers = _student_handlers(students, student_logs or [])
+    try:
+        todo = []
+        for student in students:
+            with _as(student):
+                if student.files.completed.exists():
+                    log.info("%s is completed: not training it again", student.files.dir)
+                    student.metrics = read_json(student.files.metrics) or {}
+                    continue
+                try:
+                    student.files.claim(claim)  # refuses where another live owner trains it
+                    student.files.remove_partial_writes()  # only once owned
+                except Exception as exc:
+                    student.error = exc  # claim logged it; nothing of this directory is written
+                    continue
+            todo.append(student)
+        if todo:
+            _train(todo)
+    finally:
+        for handler in handlers:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     failures = {s.files.dir: s.error for s in students if s.error is not None}
     if failures:
         raise PackError(failures) from next(iter(failures.values()))
     return {s.files.dir: s.metrics for s in students}
+
+
+@contextmanager
+def _as(student: Student) -> Iterator[None]:
+    """Inside, log records are `student`'s (its own log takes them)."""
+    token = _STUDENT.set(student.files.dir)
+    try:
+        yield
+    finally:
+        _STUDENT.reset(token)
+
+
+class _Only(logging.Filter):
+    """A student's log: its own records and the pack's, not the other students'."""
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = directory
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        owner = _STUDENT.get()
+        return owner is None or owner == self.directory
+
+
+class _Named(logging.Filter):
+    """The pack's log: each of a student's records begins with its directory."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        owner = _STUDENT.get()
+        record.student = f"{owner}: " if owner is not None else ""
+        return True
+
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _student_handlers(
+    students: list[Student], paths: Sequence[str | Path]
+) -> list[logging.Handler]:
+    """Name the student on the pack's handlers; add one file handler per student log."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.addFilter(_Named())
+        handler.setFormatter(
+            logging.Formatter(_FORMAT.replace("%(message)s", "%(student)s%(message)s"))
+        )
+    added = []
+    for student, path in zip(students, paths, strict=False):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.addFilter(_Only(student.files.dir))
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        root.addHandler(handler)
+        added.append(handler)
+    return added
 
 
 def _train(students: list[Student]) -> None:
@@ -155,19 +225,20 @@ def _train(students: list[Student]) -> None:
         first.seed,
     )
     for student in students:
-        try:
-            # each student's initial values are drawn from its own seed, as alone
-            student.run = build(student.spec, data, teacher, own_rng=True)
-            with stream(student.run):
-                student.progress = resume(student.spec, student.run, student.files)
-            student.files.write_status(
-                student.spec,
-                "in_progress",
-                epoch=student.progress.next_epoch,
-                best_acc=max(student.progress.best_acc, 0.0),
-            )
-        except Exception as exc:
-            _fail(student, exc)
+        with _as(student):
+            try:
+                # each student's initial values are drawn from its own seed, as alone
+                student.run = build(student.spec, data, teacher, own_rng=True)
+                with stream(student.run):
+                    student.progress = resume(student.spec, student.run, student.files)
+                student.files.write_status(
+                    student.spec,
+                    "in_progress",
+                    epoch=student.progress.next_epoch,
+                    best_acc=max(student.progress.best_acc, 0.0),
+                )
+            except Exception as exc:
+                _fail(student, exc)
 
     by_run = {id(s.run): s for s in students if s.run is not None}
     while True:
@@ -190,24 +261,31 @@ def _train(students: list[Student]) -> None:
         for student, row in zip(group, rows, strict=True):
             if row is None:
                 continue
-            try:
-                with stream(student.run):
-                    save_epoch(student.spec, student.run, student.progress, student.files, row)
-            except Exception as exc:
-                _fail(student, exc)
+            with _as(student):
+                try:
+                    with stream(student.run):
+                        save_epoch(student.spec, student.run, student.progress, student.files, row)
+                except Exception as exc:
+                    _fail(student, exc)
 
 
 def _finish(student: Student) -> None:
-    try:
-        student.metrics = finish(student.spec, student.files, student.progress)
-    except Exception as exc:
-        _fail(student, exc)
-        return
+    with _as(student):
+        try:
+            student.metrics = finish(student.spec, student.files, student.progress)
+        except Exception as exc:
+            _fail(student, exc)
+            return
     student.run = None  # its memory goes back; the others go on
 
 
 def _fail(student: Student, exc: BaseException) -> None:
-    """Drop a failed student: say so in the log and its status.json; the others go on."""
+    """Drop a failed student: say so in the logs and its status.json; the others go on."""
+    with _as(student):
+        _record_failure(student, exc)
+
+
+def _record_failure(student: Student, exc: BaseException) -> None:
     log.error("student %s failed: %s", student.files.dir, exc, exc_info=exc)
     student.error = exc
     student.run = None

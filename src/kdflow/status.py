@@ -52,6 +52,7 @@ class Row:
     eta: int | None = None  # seconds until the last epoch, from the last epoch's time
     reason: str | None = None  # why it failed, or where it will resume
     log: str | None = None
+    pack: str | None = None  # the pack whose job trains it (packing: teacher)
     epoch_seconds: float | None = field(default=None, repr=False)  # for the ETA only
 
 
@@ -71,9 +72,14 @@ def collect(
     workdir = "" if str(workdir) == "." else str(workdir)  # paths as the user sees them
     experiments = sweep.experiments()
     rows = _rows_from_files(sweep, experiments, workdir)
+    jobs = sweep.jobs()
+    if sweep.packing == "teacher":
+        packs = {student: pack.name for pack in sweep.packs() for student in pack.students}
+        for experiment, row in zip(experiments, rows, strict=True):
+            row.pack = packs.get(experiment)
     records = _records(
         Registry(Path(workdir) / registry_dir),
-        {i: experiments[i].target for i, row in enumerate(rows) if row.state != "done"},
+        {i: jobs[experiments[i]] for i, row in enumerate(rows) if row.state != "done"},
         job_name_prefix,
     )
     open_jobs = {
@@ -121,23 +127,26 @@ def _rows_from_files(sweep: Sweep, experiments: list[Experiment], workdir: str) 
     return rows
 
 
-def _records(registry: Registry, targets: dict[int, str], prefix: str) -> dict[int, TargetRecord]:
-    """The registry's record of each target that has one, by the same index.
+def _records(
+    registry: Registry, jobs: dict[int, tuple[str, ...]], prefix: str
+) -> dict[int, TargetRecord]:
+    """The registry's record of the job of each experiment that has one, by the same index
+    (the students of a pack share their pack's record); `jobs` gives each job's outputs.
 
     Read-only, located by Registry.path: Registry.load would set an unreadable record aside
     (a write: the controller is the registry's one writer) and makes up a record for a
     target that has none."""
-    if not targets or not os.path.isdir(registry.targets_dir):
+    if not jobs or not os.path.isdir(registry.targets_dir):
         return {}
-    records = {}
-    for i, target in targets.items():
+    found: dict[tuple[str, ...], TargetRecord | None] = {}
+    for outputs in set(jobs.values()):
         try:
-            text = registry.path(job_name([target], prefix=prefix)).read_text()
-            records[i] = TargetRecord.from_json(text)
+            text = registry.path(job_name(outputs, prefix=prefix)).read_text()
+            found[outputs] = TargetRecord.from_json(text)
         except (OSError, ValueError, TypeError, KeyError):
             continue  # no record: never submitted through PBS (or unreadable: the controller
             # sets those aside and looks for the job by name)
-    return records
+    return {i: found[outputs] for i, outputs in jobs.items() if outputs in found}
 
 
 def _ask_scheduler(
@@ -227,16 +236,19 @@ def render(rows: list[Row], note: str | None, console=None) -> None:
     if note:
         console.print(f"[yellow]{note}[/]")
     table = Table(show_lines=False, header_style="bold")
-    for column in ("experiment", "state", "PBS", "epoch", "best acc", "ETA", "note"):
-        table.add_column(column, overflow="fold")
     order = {s: i for i, s in enumerate(["failed", "held", "running", "queued", "submitted"])}
     shown = sorted((r for r in rows if r.state in order), key=lambda r: (order[r.state], r.path))
+    packed = any(r.pack for r in shown)
+    columns = ("experiment", "state", "PBS") + (("pack",) if packed else ())
+    for column in columns + ("epoch", "best acc", "ETA", "note"):
+        table.add_column(column, overflow="fold")
     for r in shown:
         pbs = f"[{r.pbs_state} {clock(r.elapsed)}] {r.pbs_id}" if r.pbs_state else (r.pbs_id or "")
         table.add_row(
             r.path,
             r.state,
             pbs,
+            *((r.pack or "",) if packed else ()),
             f"{r.epoch or 0}/{r.epochs}" if r.epochs else "",
             f"{r.best_acc:.2f}" if r.best_acc is not None else "",
             clock(r.eta),

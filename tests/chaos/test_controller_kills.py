@@ -42,9 +42,9 @@ pytestmark = pytest.mark.slow
 
 E2E = e2e()
 # The demo's shape (tests/cluster/test_e2e_pbs.py's SWEEP: two baselines, one teacher ->
-# student pair, one seed, one alpha) with a smaller teacher and fewer epochs, so that it can be
-# killed many times in a few minutes; a 10-minute walltime, so that every end of a job here is
-# a kill of ours or a success.
+# student pair, one seed, two alphas: one pack of two students) with a smaller teacher and
+# fewer epochs, so that it can be killed many times in a few minutes; a 10-minute walltime,
+# so that every end of a job here is a kill of ours or a success.
 SWEEP = {
     **E2E.SWEEP,
     "datasets": {"digits": {"mem_mb": 2000, "runtime": 10}},
@@ -57,6 +57,7 @@ EXPERIMENTS = sorted(
         "results/digits/pure/resnet14/seed0",
         "results/digits/pure/resnet8/seed0",
         "results/digits/logit/resnet14-resnet8/alpha0.5/seed0",
+        "results/digits/logit/resnet14-resnet8/alpha0.9/seed0",
     ]
 )
 # one thread per job, profiles/pbs otherwise unchanged (the server is a GPU site: ngpus=1 as

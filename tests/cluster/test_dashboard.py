@@ -21,6 +21,9 @@ SWEEP = {
     "pairs": [{"teacher": "resnet32x4", "student": "resnet8x4"}],
     "alphas": [0.5, 0.9],
     "train": {"epochs": 240},
+    # one job per student, so that each state is one experiment's (tests/test_status.py shows
+    # the students of a pack job)
+    "packing": "none",
 }
 RUNNING = "results/cifar100/pure/resnet32x4/seed0"
 QUEUED = "results/cifar100/pure/resnet8x4/seed0"

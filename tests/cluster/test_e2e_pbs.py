@@ -28,7 +28,7 @@ SWEEP = {
     "models": ["resnet20", "resnet8"],
     "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
     "methods": {"logit": {"temperature": 4}},
-    "alphas": [0.5],
+    "alphas": [0.5, 0.9],  # packing: teacher (the default): both students train in one job
     "train": {
         "epochs": 20,
         "batch_size": 64,
@@ -52,7 +52,8 @@ ON_OPENPBS = [
 SITE = {"SNAKEMAKE_PBS_QUEUE": "gpu_1", "SNAKEMAKE_PBS_PROJECT": "ci"}
 TEACHER = "results/digits/pure/resnet20/seed0"
 STUDENT = "results/digits/pure/resnet8/seed0"
-KD = "results/digits/logit/resnet20-resnet8/alpha0.5/seed0"
+KD = "results/digits/logit/resnet20-resnet8/alpha0.5/seed0"  # the pack's first student
+KD2 = "results/digits/logit/resnet20-resnet8/alpha0.9/seed0"
 
 
 class OpenPBSSampler(threading.Thread):
@@ -142,9 +143,10 @@ def _log(workdir, name="controller.log", chars=6000):
 def test_sweep_survives_walltime_kills_a_sigkilled_controller_and_a_qdel(openpbs, request):
     """The demo-shaped sweep through profiles/pbs (unmodified; site settings from the
     environment) on OpenPBS: the teacher is killed at its 1-minute walltime and resumes, the
-    controller is SIGKILLed while jobs run and a new one adopts them, the student's KD job is
-    deleted by hand and resubmitted. Never two live jobs for one target (sampled every second,
-    and in the server's history), and the results equal a local run's bit for bit."""
+    controller is SIGKILLed while jobs run and a new one adopts them, the students' pack job is
+    deleted by hand and resubmitted, and both students resume. Never two live jobs for one
+    target (sampled every second, and in the server's history), and the results equal a local
+    run's bit for bit."""
     pbs, local = openpbs.workdir("sweep-pbs"), openpbs.workdir("sweep-local")
     for d in (pbs, local):
         (d / "sweep.yaml").write_text(yaml.safe_dump(OPENPBS_SWEEP))
@@ -216,7 +218,8 @@ def test_sweep_survives_walltime_kills_a_sigkilled_controller_and_a_qdel(openpbs
     records = {r["rule"] + ":" + r["outputs"][0]: r for r in _registry(pbs)}
     teacher = records[f"train_pure:{TEACHER}/completed"]
     assert teacher["walltime_kills"] >= 1, "the teacher should have been killed at walltime"
-    kd = records[f"train_kd:{KD}/completed"]
+    kd = records[f"train_pack_resnet20:{KD}/completed"]
+    assert kd["outputs"] == [f"{KD}/completed", f"{KD2}/completed"]
     outcomes = {s["job_id"]: s["outcome"] for s in kd["submissions"]}
     assert outcomes[deleted] == "killed", kd["submissions"]
     assert all(_succeeded(r) and not r["failed"] for r in records.values())
@@ -241,10 +244,12 @@ def test_sweep_survives_walltime_kills_a_sigkilled_controller_and_a_qdel(openpbs
     assert first_teacher_job["queue"] == "gpu_1" and first_teacher_job["project"] == "ci"
     assert first_teacher_job["Resource_List.select"] == "1:ncpus=1:ngpus=1:mem=2000mb"
     assert first_teacher_job["Job_Owner"].startswith(f"{openpbs.user}@")
+    # a pack of two asks for one more student's memory (pack_mem_mb, default 1000)
+    assert jobs[deleted]["Resource_List.select"] == "1:ncpus=1:ngpus=1:mem=3000mb"
 
     # identical to the uninterrupted local run, bit for bit
     assert reference.wait(timeout=900) == 0, _log(local, "reference.log")
-    for experiment in (TEACHER, STUDENT, KD):
+    for experiment in (TEACHER, STUDENT, KD, KD2):
         got = json.loads((pbs / experiment / "metrics.json").read_text())
         want = json.loads((local / experiment / "metrics.json").read_text())
         for key in ("final_acc", "best_acc", "best_epoch"):

@@ -45,12 +45,14 @@ TEACHER = "results/digits/pure/resnet20/seed0"
 EXPERIMENTS = {  # the plugin's job comment (rule and wildcards) -> the experiment's directory
     "rule_train_pure_wildcards_digits_resnet20_0": TEACHER,
     "rule_train_pure_wildcards_digits_resnet8_0": "results/digits/pure/resnet8/seed0",
-    "rule_train_kd_wildcards_digits_logit_resnet20_resnet8_0.5_0": (
+    # packing: teacher (the default): the students of resnet20 train in its pack's job
+    "rule_train_pack_resnet20_wildcards_digits_0": (
         "results/digits/logit/resnet20-resnet8/alpha0.5/seed0"
     ),
 }
 # this machine has 2 cores and no GPU; everything else comes from profiles/slurm unchanged.
-# Only the teacher needs the 1-minute walltime; the student gets 10 minutes, so that one kill
+# Only the teacher needs the 1-minute walltime; the student (its pack: profiles' train_kd
+# settings apply to packs) gets 10 minutes, so that one kill
 # is enough to test. Status checks start at 2 s (the plugin adds 10 s per quiet round). On a
 # loaded 2-core machine the teacher's ~100 s can take 3-4 walltimes (each kill lands at
 # 60-90 s, ~10 s of it start-up): more retries than the profile's 3, checked on their own below.

@@ -11,7 +11,7 @@ import pytest
 from snakemake_executor_plugin_pbs import registry as registry_module
 from snakemake_executor_plugin_pbs.classify import Kind, Outcome
 from snakemake_executor_plugin_pbs.policy import Action, Limits, decide
-from snakemake_executor_plugin_pbs.progress import read_progress
+from snakemake_executor_plugin_pbs.progress import advanced, job_progress, read_progress
 from snakemake_executor_plugin_pbs.registry import (
     Registry,
     Submission,
@@ -288,3 +288,19 @@ def test_progress_between_full_disks_starts_the_waits_over():
         record.submissions.append(submission)
         decide(record, submission, Outcome(Kind.STORAGE, "full"), progress, limits, 0.0)
     assert record.storage_failures == 1 and record.hold_until == 600
+
+
+def test_a_job_with_outputs_in_several_directories_sums_their_progress(tmp_path):
+    # one process training several pieces of work, each resuming in its own directory
+    outputs = [tmp_path / name / "done" for name in ("a", "b", "c")] + [tmp_path / "a" / "log"]
+    for name, value in (("a", 3), ("b", 5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "progress.json").write_text(json.dumps({"progress": value}))
+    assert job_progress(outputs, "progress.json") == 8  # a counted once; c has no file yet
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "progress.json").write_text('{"progress": 1')  # caught mid-write
+    assert job_progress(outputs, "progress.json") == 8
+    (tmp_path / "c" / "progress.json").write_text(json.dumps({"progress": 1}))
+    assert advanced(8, job_progress(outputs, "progress.json"))
+    assert job_progress(outputs, None) is None
+    assert job_progress([tmp_path / "none" / "done"], "progress.json") is None

@@ -89,11 +89,11 @@ class ExecutorSettings(ExecutorSettingsBase):
     )
     progress_file: str | None = _setting(
         None,
-        "Optional progress hook: name of a JSON file in the directory of a job's first "
-        "output that the job rewrites as it gets further, e.g. progress.json holding "
-        '{"progress": 12}. A job that ends having raised the number is resubmitted after '
-        "a walltime kill, a kill or an error without counting towards the limits of "
-        "failures in a row. Default: none, so no job counts as having got further.",
+        "Optional progress hook: name of a JSON file in the directory of a job's output "
+        "(of each output's, summed) that the job rewrites as it gets further, e.g. "
+        'progress.json holding {"progress": 12}. A job that ends having raised the number is '
+        "resubmitted after a walltime kill, a kill or an error without counting towards the "
+        "limits of failures in a row. Default: none, so no job counts as having got further.",
         str,
     )
     progress_key: str = _setting(
@@ -189,7 +189,7 @@ class ExecutorSettings(ExecutorSettingsBase):
         ):
             raise WorkflowError(
                 f"--pbs-progress-file = {self.progress_file!r}: give a file name, relative to "
-                "the directory of each job's first output"
+                "the directory of each job's outputs"
             )
         if not self.progress_key:
             raise WorkflowError("--pbs-progress-key must not be empty")

@@ -18,7 +18,7 @@ from pathlib import Path
 from .cancel import qdel
 from .classify import Kind, Outcome, classify
 from .policy import Action, Decision, Limits, decide, reset_stall_counters
-from .progress import DEFAULT_PROGRESS_KEY, Progress, read_progress
+from .progress import DEFAULT_PROGRESS_KEY, Progress, job_progress
 from .registry import Registry, Submission, TargetRecord
 from .status import Answer, JobInfo, Qstat, StatusUnknown, job_id_order, lookup
 from .submit import (
@@ -48,7 +48,7 @@ class Target:
 
     name: str  # deterministic PBS job name (submit.job_name of the outputs)
     rule: str
-    outputs: tuple[str, ...]  # in declared order; the first one locates the progress file
+    outputs: tuple[str, ...]  # in declared order; their directories hold the progress files
     command: str  # the Snakemake job command the script runs
     threads: int = 1
     mem_mb: int | None = None
@@ -627,8 +627,8 @@ class Controller:
     def _progress(self, target: Target) -> Progress | None:
         if not target.outputs or not self.config.progress_file:
             return None
-        return read_progress(
-            self.config.workdir / target.outputs[0],
+        return job_progress(
+            (self.config.workdir / output for output in target.outputs),
             self.config.progress_file,
             self.config.progress_key,
         )
