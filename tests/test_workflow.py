@@ -222,7 +222,7 @@ def test_a_pack_writes_what_one_job_per_student_writes(tmp_path):
     snakemake(packed, f"{students[-1]}/completed", "--cores", "2", *threads, config=config)
     for student in students:
         assert (packed / student / "completed").exists(), student
-        log = (packed / "logs/train" / student).with_suffix(".log").read_text()
+        log = (packed / "logs/train" / f"{student.removeprefix('results/')}.log").read_text()
         assert f"{student}" in log and "epoch 2/2" in log  # its own log, its own epochs
         assert all(other not in log for other in students if other != student)
     pack_log = (packed / "logs/train/digits/pack/resnet14/seed0.log").read_text()
@@ -234,6 +234,30 @@ def test_a_pack_writes_what_one_job_per_student_writes(tmp_path):
         shutil.copytree(packed / path, alone / path)
     targets = [f"{student}/completed" for student in students]
     snakemake(alone, *targets, "--cores", "2", *threads, config={**config, "packing": "none"})
+    for student in students:
+        _assert_identical(packed / student, alone / student, student)
+
+    # A pack where one student fails: the others train on, and Snakemake deletes none of the
+    # `completed` that existed before the pack (update()).
+    done, fresh, broken = students[0], students[1], students[2]
+    before = (packed / done / "best.pth").stat().st_mtime_ns
+    for name in ("checkpoint.pth", "checkpoint.prev.pth", "best.pth", "history.csv", "completed"):
+        (packed / fresh / name).unlink(missing_ok=True)
+    (packed / broken / "completed").unlink()
+    for name in ("checkpoint.pth", "checkpoint.prev.pth"):
+        (packed / broken / name).write_bytes(b"not a checkpoint")
+    failed = snakemake(packed, *targets, "--cores", "2", *threads, config=config, check=False)
+    assert failed.returncode != 0
+    assert (packed / done / "completed").exists(), "a finished student's sentinel must survive"
+    assert (packed / done / "best.pth").stat().st_mtime_ns == before, "and it is not retrained"
+    status = json.loads((packed / fresh / "status.json").read_text())
+    assert status["status"] == "completed" and len(pd.read_csv(packed / fresh / "history.csv")) == 2
+    status = json.loads((packed / broken / "status.json").read_text())
+    assert status["status"] == "failed" and "no checkpoint could be loaded" in status["error"]
+    # its damaged files moved away, the next pack trains it; the other only writes its end
+    for name in ("checkpoint.pth", "checkpoint.prev.pth"):
+        (packed / broken / name).unlink()
+    snakemake(packed, *targets, "--cores", "2", *threads, config=config)
     for student in students:
         _assert_identical(packed / student, alone / student, student)
 

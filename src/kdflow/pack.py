@@ -237,6 +237,12 @@ def _train(students: list[Student]) -> None:
                     epoch=student.progress.next_epoch,
                     best_acc=max(student.progress.best_acc, 0.0),
                 )
+                log.info(
+                    "training %s from epoch %d, in a pack of %d",
+                    student.files.dir,
+                    student.progress.next_epoch + 1,
+                    len(students),
+                )
             except Exception as exc:
                 _fail(student, exc)
 
