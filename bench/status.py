@@ -27,7 +27,7 @@ from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetR
 from snakemake_executor_plugin_pbs.submit import job_name
 
 
-def sweep_of(size: int, packing: str) -> Sweep:
+def sweep_of(size: int, packing: str = "teacher") -> Sweep:
     """seeds x 2 datasets x (models + pairs x 4 alphas) == size, for the sizes used here."""
     shapes = {312: (3, 4, 12), 10_000: (10, 20, 120)}  # seeds, models, pairs
     seeds, n_models, n_pairs = shapes[size]
