@@ -150,7 +150,8 @@ def kd_threads():
 
 def pack_rule_resources(teacher):
     """A pack rule's resources: mem_mb and runtime from its dataset and size (pack_resource),
-    then the profile's set-resources for train_pack, else for train_kd (see kd_threads)."""
+    then the profile's set-resources for train_pack, else for train_kd (see kd_threads).
+    """
     overrides = workflow.resource_settings.overwrite_resources
     kd = overrides.get("train_pack", overrides.get("train_kd", {}))
     return {
