@@ -128,7 +128,7 @@ KEEP_SESSIONS = 3  # the newest session directories are kept for inspection, lik
 # the code under test is the working tree's, whatever was installed before.
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "envs", "profiles", "src",
                   "plugins/snakemake-executor-plugin-pbs/src", "pyproject.toml", "README.md",
-                  "tests/cluster/workflows")  # fmt: skip
+                  "tests/cluster/workflows", "tests/hooks")  # fmt: skip
 COUNTED = ("qsub", "qstat", "qdel")
 PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -421,6 +421,10 @@ def _session_venv(session: Path, workflow: Path) -> Path:
     # .pth files are read in name order; addsitedir also reads the shared venv's own .pth files
     plugin = workflow / "plugins/snakemake-executor-plugin-pbs/src"
     Path(own, "00-kdflow-under-test.pth").write_text(f"{workflow / 'src'}\n{plugin}\n")
+    # the conditions a test makes certain inside its jobs (tests/hooks/kdflow_test_hooks.py:
+    # nothing, unless the job's directory has a hooks file)
+    hooks = workflow / "tests/hooks"
+    Path(own, "05-kdflow-test-hooks.pth").write_text(f"{hooks}\nimport kdflow_test_hooks\n")
     Path(own, "10-kdflow-test-venv.pth").write_text(f"import site; site.addsitedir({shared!r})\n")
     # the console scripts (snakemake, ruff, ... and kdflow's own), run by this venv's python
     shebang = f"#!{PBS_VENV / 'bin/python'}"

@@ -14,16 +14,19 @@ import sys
 import time
 from pathlib import Path
 
+import kdflow_test_hooks as hooks
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+HOOKS = ROOT / "tests/hooks"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
-EPOCHS = 15
-# The demo's shape: 1 seed, teacher resnet20 -> student resnet8. A 1-minute walltime, and a
-# teacher that needs ~100 s on one core (~7 s an epoch), so Slurm kills it once (limits are
-# enforced every ~30 s: a 60 s job dies at 60-90 s) and its resubmission resumes.
+EPOCHS = 5
+# The demo's shape: 1 seed, teacher resnet20 -> student resnet8, a 1-minute walltime (Slurm
+# enforces limits every ~30 s: a 60 s job dies at 60-90 s). The teacher's first job past epoch
+# 1 holds until Slurm kills it (tests/hooks), so the walltime kill is certain however fast the
+# machine; its resubmission resumes (an epoch takes ~7 s on one idle core).
 SWEEP = {
     "seeds": [0],
     "datasets": {"digits": {"mem_mb": 4000, "runtime": 1}},
@@ -35,7 +38,7 @@ SWEEP = {
         "epochs": EPOCHS,
         "batch_size": 64,
         "lr": 0.05,
-        "lr_milestones": [12],
+        "lr_milestones": [4],
         "crop_padding": 2,
         "flip": False,
     },
@@ -97,6 +100,10 @@ def test_sweep_through_profiles_slurm_resumes_after_a_walltime_kill(slurm, tmp_p
         "run `bash tests/cluster/slurm.sh start` (as root) to turn it on"
     )
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    # Slurm jobs inherit this environment: their Python loads the hooks (tests/hooks)
+    hooks_file = tmp_path / hooks.HOOKS_FILE
+    hooks_file.write_text(json.dumps({"hold": {TEACHER: 1}}))
+    env.update(KDFLOW_TEST_HOOKS=str(hooks_file), PYTHONPATH=str(HOOKS))
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60))
     log_path = tmp_path / "controller.log"
     with open(log_path, "w") as out:
@@ -166,10 +173,8 @@ def test_sweep_through_profiles_slurm_resumes_after_a_walltime_kill(slurm, tmp_p
     # the teacher was killed at its walltime, resubmitted (retries) and resumed
     teacher = states["rule_train_pure_wildcards_digits_resnet20_0"]
     assert limits["rule_train_pure_wildcards_digits_resnet20_0"] == {"00:01:00"}, limits
-    assert teacher[0] == "TIMEOUT", (
-        f"the teacher's first job ended {teacher[0]}, not killed at its walltime: it trained "
-        f"{EPOCHS} epochs in under ~90 s here; raise EPOCHS for a machine this fast"
-    )
+    assert hooks.held_by(tmp_path, TEACHER), "the teacher should have held after epoch 1"
+    assert teacher[0] == "TIMEOUT", teacher
     assert len(teacher) >= 2, teacher
     assert "DUE TO TIME LIMIT" in "".join(
         p.read_text() for p in (tmp_path / "logs/slurm/rule_train_pure").rglob("*.log")
