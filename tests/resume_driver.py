@@ -12,6 +12,9 @@ checkpoint rotation go through it) end in SIGKILL; KILL_MODE says where:
              checkpoint rotation, which has no temp file: a kill before the rename)
   before     the temp file complete, not yet renamed
   after      right after the rename, before anything else is written
+  hold       no kill: the process blocks there, before the rename, until it is killed
+             (KILL_NAME=metrics.json: a run that cannot finish, so a kill at a random
+             instant of its training always lands, on a machine of any speed)
 KILL_NAME=<file> counts only the renames to that name (KILL_AT_REPLACE=2 KILL_NAME=checkpoint.pth:
 the second checkpoint write of the process; a pack writes one per student and epoch).
 Just before the kill it prints `KILL <K> <mode> <file>` on stderr, <file> being the name the
@@ -24,6 +27,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,6 +48,8 @@ def kill_at_replace(k: int, mode: str, name: str | None = None) -> None:
             calls += 1
         if calls == k and (name is None or os.path.basename(dst) == name):
             print(f"KILL {k} {mode} {os.path.basename(dst)}", file=sys.stderr, flush=True)
+            while mode == "hold":
+                time.sleep(3600)
             if mode == "truncated":
                 # only an atomic write's temp file: the checkpoint rotation renames the real
                 # checkpoint, which a kill cannot damage (it dies before the rename instead)

@@ -138,39 +138,42 @@ def test_kills_inside_writes_resume_bit_identical(setup):
     _assert_identical(out, reference)
 
 
+# A run that cannot finish: it holds before its metrics.json until it is killed, so that every
+# kill at a random instant of its training lands, however fast the machine (resume_driver).
+UNFINISHABLE = {"KILL_AT_REPLACE": "1", "KILL_NAME": "metrics.json", "KILL_MODE": "hold"}
+
+
 def test_kills_at_random_instants_while_training_resume_bit_identical(setup):
     """SIGKILL at random instants while the trainer trains (it has written its start status,
-    and has not finished): each process is killed, at least once, then a last run ends."""
+    and cannot finish before the kill: UNFINISHABLE): four kills, then a last run ends."""
     root, spec, reference = setup
     out = root / "random"
     with open(reference / "history.csv") as f:
         epoch_seconds = max(float(row["epoch_seconds"]) for row in csv.DictReader(f))
-    seed = random.randrange(2**32)
+    seed = random.SystemRandom().randrange(2**32)  # train() seeds the global `random`
     rng = random.Random(seed)
     kills = []
-    while len(kills) < 4:
+    for _ in range(4):
         proc = subprocess.Popen(
             [sys.executable, str(DRIVER), json.dumps(spec), str(out)],
+            env={**os.environ, **UNFINISHABLE},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         epoch = _wait_until_training(out, proc)
-        if epoch is None:
-            break  # it finished before it could be killed: nothing more to interrupt
+        assert epoch is not None, f"random kill seed {seed}: the trainer ended by itself"
         time.sleep(rng.uniform(0, (spec["epochs"] - epoch) * epoch_seconds))
-        if proc.poll() is not None:
-            break
+        assert proc.poll() is None, f"random kill seed {seed}: the trainer ended by itself"
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
         kills.append(epoch)
-    assert kills, f"random kill seed {seed}: no kill landed while the trainer trained"
 
     final = _run(spec, out)
     assert final.returncode == 0, final.stderr[-2000:]
     _assert_identical(out, reference, f"random kill seed {seed}, kills at epochs {kills}")
 
 
-def _wait_until_training(out: Path, proc: subprocess.Popen, timeout: float = 120) -> int | None:
+def _wait_until_training(out: Path, proc: subprocess.Popen, timeout: float = 300) -> int | None:
     """The epoch process `proc` trains from, once its start status names it (None: it ended)."""
     deadline = time.monotonic() + timeout
     while proc.poll() is None:

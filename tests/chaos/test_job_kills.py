@@ -24,6 +24,8 @@ from kdflow.trainer import TrainSpec, train
 pytestmark = pytest.mark.slow
 DRIVER = ROOT / "tests/resume_driver.py"
 EPOCHS = 30  # ~0.1 s each here: a run trains for ~3 s after ~3 s of start-up
+# a run that cannot finish before a signal aimed at it (tests/resume_driver.py)
+UNFINISHABLE = {"KILL_AT_REPLACE": "1", "KILL_NAME": "metrics.json", "KILL_MODE": "hold"}
 # how each kill is made, in equal shares
 KINDS = (
     "write:truncated",  # KILL_AT_REPLACE: SIGKILL with the temp file half written
@@ -77,6 +79,14 @@ def _wait_for_training(out: Path, p: subprocess.Popen, timeout: float = 120) -> 
         time.sleep(0.01)
 
 
+def _trained_all(out: Path, spec) -> bool:
+    """Has the run in `out` trained all its epochs (only its end is left)?"""
+    try:
+        return json.loads((out / "status.json").read_text()).get("epoch") == spec["epochs"]
+    except (OSError, ValueError):
+        return False
+
+
 def _checkpoint_tmp(out: Path) -> bool:
     try:
         return any(e.name.startswith(".checkpoint.pth.") for e in os.scandir(out))
@@ -115,6 +125,9 @@ def test_killed_training_resumes_bit_identical(specs, chaos):
                 # one status write at start, then per epoch up to 5 replaces (best.pth,
                 # the rotation, the checkpoint, history, status): anywhere in 3 epochs
                 env = {"KILL_AT_REPLACE": str(rng.randint(1, 16)), "KILL_MODE": kind[6:]}
+            else:
+                # a run that cannot finish before the signal: it holds before metrics.json
+                env = UNFINISHABLE
             p = _start(spec, out, env)
             if kind.startswith("write:"):
                 code = p.wait(timeout=300)
@@ -131,20 +144,26 @@ def test_killed_training_resumes_bit_identical(specs, chaos):
                         landed_in_write += 1
                         break
                     time.sleep(0.001 if "checkpoint write" in kind else 0.02)
-                if p.poll() is None:
-                    p.send_signal(sig)
+                assert p.poll() is None, (
+                    f"{kind}: a run that cannot finish ended (seed {chaos.seed})"
+                )
+                p.send_signal(sig)
                 code = p.wait(timeout=60)
             if code in (-signal.SIGKILL, -signal.SIGTERM):
                 kinds[kind] = kinds.get(kind, 0) + 1
                 chaos.kills += 1
-                break
-            # not killed: it must have completed; check it, then start the next run
-            err = (out / "driver.err").read_text()[-3000:]
-            assert code == 0, f"{kind}: exit {code} (seed {chaos.seed}):\n{err}"
+                if not _trained_all(out, spec):
+                    break
+                # killed where it held, all its epochs trained: it ends untouched below
+            else:  # not killed (a write kill past its last write): it must have completed
+                err = (out / "driver.err").read_text()[-3000:]
+                assert code == 0, f"{kind}: exit {code} (seed {chaos.seed}):\n{err}"
             problems += finish(spec, out, reference)
             run += 1
             name, spec, reference = runs[run % len(runs)]
             out = root / f"run{run}_{name}"
+            if code in (-signal.SIGKILL, -signal.SIGTERM):
+                break
     problems += finish(spec, out, reference)
     chaos.detail["landed_in_checkpoint_write"] = landed_in_write
     assert chaos.kills == COUNTS.job_kills

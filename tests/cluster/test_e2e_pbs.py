@@ -40,19 +40,24 @@ SWEEP = {
     },
     "device": "cpu",
 }
-# On OpenPBS: 5 epochs and a 2-minute walltime (the pack of two students: 4 minutes). The
-# teacher's first job to finish an epoch holds until the server kills it at its walltime, so
-# that kill is certain on any machine; the 2 minutes leave room on a slow one for a job's
-# start and an epoch (15-35 s each on 2 loaded cores), so that every later job makes progress.
+# On OpenPBS: 5 epochs; the baselines get a 2-minute walltime, the pack of two students 30
+# minutes (ON_OPENPBS). The teacher's first job to finish an epoch holds until the server kills
+# it at its walltime, so that kill is certain on any machine; the 2 minutes leave room on a slow
+# one for a job's start and an epoch (15-35 s each on 2 loaded cores), so that every later job
+# makes progress. The pack's first job past epoch 1 holds until the test deletes it, which it
+# does after a SIGKILLed controller's successor has adopted it: its 30 minutes are only a
+# safety net.
 OPENPBS_SWEEP = {
     **SWEEP,
     "datasets": {"digits": {"mem_mb": 2000, "runtime": 2}},
     "train": {**SWEEP["train"], "epochs": 5, "lr_milestones": [4]},
 }
-# On a loaded machine a job's start (Snakemake, torch, data) and first epoch may not fit in the
-# first minute: allow more walltime kills without progress than the default 2 before giving up.
+# One thread per job; profiles/pbs's GPU request as it is (a CLI --set-resources replaces the
+# profile's); a slow machine may kill a job at its walltime before it makes progress: allow
+# more of those than the default 2 before giving up.
 ON_OPENPBS = [
     "--set-threads", "train_pure=1", "train_kd=1",
+    "--set-resources", "train_pure:gpu=1", "train_kd:gpu=1", "train_kd:runtime=30",
     "--pbs-status-interval", "3", "--pbs-max-stalled-walltime-kills", "5",
 ]  # fmt: skip
 # The site's settings, as a user exports them for profiles/pbs (CHPC's GPU queue name)
@@ -155,17 +160,18 @@ def _log(workdir, name="controller.log", chars=6000):
     return path.read_text()[-chars:] if path.exists() else f"(no {name})"
 
 
+@pytest.mark.timeout(3600)  # a safety net: every wait below is for an event
 def test_sweep_survives_walltime_kills_a_sigkilled_controller_and_a_qdel(openpbs, request):
-    """The demo-shaped sweep through profiles/pbs (unmodified; site settings from the
-    environment) on OpenPBS: the teacher is killed at its walltime and resumes, the controller
-    is SIGKILLed while jobs run and a new one adopts them, the students' pack job is deleted by
+    """The demo-shaped sweep through profiles/pbs (site settings from the environment) on
+    OpenPBS: the teacher is killed at its walltime and resumes; the controller is SIGKILLed
+    while the students' pack job trains and a new one adopts it; that job is then deleted by
     hand and resubmitted, and both students resume. Never two live jobs for one target
     (sampled every second, and in the server's history), and the results equal a local run's
     bit for bit.
 
-    Each event is made, not hoped for: the teacher's first job past epoch 1 holds until its
-    walltime kills it, and the controller is killed while it holds; the pack's first job past
-    epoch 1 holds until the test deletes it (HOLDS, tests/hooks)."""
+    Each event is made, not hoped for (HOLDS, tests/hooks): the teacher's first job past
+    epoch 1 holds until its walltime kills it; the pack's first job past epoch 1 holds until the
+    test has killed the controller, seen the next one adopt the job, and deleted it."""
     pbs, local = openpbs.workdir("sweep-pbs"), openpbs.workdir("sweep-local")
     for d in (pbs, local):
         (d / "sweep.yaml").write_text(yaml.safe_dump(OPENPBS_SWEEP))
@@ -196,16 +202,21 @@ def test_sweep_survives_walltime_kills_a_sigkilled_controller_and_a_qdel(openpbs
             return "controller ended"
         return hooks.held_by(pbs, directory)
 
-    # kill the controller while the teacher's job trains: it holds after epoch 1 until the
-    # server kills it at its walltime, so it is alive whatever the machine's speed
-    teacher_job = openpbs.wait_for(lambda: held(TEACHER, first), 900, interval=1,
+    # the teacher's held job ends at its walltime; the pack starts once a later one finished
+    teacher_job = openpbs.wait_for(lambda: held(TEACHER, first), 1200, interval=1,
                                    what="the teacher to finish an epoch and hold")  # fmt: skip
     assert teacher_job != "controller ended", _log(pbs)
+    pack_job = openpbs.wait_for(lambda: held(KD, first), 1800, interval=1,
+                                what="the pack job to finish an epoch and hold")  # fmt: skip
+    assert pack_job != "controller ended", _log(pbs)
+    assert json.loads((pbs / KD / "status.json").read_text())["pbs_job_id"] == pack_job
+
+    # SIGKILL the controller while the pack's job trains (held: alive whatever the speed)
     os.killpg(first.pid, signal.SIGKILL)  # the controller, nothing else: jobs are the server's
     first.wait()
     live_before = [r for r in _registry(pbs) if r["submissions"][-1]["outcome"] is None]
-    assert teacher_job in {r["submissions"][-1]["job_id"] for r in live_before}, live_before
-    assert teacher_job in openpbs.jobs_of(pbs), "its jobs should still be alive on the server"
+    assert pack_job in {r["submissions"][-1]["job_id"] for r in live_before}, live_before
+    assert pack_job in openpbs.jobs_of(pbs), "its job should still be alive on the server"
 
     unlock = openpbs.run(*_snakemake(openpbs, pbs, *profile, "--unlock"), cwd=pbs, env=SITE)
     assert unlock.returncode == 0, unlock.stderr
@@ -215,13 +226,14 @@ def test_sweep_survives_walltime_kills_a_sigkilled_controller_and_a_qdel(openpbs
             *_snakemake(openpbs, pbs, *profile), cwd=pbs, log=pbs / "controller.log", env=SITE
         ),  # fmt: skip
     )
+    openpbs.wait_for(
+        lambda: second.poll() is not None or f"adopting live job {pack_job}" in _log(pbs),
+        600, interval=1, what="the new controller to adopt the pack's job",
+    )  # fmt: skip
+    assert f"adopting live job {pack_job}" in _log(pbs), _log(pbs)
 
-    # a user deletes the students' pack job by hand while it trains (it holds after epoch 1):
-    # it is resubmitted and both students resume from their checkpoints
-    deleted = openpbs.wait_for(lambda: held(KD, second), 900, interval=1,
-                               what="the pack job to finish an epoch and hold")  # fmt: skip
-    assert deleted != "controller ended", _log(pbs)
-    assert json.loads((pbs / KD / "status.json").read_text())["pbs_job_id"] == deleted
+    # a user deletes the adopted pack job by hand: it is resubmitted and both students resume
+    deleted = pack_job
     qdel = openpbs.run("qdel", deleted)
     assert qdel.returncode == 0, qdel.stderr
 
