@@ -409,6 +409,7 @@ def _session_venv(session: Path, workflow: Path) -> Path:
     their own code. The jobs PBS starts run this venv's python (Snakemake's job command names
     it), whatever their PATH: they import kdflow and the plugin from the copy too."""
     venv = session / "venv"
+    shared_venv = PBS_VENV.resolve()  # `openpbs.sh venv` may swap the link in a later session
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True,
                    env={"PATH": PLAIN_PATH})  # fmt: skip
     purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
@@ -416,7 +417,7 @@ def _session_venv(session: Path, workflow: Path) -> Path:
         subprocess.run(
             [str(python), "-c", purelib], capture_output=True, text=True, check=True
         ).stdout.strip()  # fmt: skip
-        for python in (PBS_VENV / "bin/python", venv / "bin/python")
+        for python in (shared_venv / "bin/python", venv / "bin/python")
     )
     # .pth files are read in name order; addsitedir also reads the shared venv's own .pth files
     plugin = workflow / "plugins/snakemake-executor-plugin-pbs/src"
@@ -427,8 +428,8 @@ def _session_venv(session: Path, workflow: Path) -> Path:
     Path(own, "05-kdflow-test-hooks.pth").write_text(f"{hooks}\nimport kdflow_test_hooks\n")
     Path(own, "10-kdflow-test-venv.pth").write_text(f"import site; site.addsitedir({shared!r})\n")
     # the console scripts (snakemake, ruff, ... and kdflow's own), run by this venv's python
-    shebang = f"#!{PBS_VENV / 'bin/python'}"
-    for script in (PBS_VENV / "bin").iterdir():
+    shebang = f"#!{shared_venv / 'bin/python'}"
+    for script in (shared_venv / "bin").iterdir():
         if script.is_file() and not script.name.startswith(("python", "activate", "pip")):
             text = script.read_text(errors="replace")
             if text.startswith(shebang + "\n"):

@@ -243,21 +243,49 @@ cmd_status() {
 # and PBS jobs get the login PATH, not the submitter's: the user gets a venv of its own, made
 # from Debian's python3 in a world-readable place. It holds the project's dependencies, not
 # kdflow: each test session layers its own copy of the repository's code on top of it
-# (tests/cluster/conftest.py). Made once per pyproject.toml: the stamp holds the file's hash.
+# (tests/cluster/conftest.py). One per set of dependencies: `$VENV.<hash of the dependency
+# lists of both pyproject.toml files>`, and `$VENV` a symlink to the newest, swapped only once
+# it is complete; a session resolves the link when it starts, so a rebuild never changes a
+# venv under a running session. The newest two are kept.
+deps_hash() {
+	/usr/bin/python3 - "$REPO/pyproject.toml" "$REPO/plugins/snakemake-executor-plugin-pbs/pyproject.toml" <<-'PY' | sha256sum | cut -c1-16
+		import json, sys, tomllib
+		for path in sys.argv[1:]:
+		    with open(path, "rb") as f:
+		        data = tomllib.load(f)
+		    project = data.get("project", {})
+		    print(json.dumps([data.get("build-system"), project.get("requires-python"),
+		                      project.get("dependencies"), project.get("optional-dependencies")],
+		                     sort_keys=True))
+	PY
+}
+
 cmd_venv() {
-	local want stamp=$VENV/.kdflow-deps
-	want=$(cat "$REPO/pyproject.toml" "$REPO/plugins/snakemake-executor-plugin-pbs/pyproject.toml" | sha256sum | cut -c1-16)
-	if [[ -x $VENV/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
+	local want built
+	want=$(deps_hash)
+	built=$VENV.$want
+	if [[ -x $built/bin/python && -f $built/.kdflow-deps && $(readlink "$VENV" 2>/dev/null) == "$built" ]]; then
 		return 0
 	fi
 	[[ -w $(dirname "$VENV") || $(id -u) -eq 0 ]] || die "cannot create $VENV (run as root)"
-	# one builder at a time: another session may be rebuilding it (rm -rf, then pip install)
+	# one builder at a time: another session may be building the same one
 	mkdir -p "$(dirname "$VENV")"
 	exec 8>"$VENV.lock"
 	flock 8
-	if [[ -x $VENV/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
-		return 0 # built while this one waited
+	if [[ ! -f $built/.kdflow-deps ]]; then
+		build_venv "$built"
 	fi
+	# the swap: a new link renamed over the old one (or over an old-style venv directory)
+	[[ -L $VENV || ! -e $VENV ]] || rm -rf "$VENV"
+	ln -sfn "$built" "$VENV.new" && mv -Tf "$VENV.new" "$VENV"
+	local old
+	for old in $(ls -1dt "$VENV".*/ 2>/dev/null | sed 's:/$::' | tail -n +3); do
+		[[ $old == "$built" ]] || rm -rf "$old"
+	done
+}
+
+build_venv() {
+	local target=$1
 	umask 022
 	# Debian's python, not a pyenv or venv one found first on PATH
 	export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -267,29 +295,28 @@ cmd_venv() {
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null ||
 			{ apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
 	fi
-	log "making $VENV (the project's dependencies; a few minutes)"
-	rm -rf "$VENV"
-	mkdir -p "$(dirname "$VENV")"
-	/usr/bin/python3 -m venv "$VENV"
+	log "making $target (the project's dependencies; a few minutes)"
+	rm -rf "$target"
+	/usr/bin/python3 -m venv "$target"
 	# pip builds from a copy: an install from the checkout would leave build/ and *.egg-info there
 	local copy
 	copy=$(mktemp -d)
-	trap 'rm -rf "$copy"' RETURN
 	cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/src" "$copy/"
 	local plugin=$copy/plugins/snakemake-executor-plugin-pbs
 	mkdir -p "$plugin"
 	cp -r "$REPO/plugins/snakemake-executor-plugin-pbs/"{pyproject.toml,README.md,src} "$plugin/"
 	local pip_log=${TMPDIR:-/tmp}/kdflow-test-venv.log
 	{
-		"$VENV/bin/python" -m pip install --upgrade pip 'setuptools>=68' wheel &&
-			"$VENV/bin/python" -m pip install "$plugin[test]" "$copy[dev]"
-	} >"$pip_log" 2>&1 || die "pip install into $VENV failed: see $pip_log"
+		"$target/bin/python" -m pip install --upgrade pip 'setuptools>=68' wheel &&
+			"$target/bin/python" -m pip install "$plugin[test]" "$copy[dev]"
+	} >"$pip_log" 2>&1 || { rm -rf "$copy"; die "pip install into $target failed: see $pip_log"; }
+	rm -rf "$copy"
 	# dependencies only: each test session puts its own copy of the code under test on top
-	"$VENV/bin/python" -m pip uninstall --yes --quiet kdflow snakemake-executor-plugin-pbs >>"$pip_log" 2>&1
-	"$VENV/bin/python" -c 'import snakemake, torch, snakemake_executor_plugin_slurm' ||
-		die "the venv $VENV does not import snakemake and torch"
-	chmod -R a+rX "$VENV"
-	echo "$want" >"$stamp"
+	"$target/bin/python" -m pip uninstall --yes --quiet kdflow snakemake-executor-plugin-pbs >>"$pip_log" 2>&1
+	"$target/bin/python" -c 'import snakemake, torch, snakemake_executor_plugin_slurm' ||
+		die "the venv $target does not import snakemake and torch"
+	chmod -R a+rX "$target"
+	touch "$target/.kdflow-deps"
 }
 
 case ${1:-} in
