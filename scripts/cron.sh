@@ -193,14 +193,14 @@ tick() {
 # jobs or it exits, for at most START_WAIT seconds. A controller that died fails the tick
 # with the end of its log: a tick never reports a dead controller as started.
 watch_start() {
-    local pid=$1 start=$2 deadline=$((SECONDS + START_WAIT)) status=0
+    local pid=$1 start=$2 began=$SECONDS status=0
     local where="(log: logs/cron/controller.log)"
     until ended "$pid"; do
         if scheduling "$start"; then
             log "started controller $pid $where: Snakemake is scheduling jobs"
             return 0
         fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
+        if [ "$((SECONDS - began))" -ge "$START_WAIT" ]; then
             log "started controller $pid $where: not scheduling jobs yet after ${START_WAIT}s;" \
                 "the next tick tells whether it runs"
             return 0
@@ -214,8 +214,8 @@ watch_start() {
         log_tail "$CONTROLLER_LOG" "$start"
         return 0
     fi
-    log "FAILED: the controller $pid died at start (exit status $status); the end of" \
-        "logs/cron/controller.log:"
+    log "FAILED: the controller $pid died within $((SECONDS - began))s of starting (exit status" \
+        "$status); the end of logs/cron/controller.log:"
     log_tail "$CONTROLLER_LOG" "$start"
     return 1
 }
