@@ -1,14 +1,15 @@
-"""scripts/cron.sh: a real crontab, ticks that keep exactly one controller alive, remote mode
-over a real sshd on 127.0.0.1."""
+"""scripts/cron.sh: a real crontab, ticks that keep exactly one controller alive and report the
+one that died, remote mode over a real sshd on 127.0.0.1 with the tick in the cluster's login
+environment."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fakedata import ONE_EXPERIMENT_SWEEP
+from sshdlib import missing_tools, sshd
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
@@ -186,6 +188,7 @@ def test_ticks_keep_exactly_one_controller(project, cleanup):
     assert wait_for(lambda: not controllers(project))
     assert any((project / ".snakemake/locks").glob("*")), "the lock should be stale now"
     restarted = tick(project)
+    assert f"the previous controller ({old}) has ended" in restarted.stdout, restarted.stdout
     assert "started controller" in restarted.stdout
     assert wait_for(lambda: controllers(project) == [_pid(project)]) and _pid(project) != old
     # the new controller took the lock (released by the tick) and runs the job
@@ -313,54 +316,38 @@ def test_a_controller_writing_while_ticks_run_keeps_its_log_and_loses_no_line(pr
     assert new == list(range(1, len(new) + 1))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The "cluster" the remote tests reach: this machine over a real sshd, as root (the sshd lets
+# only root in). Its login environment is the test's own: HOME is a fresh directory (sshd's
+# SetEnv), whose ~/.profile a test may write, and PBS_CONF_FILE names no file, so that
+# /etc/profile.d/pbs.sh (which OpenPBS installs here) puts no real PBS on the login PATH.
+@pytest.fixture
+def cluster_home(tmp_path):
+    home = tmp_path / "cluster home"
+    home.mkdir()
+    return home
 
 
 @pytest.fixture
-def sshd(tmp_path):
-    """A real sshd on 127.0.0.1 that lets this user in with a key made for the test."""
-    _need("sshd", "ssh", "ssh-keygen", "rsync")
+def sshd_options(tmp_path, cluster_home):
+    """The ssh options (KDFLOW_SSH) that reach the sshd on 127.0.0.1 as root."""
+    missing = missing_tools()
+    if missing:
+        _need(*missing)
     if os.geteuid() != 0:
-        pytest.skip("sshd for the remote-mode test needs root here")
-    d = tmp_path / "sshd"
-    d.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / "host"], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / "user"], check=True)
-    shutil.copy(d / "user.pub", d / "authorized_keys")
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\n"
-        "StrictModes no\nSubsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", d / "sshd_config"],
-                              stderr=subprocess.PIPE)  # fmt: skip
-    options = (
-        f"-p {port} -i {d / 'user'} -o StrictHostKeyChecking=no "
-        "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-    )
-    assert wait_for(
-        lambda: (
-            subprocess.run(
-                ["ssh", *options.split(), "-o", "BatchMode=yes", "127.0.0.1", "true"],
-                capture_output=True,
-            ).returncode
-            == 0
-        ),
-        timeout=20,
-    ), "sshd did not come up"
-    yield options
-    server.terminate()
-    server.wait(timeout=10)
+        pytest.skip("sshd for the remote-mode tests needs root here")
+    env = {"HOME": cluster_home, "PBS_CONF_FILE": tmp_path / "no-pbs.conf"}
+    with sshd(tmp_path / "sshd", "root", setenv=env) as options:
+        yield options
+
+
+def _remote(path: Path) -> str:
+    return f"root@127.0.0.1:{path}"
 
 
 @pytest.mark.slow
-def test_remote_mode_pushes_ticks_pulls_without_checkpoints_and_plots(project, sshd, tmp_path):
+def test_remote_mode_pushes_ticks_pulls_without_checkpoints_and_plots(
+    project, sshd_options, tmp_path
+):
     remote = tmp_path / "remote"
     results = remote / "results/digits/pure/resnet8/seed0"
     results.mkdir(parents=True)
@@ -383,8 +370,7 @@ def test_remote_mode_pushes_ticks_pulls_without_checkpoints_and_plots(project, s
     (project / ".snakemake").mkdir()
     (project / ".snakemake/local-state").write_text("this machine's controller state")
 
-    env = _env(KDFLOW_REMOTE=f"{os.environ.get('USER', 'root')}@127.0.0.1:{remote}",
-               KDFLOW_SSH=sshd)  # fmt: skip
+    env = _env(KDFLOW_REMOTE=_remote(remote), KDFLOW_SSH=sshd_options)
     try:
         result = subprocess.run(
             ["bash", str(project / "scripts/cron.sh"), "cron"],
@@ -409,3 +395,209 @@ def test_remote_mode_pushes_ticks_pulls_without_checkpoints_and_plots(project, s
     finally:
         for pid in controllers(remote):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+# -- ticks that tell whether the controller they start runs ----------------------------------
+
+# A PBS "cluster" for profiles/fakepbs: qsub gives out a job id, qstat never answers (so the
+# executor waits on the job for good, as on a busy server), qdel does nothing. The controller
+# needs them on PATH (the PBS executor refuses to start without qsub, qstat and qdel), so it
+# dies at once where they are not. The directory's name has a space and a quote in it.
+FAKE_PBS = {
+    "qsub": "#!/bin/sh\necho 1.fake\n",
+    "qstat": "#!/bin/sh\necho 'qstat: cannot connect to server fake' >&2\nexit 1\n",
+    "qdel": "#!/bin/sh\nexit 0\n",
+}
+# PATH without any PBS command: the system's directories (cron.sh puts the venv first)
+NO_PBS_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@pytest.fixture
+def fake_pbs(tmp_path) -> Path:
+    bin_dir = tmp_path / "site's pbs bin"
+    bin_dir.mkdir()
+    for name, text in FAKE_PBS.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+@pytest.fixture
+def pbs_project(project):
+    """The project with profiles/fakepbs: the PBS executor, as profiles/pbs has it."""
+    if any(shutil.which(t, path=NO_PBS_PATH) for t in FAKE_PBS):
+        pytest.skip(f"a PBS command is installed in {NO_PBS_PATH}: nothing can lack it here")
+    (project / "profiles/fakepbs").mkdir()
+    (project / "profiles/fakepbs/config.yaml").write_text(
+        "executor: pbs\njobs: 1\npbs-status-interval: 1\n"
+    )
+    return project
+
+
+def _pbs_env(**extra):
+    return {"KDFLOW_PROFILE": "profiles/fakepbs", "PATH": NO_PBS_PATH, **extra}
+
+
+def _tail_shown(stdout: str) -> list[str]:
+    """The log lines a tick showed (indented with '    | ')."""
+    return [line[6:] for line in stdout.splitlines() if line.startswith("    | ")]
+
+
+NEEDS_PBS = "The PBS executor needs qsub, qstat, qdel on PATH"
+
+
+def test_a_controller_that_dies_at_start_fails_the_tick_with_the_end_of_its_log(
+    pbs_project, fake_pbs, cleanup
+):
+    result = tick(pbs_project, **_pbs_env())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "started controller" not in result.stdout
+    assert re.search(r"FAILED: the controller \d+ died within \d+s of starting \(exit status 1\)",
+                     result.stdout), result.stdout  # fmt: skip
+    shown = _tail_shown(result.stdout)
+    assert any(NEEDS_PBS in line for line in shown) and len(shown) <= 20
+    assert controllers(pbs_project) == []
+    assert not (pbs_project / ".kdflow/controller.pid").exists()  # reported once, here
+
+    # with the commands on PATH the same tick starts one that schedules its job
+    fixed = tick(pbs_project, **_pbs_env(PATH=f"{NO_PBS_PATH}:{fake_pbs}"))
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "Snakemake is scheduling jobs" in fixed.stdout
+    assert "previous controller" not in fixed.stdout  # the dead one was reported already
+    assert controllers(pbs_project) == [_pid(pbs_project)]
+
+
+# A job that waits for the test to tell it to fail: the controller ends with the error after
+# the tick that started it saw it under way.
+FAILING_SNAKEFILE = """
+rule all:
+    input: "a.done"
+
+rule a:
+    output: "a.done"
+    shell: "while [ ! -e fail-now ]; do sleep 0.1; done; echo 'the job failed on purpose'; exit 3"
+"""
+
+
+def test_a_controller_that_ended_since_the_last_tick_is_reported_once(project, cleanup):
+    (project / "Snakefile").write_text(FAILING_SNAKEFILE)
+    first = tick(project)
+    assert first.returncode == 0 and "Snakemake is scheduling jobs" in first.stdout, first.stdout
+    old = _pid(project)
+    assert wait_for(lambda: runs_its_job(old), timeout=60)
+    (project / "fail-now").touch()
+    assert wait_for(lambda: not controllers(project), timeout=120)
+    (project / "fail-now").unlink()  # the next controller's job waits again
+
+    second = tick(project)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"the previous controller ({old}) has ended" in second.stdout, second.stdout
+    assert any("Error in rule a" in line for line in _tail_shown(second.stdout)), second.stdout
+    assert "Snakemake is scheduling jobs" in second.stdout and _pid(project) != old
+    third = tick(project)
+    assert "is alive" in third.stdout and "previous controller" not in third.stdout
+
+
+# A controller that cannot get to scheduling until the test lets it (the dry run and the unlock
+# of the tick are let through).
+SLOW_START_SNAKEFILE = """
+import os, sys, time
+if not {"-n", "--unlock"} & set(sys.argv):
+    while not os.path.exists("go"):
+        time.sleep(0.1)
+
+rule all:
+    input: "a.done"
+
+rule a:
+    output: "a.done"
+    shell: "sleep {config[nap]} && touch {output}"
+"""
+
+
+def test_a_controller_still_starting_when_the_watch_ends_is_left_to_run(project, cleanup):
+    (project / "Snakefile").write_text(SLOW_START_SNAKEFILE)
+    result = tick(project, KDFLOW_START_WAIT="2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "not scheduling jobs yet after 2s" in result.stdout, result.stdout
+    pid = _pid(project)
+    assert controllers(project) == [pid]
+    (project / "go").touch()
+    assert wait_for(lambda: runs_its_job(pid), timeout=60)
+
+
+def test_a_bad_start_wait_is_refused(project):
+    result = tick(project, KDFLOW_START_WAIT="a minute")
+    assert result.returncode == 2 and "'a minute'" in result.stderr
+
+
+# -- remote ticks in the cluster's login environment -----------------------------------------
+
+
+@pytest.fixture
+def remote(tmp_path, pbs_project, fake_pbs):
+    """The project's directory on the "cluster" (a path with a space, a quote and a $), with
+    the cluster's venv; no results/ yet. Its controllers are killed after the test."""
+    path = tmp_path / "cluster's kdflow $HOME"
+    path.mkdir()
+    (path / ".venv").symlink_to(VENV)
+    yield path
+    for pid in controllers(path):
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def remote_tick(project, remote, sshd_options, **env):
+    return tick(project, **_pbs_env(KDFLOW_REMOTE=_remote(remote), KDFLOW_SSH=sshd_options, **env))
+
+
+def _scheduling_there(result, remote) -> None:
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "Snakemake is scheduling jobs" in out and NEEDS_PBS not in out
+    assert "nothing to pull yet: no results/ on the cluster" in out
+    assert not (remote.parent / "project/results").exists()  # nothing pulled, no plots
+    assert wait_for(lambda: controllers(remote), timeout=30)
+    assert controllers(remote) == [_pid(remote)]
+
+
+@pytest.mark.slow
+def test_a_remote_tick_gets_the_commands_the_login_profile_puts_on_path(
+    pbs_project, remote, sshd_options, cluster_home, fake_pbs
+):
+    (cluster_home / ".profile").write_text(f'PATH="$PATH":{shlex.quote(str(fake_pbs))}\n')
+    _scheduling_there(remote_tick(pbs_project, remote, sshd_options), remote)
+
+
+@pytest.mark.slow
+def test_a_remote_tick_runs_the_site_setup_line_first(pbs_project, remote, sshd_options, fake_pbs):
+    # shell code as a user writes it, quotes and a comment included: it runs in the login
+    # shell before the tick, and nothing in it reaches the tick's own command
+    setup = f'export PATH="$PATH":{shlex.quote(str(fake_pbs))}  # the site\'s "module load pbs"'
+    result = remote_tick(pbs_project, remote, sshd_options, KDFLOW_REMOTE_SETUP=setup)
+    _scheduling_there(result, remote)
+
+    failing = remote_tick(pbs_project, remote, sshd_options, KDFLOW_REMOTE_SETUP="false")
+    assert failing.returncode == 2, failing.stdout + failing.stderr
+    assert "KDFLOW_REMOTE_SETUP failed there (exit status 1): no tick" in failing.stdout
+    assert "FAILED: the tick on root@127.0.0.1 (exit status 2)" in failing.stdout
+
+
+@pytest.mark.slow
+def test_a_remote_tick_without_the_login_profile_reports_the_dead_controller(
+    pbs_project, remote, sshd_options
+):
+    result = remote_tick(pbs_project, remote, sshd_options)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "started controller" not in out
+    assert re.search(r"FAILED: the controller \d+ died within \d+s of starting", out), out
+    assert any(NEEDS_PBS in line for line in _tail_shown(result.stdout)), out
+    assert "FAILED: the tick on root@127.0.0.1 (exit status 1)" in out
+    assert "nothing to pull yet: no results/ on the cluster" in out
+    assert controllers(remote) == []
+
+    # a pull that fails for another reason fails the tick and says why
+    (remote / "results").write_text("a file where the results directory should be")
+    again = remote_tick(pbs_project, remote, sshd_options)
+    assert again.returncode != 0
+    assert "FAILED: pulling results from root@127.0.0.1:" in again.stdout, again.stdout

@@ -3,13 +3,24 @@
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import yaml
 from rich.console import Console
 
 from kdflow.config import Sweep
-from kdflow.status import JOB_NAME_PREFIX, collect, render
+from kdflow.status import (
+    CONTROLLER_LOG,
+    JOB_NAME_PREFIX,
+    Controller,
+    collect,
+    controller,
+    render,
+)
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.status import Answer, JobInfo
 from snakemake_executor_plugin_pbs.submit import job_name
@@ -207,3 +218,98 @@ def test_every_student_of_a_pack_shows_the_pack_job_that_trains_it(tmp_path):
     rows, _ = collect(sweep, tmp_path, qstat=_Qstat(Answer({"8.pbs": info})))
     assert {row.state for row in rows if row.path == training.directory} == {"ready"}
     assert all(row.pack is None for row in rows)
+
+
+# -- the cron.sh controller ------------------------------------------------------------------
+
+CONTROLLER_LOG_LINES = [f"line {i} [bold]of[/] the controller" for i in range(30)] + [
+    "WorkflowError:",
+    "The PBS executor needs qsub, qstat, qdel on PATH (run Snakemake on a login node of the "
+    "cluster).",
+]
+
+
+def _cron_dir(tmp_path, pid: int | None) -> None:
+    """What scripts/cron.sh leaves in a directory it drives: the pid file and the log."""
+    (tmp_path / "logs/cron").mkdir(parents=True)
+    (tmp_path / "logs/cron/controller.log").write_text("\n".join(CONTROLLER_LOG_LINES) + "\n")
+    if pid is not None:
+        (tmp_path / ".kdflow").mkdir()
+        (tmp_path / ".kdflow/controller.pid").write_text(f"{pid}\n")
+
+
+def _status(tmp_path, monkeypatch, capsys, *args) -> str:
+    from kdflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["status", "--configfile", "sweep.yaml", "--no-qstat", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_status_shows_a_live_controller(tmp_path, monkeypatch, capsys):
+    _sweep(tmp_path)
+    # a process that looks like cron.sh's controller: `snakemake` in its command line, run in
+    # the directory
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "snakemake"],
+                            cwd=tmp_path)  # fmt: skip
+    try:
+        # its command line shows once exec has set it up (read empty for a moment before)
+        cmdline = Path(f"/proc/{fake.pid}/cmdline")
+        deadline = time.monotonic() + 30
+        while b"snakemake" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _cron_dir(tmp_path, fake.pid)
+        assert controller(tmp_path) == Controller("alive", fake.pid, CONTROLLER_LOG)
+        out = _status(tmp_path, monkeypatch, capsys)
+        assert f"controller: alive (pid {fake.pid})" in out and "line 29" not in out
+        record = json.loads(_status(tmp_path, monkeypatch, capsys, "--json"))["controller"]
+        assert record == {"state": "alive", "pid": fake.pid, "log": CONTROLLER_LOG, "tail": []}
+    finally:
+        fake.kill()
+        fake.wait()
+    # the same pid file once it has ended: not running, with the end of its log
+    found = controller(tmp_path)
+    assert found.state == "not running" and found.pid == fake.pid
+    assert found.tail == CONTROLLER_LOG_LINES[-10:]
+
+
+def test_status_shows_a_dead_controller_with_the_end_of_its_log(tmp_path, monkeypatch, capsys):
+    _sweep(tmp_path)
+    # the pid file names a live process that is not a controller (a pid given out again)
+    _cron_dir(tmp_path, os.getpid())
+    out = _status(tmp_path, monkeypatch, capsys)
+    assert "controller: not running while the sweep is unfinished" in out
+    assert "the end of logs/cron/controller.log:" in out
+    lines = [line.removeprefix("  | ") for line in out.splitlines() if line.startswith("  | ")]
+    assert lines == CONTROLLER_LOG_LINES[-10:]  # as written: no markup read into them
+    record = json.loads(_status(tmp_path, monkeypatch, capsys, "--json"))["controller"]
+    assert record["state"] == "not running" and record["pid"] == os.getpid()
+    assert record["tail"] == CONTROLLER_LOG_LINES[-10:]
+
+    # no pid file (the tick that reported the death removed it): the log alone says cron.sh
+    # drives this directory
+    (tmp_path / ".kdflow/controller.pid").unlink()
+    assert controller(tmp_path) == Controller(
+        "not running", None, CONTROLLER_LOG, CONTROLLER_LOG_LINES[-10:]
+    )
+
+
+def test_status_of_a_finished_sweep_without_a_controller_shows_no_log(
+    tmp_path, monkeypatch, capsys
+):
+    sweep = _sweep(tmp_path)
+    for experiment in sweep.experiments():
+        (tmp_path / experiment.directory).mkdir(parents=True)
+        (tmp_path / experiment.target).touch()
+    _cron_dir(tmp_path, None)
+    out = _status(tmp_path, monkeypatch, capsys)
+    assert "finished 2/2" in out and "controller: not running; the sweep is finished" in out
+    assert "line 29" not in out
+
+
+def test_status_without_cron_shows_no_controller(tmp_path, monkeypatch, capsys):
+    _sweep(tmp_path)
+    assert controller(tmp_path) is None
+    assert "controller" not in _status(tmp_path, monkeypatch, capsys)
+    assert json.loads(_status(tmp_path, monkeypatch, capsys, "--json"))["controller"] is None

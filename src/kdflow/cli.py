@@ -77,7 +77,7 @@ class _HeldWarnings(logging.Handler):
 
 
 def _status(args: argparse.Namespace) -> int:
-    from kdflow.status import collect, render, to_json
+    from kdflow.status import collect, controller, render, to_json
 
     sweep = _sweep("status", args.configfile)
     if sweep is None:
@@ -91,12 +91,13 @@ def _status(args: argparse.Namespace) -> int:
     while True:
         with _HeldWarnings() as warnings:
             rows, note = collect(sweep, ".", args.registry, qstat)
+            cron = controller(".")  # scripts/cron.sh's, where it drives the sweep
         if args.json:
-            print(to_json(rows, note))
+            print(to_json(rows, note, cron))
         else:
             if args.watch:
                 print("\033[2J\033[H", end="")  # clear the screen between refreshes
-            render(rows, note)
+            render(rows, note, controller=cron)
         sys.stdout.flush()
         warnings.print()
         if not args.watch:

@@ -1,4 +1,5 @@
-"""Where a sweep stands: each experiment's state from its files, the PBS registry and one qstat."""
+"""Where a sweep stands: each experiment's state from its files, the PBS registry and one qstat;
+and, where scripts/cron.sh drives the sweep, whether its controller is alive."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ QUEUED_STATES = frozenset("QHWTSUM")
 # The start of kdflow's PBS job names (profiles/pbs: pbs-job-name-prefix), by which the
 # executor names each target's registry record.
 JOB_NAME_PREFIX = "kd"
+# Where scripts/cron.sh keeps its controller's pid and output (relative to the working directory)
+CONTROLLER_PID = ".kdflow/controller.pid"
+CONTROLLER_LOG = "logs/cron/controller.log"
 
 
 @dataclass
@@ -205,6 +209,66 @@ def _show_record(row: Row, record: TargetRecord, now: float) -> None:
         row.log = record.last.log_err
 
 
+@dataclass
+class Controller:
+    """The controller scripts/cron.sh keeps alive for a directory (`controller` in --json)."""
+
+    state: str  # "alive" | "not running"
+    pid: int | None  # the live controller's; else the last one the pid file named
+    log: str  # its output, CONTROLLER_LOG
+    tail: list[str] = field(default_factory=list)  # the log's last lines (when not running)
+
+
+def controller(workdir: str | Path = ".", lines: int = 10) -> Controller | None:
+    """The cron.sh controller of `workdir`: alive (the pid file's process is a snakemake
+    running in `workdir`, as cron.sh checks it) or not running, with the last `lines` of its
+    log. None where cron.sh never ran a controller here (neither file exists)."""
+    workdir = Path(workdir)
+    pid_file, log = workdir / CONTROLLER_PID, workdir / CONTROLLER_LOG
+    try:
+        text = pid_file.read_text().strip()
+        pid = int(text) if text.isdigit() else None
+    except OSError:
+        pid = None
+        if not log.exists():
+            return None
+    if pid is not None and _is_controller(pid, workdir):
+        return Controller("alive", pid, CONTROLLER_LOG)
+    return Controller("not running", pid, CONTROLLER_LOG, _tail(log, lines))
+
+
+def _is_controller(pid: int, workdir: Path) -> bool:
+    """Whether `pid` is a live snakemake whose working directory is `workdir` (a pid the
+    system gave to another process since is not)."""
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self").exists():  # no /proc (not Linux): the pid alone
+        try:
+            os.kill(pid, 0)
+        except PermissionError:
+            return True
+        except OSError:
+            return False
+        return True
+    try:
+        cmdline = (proc / "cmdline").read_bytes()
+        cwd = os.readlink(proc / "cwd")
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return b"snakemake" in cmdline and state != "Z" and cwd == os.path.realpath(workdir)
+
+
+def _tail(path: Path, lines: int, max_bytes: int = 65536) -> list[str]:
+    """The last `lines` lines of a text file (read from its last `max_bytes`); [] if none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
 def counts(rows: list[Row]) -> Counter:
     return Counter(row.state for row in rows)
 
@@ -216,10 +280,14 @@ def clock(seconds: int | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def render(rows: list[Row], note: str | None, console=None) -> None:
-    """The dashboard: totals, then one table of everything that is not done."""
+def render(
+    rows: list[Row], note: str | None, console=None, controller: Controller | None = None
+) -> None:
+    """The dashboard: totals, the cron.sh controller (if any), then one table of everything
+    that is not done."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     n = counts(rows)
@@ -233,6 +301,18 @@ def render(rows: list[Row], note: str | None, console=None) -> None:
     waiting = n["waiting"]
     if ready or waiting:
         console.print(f"not started: {len(ready)} ready, {waiting} waiting on a teacher")
+    if controller is not None:
+        if controller.state == "alive":
+            console.print(f"controller: alive (pid {controller.pid}), log {controller.log}")
+        elif done == total:
+            console.print("controller: not running; the sweep is finished")
+        else:
+            console.print(
+                f"[bold red]controller: not running[/] while the sweep is unfinished "
+                f"(`scripts/cron.sh cron` starts one); the end of {controller.log}:"
+            )
+            for line in controller.tail or ["(empty)"]:
+                console.print(Text(f"  | {line}"), highlight=False, soft_wrap=True)
     if note:
         console.print(f"[yellow]{note}[/]")
     table = Table(show_lines=False, header_style="bold")
@@ -258,12 +338,13 @@ def render(rows: list[Row], note: str | None, console=None) -> None:
         console.print(table)
 
 
-def to_json(rows: list[Row], note: str | None) -> str:
+def to_json(rows: list[Row], note: str | None, controller: Controller | None = None) -> str:
     return json.dumps(
         {
             "time": time.time(),
             "note": note,
             "counts": dict(counts(rows)),
+            "controller": asdict(controller) if controller is not None else None,
             "experiments": [
                 {k: v for k, v in asdict(r).items() if k != "epoch_seconds"} for r in rows
             ],

@@ -75,6 +75,9 @@ def cron_env(openpbs, *snakemake_args: str, site: dict[str, str]) -> dict[str, s
         "KDFLOW_VENV": str(openpbs.venv),
         "KDFLOW_PROFILE": str(openpbs.workflow / "profiles/pbs"),
         "KDFLOW_SNAKEMAKE_ARGS": " ".join(args),
+        # the tick returns as soon as it has started the controller, without watching it
+        # get under way: the kills may land anywhere in its start (DAG, reconcile) as before
+        "KDFLOW_START_WAIT": "0",
         **site,
     }
 

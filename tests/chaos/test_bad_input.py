@@ -236,9 +236,25 @@ CASES = [
         ("user@host:/path",),
         env={"KDFLOW_REMOTE": "no-path-here"},
     ),  # fmt: skip
+    Case(
+        "cron.sh KDFLOW_REMOTE host an ssh option",
+        "cron",
+        ["cron"],
+        ("user@host:/path",),
+        env={"KDFLOW_REMOTE": f"-oProxyCommand=touch {PWNED}:/tmp/kdflow"},
+    ),  # fmt: skip
+    Case(
+        "cron.sh KDFLOW_START_WAIT $(touch)",
+        "cron",
+        ["cron"],
+        ("KDFLOW_START_WAIT", TOUCH),
+        env={"KDFLOW_START_WAIT": TOUCH},
+    ),  # fmt: skip
 ]
 # small counts: 30 of them (the shell-injection ones always); full counts: all
-INJECTIONS = [c for c in CASES if str(PWNED) in repr(c.payload) or TOUCH in repr(c.payload)]
+INJECTIONS = [
+    c for c in CASES if str(PWNED) in repr((c.payload, c.env)) or TOUCH in repr((c.payload, c.env))
+]
 if FULL:
     SELECTED = CASES
 else:
