@@ -7,6 +7,8 @@ was not; never two jobs for one target."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 
 import pytest
 from chaoslib import (
@@ -21,14 +23,17 @@ from chaoslib import (
     registry_problems,
     successes_by_name,
     user_snakemake,
+    wait_until,
 )
 from conftest import COUNTS, FULL, server_setting
 
 pytestmark = pytest.mark.slow
 WORKFLOW = HERE / "workflows/Snakefile"
 JOBS = 4
-TIMEOUT = 3  # --pbs-command-timeout: a slow qstat (5 s) is abandoned after this
-SLOW = {"KDFLOW_CHAOS_SLOW_QSTAT_DELAY": str(TIMEOUT + 2)}
+# --pbs-command-timeout: ample for a real qsub or qstat on a loaded machine; a slow qstat
+# (the wrapper's delay) outlasts it by far, so it is abandoned every time, on any machine
+TIMEOUT = 10
+SLOW = {"KDFLOW_CHAOS_SLOW_QSTAT_DELAY": str(TIMEOUT * 6)}
 QUEUE_LIMIT = ("set server max_queued = [u:PBS_GENERIC=1]", "unset server max_queued")
 NO_HISTORY = ("set server job_history_enable = False", "set server job_history_enable = True")
 
@@ -82,6 +87,23 @@ def _faults(scenario, fault_dir, qsubs, history):
     return out
 
 
+def _injected_while_running(scenario, fault_dir, qsubs) -> bool:
+    """Has every fault of `scenario` that can happen while the jobs run happened at least
+    once? (The jobs are held until then: on a fast machine they would end before a fault.)"""
+    env, qmgr = scenario.get("env", {}), scenario.get("qmgr", [])
+    wanted = [
+        fault_dir / name
+        for variable, name in (
+            ("KDFLOW_CHAOS_QSTAT_FAIL_EVERY", "qstat-fail.faults"),
+            ("KDFLOW_CHAOS_SLOW_QSTAT_EVERY", "slow-qstat.faults"),
+            ("KDFLOW_CHAOS_QSUB_FAIL_EVERY", "qsub-fail.faults"),
+        )
+        if variable in env
+    ]
+    refused = QUEUE_LIMIT not in qmgr or any(call["rc"] == 38 for call in qsubs)
+    return refused and all(line_count(path) > 0 for path in wanted)
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("scenario, round_", RUNS, ids=[f"{n} #{i + 1}" for n, i in RUNS])
 def test_scheduler_faults_fail_nothing_and_duplicate_nothing(openpbs, chaos, scenario, round_):
@@ -97,14 +119,25 @@ def test_scheduler_faults_fail_nothing_and_duplicate_nothing(openpbs, chaos, sce
         openpbs, workdir, "--executor", "pbs", "--jobs", "8", "--retries", "0",
         "--latency-wait", "10", "--pbs-status-interval", "1",
         "--pbs-command-timeout", str(TIMEOUT), "--pbs-submit-backoff", "1",
-        "--config", f"jobs={JOBS}", "nap=2", snakefile=WORKFLOW,
+        "--config", f"jobs={JOBS}", "hold=1", snakefile=WORKFLOW,
     )  # fmt: skip
     with contextlib.ExitStack() as stack:
         for directive, restore in knobs.get("qmgr", []):
             stack.enter_context(server_setting(openpbs, directive, restore))
         with Sampler(openpbs, workdir) as sampler:
-            result = openpbs.run(*argv, env=env, cwd=workdir, timeout=600)
-        log = result.stdout[-4000:] + result.stderr[-4000:]
+            # the jobs wait for `release`, made once every fault has struck while they run
+            log_path = workdir / "controller.log"
+            run = openpbs.popen(*argv, cwd=workdir, log=log_path, env=env)
+            try:
+                wait_until(lambda: run.poll() is not None or _injected_while_running(
+                    knobs, fault_dir, qsub_log(fault_dir)), 600)  # fmt: skip
+                (workdir / "release").touch()
+                returncode = run.wait(timeout=600)
+            finally:
+                if run.poll() is None:
+                    os.killpg(run.pid, signal.SIGKILL)
+                    run.wait()
+        log = log_path.read_text()[-8000:]
         qsubs = qsub_log(fault_dir)
         submitted = {call["job_id"] for call in qsubs if call["job_id"]}
         # read before the history comes back on: what the server can tell of them now
@@ -118,7 +151,7 @@ def test_scheduler_faults_fail_nothing_and_duplicate_nothing(openpbs, chaos, sce
         qsub_calls=len(qsubs), history_sources=sorted({j["source"] for j in history.values()}),
     )  # fmt: skip
 
-    assert result.returncode == 0, log
+    assert returncode == 0, log
     assert len(registry(workdir)) == JOBS and len(history) == JOBS, (history, qsubs, log)
     assert set(history) == submitted, (sorted(history), sorted(submitted))
     # nothing failed, nothing was killed, no qsub lost its job: one successful job per target

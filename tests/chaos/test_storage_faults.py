@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import disks
@@ -26,6 +25,7 @@ from chaoslib import (
     job_history,
     overlapping_jobs,
     user_snakemake,
+    wait_until,
 )
 from conftest import COUNTS, FULL
 from fakedata import train_params, write_prepared
@@ -345,9 +345,11 @@ def test_unreadable_registry_records_of_live_jobs_are_set_aside_and_the_jobs_ado
     rng = chaos.rng
     workdir = openpbs.workdir("unreadable")
     env = {"SNAKEMAKE_PBS_QUEUE": "workq"}
+    # the jobs wait for `release`, which the test makes once the second controller has
+    # adopted all three: they are alive until then, however slow the restart
     argv = user_snakemake(
         openpbs, workdir, "--executor", "pbs", "--jobs", "8", "--retries", "0",
-        "--latency-wait", "10", "--pbs-status-interval", "1", "--config", "jobs=3", "nap=25",
+        "--latency-wait", "10", "--pbs-status-interval", "1", "--config", "jobs=3", "hold=1",
         snakefile=HERE / "workflows/Snakefile",
     )  # fmt: skip
     with Sampler(openpbs, workdir) as sampler:
@@ -358,10 +360,7 @@ def test_unreadable_registry_records_of_live_jobs_are_set_aside_and_the_jobs_ado
             records = [json.loads(p.read_text()) for p in targets.glob("*.json")]
             return len(records) == 3 and all(r["submissions"][-1]["job_id"] for r in records)
 
-        deadline = time.monotonic() + 120
-        while not all_submitted() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert all_submitted(), "the first controller did not submit its 3 jobs"
+        assert wait_until(all_submitted, 300, 0.2), "the first controller did not submit 3 jobs"
         os.killpg(first.pid, signal.SIGKILL)  # a session of its own: the controller alone
         first.wait()
         for path in targets.glob("*.json"):
@@ -369,9 +368,23 @@ def test_unreadable_registry_records_of_live_jobs_are_set_aside_and_the_jobs_ado
             chaos.faults += 1
         # as a cron tick does: the killed controller's lock is stale
         openpbs.run(*argv, "--unlock", env=env, cwd=workdir)
-        second = openpbs.run(*argv, "--rerun-incomplete", env=env, cwd=workdir, timeout=400)
-    log = second.stdout + second.stderr
-    assert second.returncode == 0, log[-4000:]
+        second_log = workdir / "second.log"
+        second = openpbs.popen(*argv, "--rerun-incomplete", cwd=workdir, log=second_log, env=env)
+        try:
+            adopted = wait_until(
+                lambda: second.poll() is not None
+                or second_log.read_text().count("adopting live job") == 3,
+                300, 0.2,
+            )  # fmt: skip
+            (workdir / "release").touch()
+            assert adopted, second_log.read_text()[-4000:]
+            returncode = second.wait(timeout=300)
+        finally:
+            if second.poll() is None:
+                os.killpg(second.pid, signal.SIGKILL)
+                second.wait()
+    log = second_log.read_text()
+    assert returncode == 0, log[-4000:]
     history = job_history(openpbs, workdir)
     overlaps = overlapping_jobs(history)
     chaos.kills = 1
