@@ -351,12 +351,13 @@ def test_an_ended_owner_is_taken_over(tmp_path, caplog):
 
 def test_an_unknown_owner_is_asked_again_then_refused(tmp_path):
     """No answer is no evidence: once, training went ahead with a warning; now it refuses."""
+    (tmp_path / "status.json").write_text(json.dumps(in_progress()))  # read again each time
     probe, asked = answering(Liveness.UNKNOWN, "squeue did not answer: timed out")
     slept = []
     with pytest.raises(ownership.OwnerUnknown, match="whether it still trains cannot be told"):
         claim(tmp_path, in_progress(), me=ME, probe=probe, tries=4, wait=5, sleep=slept.append)
     assert len(asked) == 4 and slept == [5, 5, 5]
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
 
 
 @pytest.mark.parametrize(
