@@ -20,6 +20,14 @@ the second checkpoint write of the process; a pack writes one per student and ep
 Just before the kill it prints `KILL <K> <mode> <file>` on stderr, <file> being the name the
 rename was to give (status.json, checkpoint.pth, checkpoint.prev.pth for the rotation, ...):
 the tests check where each kill landed.
+
+Two hooks let a test race trainers for one experiment (tests/test_claim.py), without counting
+on speed:
+  START_FILE=<path>  once its imports are done, the process creates <path>.ready.<pid> and
+                     waits while <path> exists: the test removes it to start them together
+  HOLD_FILE=<path>   after kdflow.owner.claim has made it the owner, the process creates
+                     <path>.won.<pid> and waits while <path> exists before it trains: the
+                     test keeps the winner alive until the others have tried and answered
 """
 
 import json
@@ -66,6 +74,35 @@ def kill_at_replace(k: int, mode: str, name: str | None = None) -> None:
     os.replace = replace
 
 
+def wait_while(path: Path) -> None:
+    while path.exists():
+        time.sleep(0.01)
+
+
+def start_together(start: Path) -> None:
+    import kdflow.owner  # noqa: F401  the slow imports before the start, not after
+    import kdflow.trainer  # noqa: F401
+
+    Path(f"{start}.ready.{os.getpid()}").touch()
+    wait_while(start)
+
+
+def hold_after_claim(hold: Path) -> None:
+    """kdflow.owner.claim, holding this process once it owns the experiment (scripts/train.py
+    imports `claim` from kdflow.owner when it runs, so it gets this one)."""
+    import kdflow.owner
+
+    real_claim = kdflow.owner.claim
+
+    def claim(directory, status, **kw):
+        fields = real_claim(directory, status, **kw)
+        Path(f"{hold}.won.{os.getpid()}").touch()
+        wait_while(hold)
+        return fields
+
+    kdflow.owner.claim = claim
+
+
 def run_rule(spec: dict, out_dir: str, log: str) -> None:
     """scripts/train.py with a stand-in for the `snakemake` object Snakemake gives a script."""
     hparams = {k: v for k, v in spec.items() if k != "threads"}
@@ -85,6 +122,10 @@ if __name__ == "__main__":
             os.environ.get("KILL_MODE", "before"),
             os.environ.get("KILL_NAME"),
         )
+    if os.environ.get("HOLD_FILE"):
+        hold_after_claim(Path(os.environ["HOLD_FILE"]))
+    if os.environ.get("START_FILE"):
+        start_together(Path(os.environ["START_FILE"]))
     if sys.argv[1] == "--rule":
         run_rule(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "--pack":

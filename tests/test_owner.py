@@ -1,5 +1,6 @@
 """Ownership (kdflow.owner): who trains an experiment, whether that owner is alive under PBS,
-Slurm or locally, and the trainer refusing to write beside a live one (or going ahead)."""
+Slurm or locally, and the trainer refusing to write beside one that may be alive (or taking
+over from one that has ended). The claim files and races: tests/test_claim.py."""
 
 import functools
 import json
@@ -291,7 +292,8 @@ def test_probe_asks_the_owners_own_scheduler():
     assert ownership.probe(Owner("lsf", "7", "n", 1)).liveness is Liveness.UNKNOWN
 
 
-# -- the policy: refuse only a live other owner ----------------------------------------------
+# -- the policy: take over only from an owner that has ended ---------------------------------
+# (status.json as an older kdflow left it, no claim file: its owner is generation 0)
 
 ME = Owner("slurm", "200", "node2", 2000, "boot:2")
 OTHER = Owner("slurm", "100", "node1", 1000, "boot:1")
@@ -320,9 +322,11 @@ def test_a_live_other_owner_is_refused_with_what_to_do(tmp_path):
         "RUNNING); this Slurm job 200 (process 2000 on node2) will not write beside it. If "
         "that one should train it, nothing needs doing: once it has finished the workflow "
         "finds the experiment done. Otherwise stop it with `scancel 100` and run this "
-        "experiment again: it resumes from its checkpoint."
+        "experiment again: it resumes from its checkpoint. (Its claim: "
+        f"{tmp_path}/status.json (its owner, recorded by an older kdflow).)"
     )
     assert asked == [(OTHER, ME)]
+    assert list(tmp_path.iterdir()) == []  # no claim file, no temp
 
 
 @pytest.mark.parametrize(
@@ -341,19 +345,19 @@ def test_the_message_says_how_to_stop_each_kind_of_owner(tmp_path, other, stop):
 def test_an_ended_owner_is_taken_over(tmp_path, caplog):
     caplog.set_level("INFO", "kdflow.owner")
     fields = claim(tmp_path, in_progress(), me=ME, probe=answering(Liveness.ENDED, "x")[0])
-    assert fields == {"owner": ME.record(), "pbs_job_id": None}
+    assert fields == {"owner": ME.record(), "claim": "claim.1", "pbs_job_id": None}
     assert f"taking {tmp_path} over from Slurm job 100" in caplog.text
 
 
-def test_an_unknown_owner_lets_training_go_ahead_with_a_warning(tmp_path, caplog):
-    probe, _ = answering(Liveness.UNKNOWN, "squeue did not answer: timed out")
-    assert claim(tmp_path, in_progress(), me=ME, probe=probe)["owner"] == ME.record()
-    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert warning.getMessage() == (
-        f"cannot tell whether Slurm job 100 (process 1000 on node1) still trains {tmp_path} "
-        "(squeue did not answer: timed out); training anyway (an unanswered scheduler must not "
-        "stall a sweep)"
-    )
+def test_an_unknown_owner_is_asked_again_then_refused(tmp_path):
+    """No answer is no evidence: once, training went ahead with a warning; now it refuses."""
+    (tmp_path / "status.json").write_text(json.dumps(in_progress()))  # read again each time
+    probe, asked = answering(Liveness.UNKNOWN, "squeue did not answer: timed out")
+    slept = []
+    with pytest.raises(ownership.OwnerUnknown, match="whether it still trains cannot be told"):
+        claim(tmp_path, in_progress(), me=ME, probe=probe, tries=4, wait=5, sleep=slept.append)
+    assert len(asked) == 4 and slept == [5, 5, 5]
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
 
 
 @pytest.mark.parametrize(
@@ -369,6 +373,7 @@ def test_own_job_finished_runs_and_new_experiments_need_no_question(tmp_path, st
     probe, asked = answering(Liveness.ALIVE)
     assert claim(tmp_path, status, me=ME, probe=probe) == {
         "owner": ME.record(),
+        "claim": "claim.1",
         "pbs_job_id": None,
     }
     assert asked == []
@@ -376,7 +381,11 @@ def test_own_job_finished_runs_and_new_experiments_need_no_question(tmp_path, st
 
 def test_under_pbs_the_job_id_is_also_recorded_where_older_readers_look(tmp_path):
     me = Owner("pbs", "300.pbs", "n", 3)
-    assert claim(tmp_path, {}, me=me) == {"owner": me.record(), "pbs_job_id": "300.pbs"}
+    assert claim(tmp_path, {}, me=me) == {
+        "owner": me.record(),
+        "claim": "claim.1",
+        "pbs_job_id": "300.pbs",
+    }
 
 
 # -- the trainer: refuses before it writes anything, or goes ahead and records its owner -----
@@ -408,18 +417,21 @@ def test_the_trainer_takes_over_from_an_ended_owner_and_records_itself(tmp_path,
     check = functools.partial(claim, me=ME, probe=answering(Liveness.ENDED)[0])
     train(TrainSpec.from_params(tiny), out, claim=check)
     status = json.loads((out / "status.json").read_text())
-    assert (status["status"], status["owner"], status["pbs_job_id"]) == (
+    assert (status["status"], status["owner"], status["claim"], status["pbs_job_id"]) == (
         "completed",
         ME.record(),
+        "claim.1",
         None,
     )
+    assert json.loads((out / "claim.1").read_text())["after"] == OTHER.record()
 
 
 def test_the_trainer_without_a_check_records_no_owner(tmp_path, tiny):
     train(TrainSpec.from_params(tiny), tmp_path)
     status = json.loads((tmp_path / "status.json").read_text())
-    assert status["owner"] is None
+    assert status["owner"] is None and status["claim"] is None
     assert (status["host"], status["pid"]) == (HOST, os.getpid())
+    assert not list(tmp_path.glob("claim.*"))
 
 
 @pytest.mark.slow
@@ -467,6 +479,7 @@ def test_scripts_train_refuses_beside_a_live_local_run_and_takes_over_after_it(t
     assert f"taking {out} over from process {first.pid} on {HOST}" in log.read_text()
     assert f"resumed {out} from epoch" in log.read_text()
     assert (out / "completed").exists()
+    assert ownership.claim_generations(out) == [1, 2]  # the first's claim, then the third's
 
 
 def _owner_epoch(out: Path, pid: int) -> dict | None:

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename in `directory` durable. Best effort, by one rule for every kdflow file:
     it runs after the rename, so the new file is already what readers see; a file system that
     cannot fsync a directory (EINVAL on some network and FUSE mounts) must not turn a write
@@ -64,7 +64,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         if isinstance(exc, OSError):  # a full disk, a quota: say which file could not be written
             raise _naming(exc, path) from exc
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

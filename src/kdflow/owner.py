@@ -1,19 +1,60 @@
-"""Who trains an experiment, and whether that owner is still alive, under PBS, Slurm or locally.
+"""Who trains an experiment, whether that owner is still alive (PBS, Slurm or locally), and the
+atomic claim that makes one trainer the owner.
 
 Two writers in one experiment directory corrupt it, and the workflow alone cannot always
 prevent a second one: after a controller dies, Snakemake's Slurm plugin (and a controller
 started by hand, in another directory, or after `--unlock`) submits a second copy of a job
-that is still running. So every trainer records its owner in status.json and, before it
-writes anything, looks at the owner the last trainer recorded:
+that is still running, and two such copies may start within the same second. So before it
+writes anything a trainer claims the directory, and only one can win.
 
-- the same owner as itself (a resubmission PBS gave the same id, a requeued Slurm job, the
-  same process): go ahead;
-- another owner that its scheduler (or, for a local run, the operating system) says is alive:
-  refuse, with `AlreadyOwned`;
-- another owner that has ended: take over (the run resumes from its checkpoint);
-- no answer (qstat or squeue failed or timed out, a process on another host): go ahead with a
-  warning. An unanswered scheduler must not stall a sweep, and only positive evidence that the
-  other owner lives stops a trainer.
+**Claim files.** `claim.<n>` in the experiment directory, n = 1, 2, ... (the generation): a
+JSON object naming the owner (`Owner.record()`), when it claimed, its generation, the owner
+it took over from and why, and a random token. The highest n is the owner. A claim file is
+written complete to a temp file beside it (`.claim.<random>.tmp`, fsynced), then made with
+`os.link(temp, claim.<n>)`, which fails with EEXIST if that name exists: of any number of
+racers for one generation exactly one links it, and the file is complete the instant it
+appears (O_EXCL and a write would show an empty claim). After EEXIST the temp's link count
+is read: 2 means the link is ours after all (an NFS server did it and its reply was lost, so
+the retried call said EEXIST); so does a claim file that holds our token. The temp goes
+afterwards. A trainer that has claimed removes every `.*.tmp` (`remove_partial_writes`),
+racers' temps included: a racer whose temp vanished (link: ENOENT) starts over.
+
+**Who may claim.** Before linking `claim.<n+1>` a trainer reads `claim.<n>`, the highest, and:
+
+- no claim file: the directory is free (generation 0), except that a directory an older
+  kdflow wrote (status.json `in_progress`, an owner, no `claim` field) is owned by that
+  recorded owner, as generation 0;
+- the same owner as itself (`Owner.is_same`: a resubmission PBS gave the same id, a requeued
+  Slurm job): it keeps the experiment, claiming the next generation for its new process (so
+  that a racer who judged the job ended at the same instant cannot also win); the very same
+  process keeps its claim file;
+- another owner that its scheduler (or, for a local run, this host's process table) says is
+  alive: refuse, with `AlreadyOwned`;
+- another owner that has ended (PBS or Slurm say the job ended or no longer know it; the
+  local pid is gone or now another process's), or one whose own last status.json write said
+  it gave the directory up (`failed`: a pack drops a failed student and never writes it
+  again): take over, linking `claim.<n+1>` (the run resumes from its checkpoint). A racer
+  that loses that link starts over (a bounded number of times) and finds the winner alive;
+- no answer (qstat or squeue failed or timed out, a local process on another host, an
+  unreadable claim file): ask again, `UNKNOWN_TRIES` times `UNKNOWN_WAIT` s apart, then
+  refuse with `OwnerUnknown` (an `AlreadyOwned`). Silence is not evidence that an owner has
+  gone; the executor retries a failed job later, and the message says which file to delete
+  where someone knows better.
+
+Claim files are never deleted by kdflow, so a generation number is never used twice: a racer
+delayed between reading `claim.<n>` and linking `claim.<n+1>` (a slow qstat takes up to a
+minute) cannot recreate a number that a faster takeover used and deleted meanwhile (the ABA
+of deleting older generations). An experiment keeps one small file per change of owner. A
+finished run's claim stays too: its owner has ended, so the next trainer takes over.
+
+**What it relies on.** link(2) being atomic within one file system, as rename(2) is (POSIX;
+on Lustre every metadata operation of a directory is serialised by its metadata server, so
+link is atomic across clients; on NFS link is the traditional lock primitive, and the link
+count check covers a lost reply); a file's content being visible to whoever opens it after
+the link returned (NFS close-to-open consistency); readdir listing every file that existed
+throughout the call. Not on flock or fcntl locks (Lustre may be mounted `-o noflock`; NFS
+implements them through a separate lock manager), nor on clocks agreeing across hosts (the
+time in a claim is for people; a local owner is told by its pid and its start on its host).
 
 The trainer knows no scheduler: scripts/train.py hands it `claim`. This module imports the PBS
 executor plugin only inside the PBS probe, for its one shared qstat parser.
@@ -21,15 +62,22 @@ executor plugin only inside the PBS probe, for its one shared qstat parser.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from kdflow.fileio import fsync_dir, read_json
 
 log = logging.getLogger("kdflow.owner")
 
@@ -300,7 +348,81 @@ def probe(owner: Owner, me: Owner | None = None, **options: Any) -> Verdict:
     return Verdict(Liveness.UNKNOWN, f"no probe for {owner.scheduler!r}")
 
 
-# -- the check the trainer is handed ---------------------------------------------------------
+# -- the claim the trainer is handed ---------------------------------------------------------
+
+CLAIM_PREFIX = "claim."  # claim.1, claim.2, ...: the highest is the owner
+UNKNOWN_TRIES = 3  # "unknown" answers about the owner before a trainer refuses
+UNKNOWN_WAIT = 20.0  # seconds between them
+MAX_LOST = 10  # links lost to other racers before a trainer gives up (each finds a new owner)
+
+
+class OwnerUnknown(AlreadyOwned):
+    """Whether the owner that claimed an experiment still trains it could not be told (its
+    scheduler did not answer, it runs on another host); a trainer does not write beside an
+    owner that may be alive."""
+
+
+def claim_file(directory: str | Path, generation: int) -> Path:
+    return Path(directory) / f"{CLAIM_PREFIX}{generation}"
+
+
+def claim_generations(directory: str | Path) -> list[int]:
+    """The generations of the claim files in `directory`, lowest first."""
+    found = []
+    for name in os.listdir(directory):
+        number = name[len(CLAIM_PREFIX) :] if name.startswith(CLAIM_PREFIX) else ""
+        if number.isascii() and number.isdigit() and number == str(int(number)) != "0":
+            found.append(int(number))
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The claim in force in a directory: its highest claim file, or (generation 0, no file)
+    the owner an older kdflow recorded in status.json, or nobody."""
+
+    generation: int
+    path: Path | None
+    owner: Owner | None
+    record: Mapping[str, Any]  # the claim file's contents
+    problem: str | None = None  # why a claim file names no owner that can be read
+
+    def where(self, directory: Path) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return f"{directory / 'status.json'} (its owner, recorded by an older kdflow)"
+
+
+class _Vanished(Exception):
+    """A claim file went between listing and reading (deleted by hand): look again."""
+
+
+def current_claim(directory: str | Path, status: Mapping[str, Any]) -> Claimed:
+    """Who claims `directory` now; `status` is its status.json ({} if none)."""
+    directory = Path(directory)
+    generations = claim_generations(directory)
+    if not generations:
+        # status.json's owner counts only where an older kdflow wrote it (no `claim` field):
+        # where this kdflow wrote it, no claim file means they were deleted by hand
+        if status.get("status") == "in_progress" and not status.get("claim"):
+            return Claimed(0, None, recorded(status), {})
+        return Claimed(0, None, None, {})
+    path = claim_file(directory, generations[-1])
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise _Vanished(path) from exc
+    except OSError as exc:
+        return Claimed(generations[-1], path, None, {}, f"cannot read it: {exc.strerror or exc}")
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        return Claimed(generations[-1], path, None, {}, f"it is not JSON: {exc}")
+    owner = record.get("owner") if isinstance(record, dict) else None
+    owner = Owner.from_record(owner) if isinstance(owner, Mapping) else None
+    if owner is None:
+        return Claimed(generations[-1], path, None, {}, "it names no owner")
+    return Claimed(generations[-1], path, owner, record)
 
 
 def claim(
@@ -308,36 +430,191 @@ def claim(
     status: Mapping[str, Any],
     me: Owner | None = None,
     probe: Callable[..., Verdict] = probe,
+    *,
+    tries: int = UNKNOWN_TRIES,
+    wait: float = UNKNOWN_WAIT,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Before the trainer writes into `directory`: refuse (AlreadyOwned) where the run its
-    status.json (`status`) says is in progress belongs to another owner that is alive; else
-    return the status.json fields that make this process the owner (`owner`, and `pbs_job_id`,
-    which older readers use, set under PBS only)."""
+    """Claim `directory` for this trainer (`me`) before it writes anything there, atomically
+    (the module's docstring has the protocol). Raises AlreadyOwned where another owner that is
+    alive claims it, OwnerUnknown where `tries` questions `wait` s apart could not tell whether
+    it is alive; the directory is then as it was. Else returns the status.json fields that
+    record this process as the owner: `owner`, `claim` (the claim file's name) and
+    `pbs_job_id` (which older readers use; set under PBS only). `status`: the directory's
+    status.json as the trainer read it ({} if none)."""
     me = me or current()
-    other = recorded(status) if status.get("status") == "in_progress" else None
-    if other is not None and not other.is_same(me):
-        verdict = probe(other, me)
-        if verdict.liveness is Liveness.ALIVE:
+    directory = Path(directory)
+    unanswered: list[Verdict] = []
+    lost = 0
+    while True:
+        try:
+            held = current_claim(directory, status)
+        except _Vanished:
+            held = None
+        if held is not None:
+            other, why = held.owner, None
+            if held.problem is None and other is not None and other == me:
+                if held.path is not None:  # this very process claimed it before
+                    return _fields(me, held.path)
+                why = "its own owner, recorded by an older kdflow"
+            elif held.problem is None and other is not None and other.is_same(me):
+                why = f"the same owner as {other}, in a new process"
+            elif held.problem is None and other is None:
+                why = "nobody claimed it"
+            elif _given_up(held, status):
+                why = "its status.json says it failed there and gave it up"
+                log.info("taking %s over from %s: %s", directory, other, why)
+            else:
+                if other is not None:
+                    verdict = probe(other, me)
+                else:
+                    verdict = Verdict(Liveness.UNKNOWN, f"{held.path}: {held.problem}")
+                if verdict.liveness is Liveness.ALIVE:
+                    raise AlreadyOwned(_alive(directory, held, verdict, me))
+                if verdict.liveness is Liveness.UNKNOWN:
+                    unanswered.append(verdict)
+                    if len(unanswered) >= tries:
+                        raise OwnerUnknown(_unknown(directory, held, unanswered, me, wait))
+                    log.warning(
+                        "cannot tell whether %s still trains %s (%s); asking again in %.0f s",
+                        other or "the owner of " + held.where(directory),
+                        directory,
+                        verdict.detail,
+                        wait,
+                    )
+                    sleep(wait)
+                    status = _read_status(directory)
+                    continue
+                why = f"it has ended ({verdict.detail})"
+                log.info(
+                    "taking %s over from %s, which has ended (%s)", directory, other, verdict.detail
+                )
+            path = claim_file(directory, held.generation + 1)
+            if _link(path, _record(me, held, why)):
+                return _fields(me, path)
+        lost += 1
+        if lost >= MAX_LOST:
             raise AlreadyOwned(
-                f"{directory} is being trained by {other}, alive ({verdict.detail}); this "
-                f"{me} will not write beside it. If that one should train it, nothing needs "
-                f"doing: once it has finished the workflow finds the experiment done. "
-                f"Otherwise stop it with {other.how_to_stop()} and run this experiment "
-                f"again: it resumes from its checkpoint."
+                f"{directory} changed owner {lost} times while this {me} tried to claim it; "
+                "not training it now. Run this experiment again once it has settled."
             )
-        if verdict.liveness is Liveness.UNKNOWN:
-            log.warning(
-                "cannot tell whether %s still trains %s (%s); training anyway (an unanswered "
-                "scheduler must not stall a sweep)",
-                other,
-                directory,
-                verdict.detail,
-            )
-        else:
-            log.info(
-                "taking %s over from %s, which has ended (%s)", directory, other, verdict.detail
-            )
+        status = _read_status(directory)
+
+
+def _fields(me: Owner, path: Path) -> dict[str, Any]:
     return {
         "owner": me.record(),
+        "claim": path.name,
         "pbs_job_id": me.job_id if me.scheduler == "pbs" else None,
     }
+
+
+def _record(me: Owner, held: Claimed, why: str) -> dict[str, Any]:
+    return {
+        "owner": me.record(),
+        "generation": held.generation + 1,
+        "claimed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),  # for people: no clock is compared
+        "after": held.owner.record() if held.owner is not None else None,
+        "why": why,
+    }
+
+
+def _read_status(directory: Path) -> dict[str, Any]:
+    return read_json(directory / "status.json") or {}
+
+
+def _given_up(held: Claimed, status: Mapping[str, Any]) -> bool:
+    """Did the owner of the claim say, in its last status.json write, that it gave the
+    directory up? (A pack drops a failed student, writes `failed`, and never writes there
+    again; its job lives on for the other students.)"""
+    return (
+        held.path is not None
+        and held.owner is not None
+        and status.get("status") == "failed"
+        and status.get("claim") == held.path.name
+        and status.get("owner") == held.owner.record()
+    )
+
+
+def _link(path: Path, record: Mapping[str, Any]) -> bool:
+    """Create `path` holding `record` unless it exists: True if this call created it."""
+    token = secrets.token_hex(16)
+    data = (json.dumps({**record, "token": token}, indent=2, sort_keys=True) + "\n").encode()
+    # named like kdflow's other temps: the trainer that wins removes those left by a kill
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".claim.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # a claim is never an empty file, not even after a crash
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if not _ours(Path(tmp), path, token):
+                return False
+        except FileNotFoundError:
+            return False  # our temp was removed by a trainer that claimed meanwhile
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
+def _ours(tmp: Path, path: Path, token: str) -> bool:
+    """After EEXIST: did our link happen all the same (NFS: done, its reply lost, the retried
+    call refused)? Then the temp has two links, and the claim file holds our token."""
+    try:
+        if os.stat(tmp).st_nlink > 1:
+            return True
+    except OSError:
+        pass
+    try:
+        return json.loads(path.read_text()).get("token") == token
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _alive(directory: Path, held: Claimed, verdict: Verdict, me: Owner) -> str:
+    other = held.owner
+    assert other is not None
+    return (
+        f"{directory} is being trained by {other}, alive ({verdict.detail}); this {me} will not "
+        "write beside it. If that one should train it, nothing needs doing: once it has "
+        "finished the workflow finds the experiment done. Otherwise stop it with "
+        f"{other.how_to_stop()} and run this experiment again: it resumes from its checkpoint. "
+        f"(Its claim: {held.where(directory)}.)"
+    )
+
+
+def _unknown(
+    directory: Path, held: Claimed, unanswered: list[Verdict], me: Owner, wait: float
+) -> str:
+    other = held.owner
+    if other is None:
+        who, asked = f"an owner that cannot be read ({held.where(directory)})", "read it"
+    else:
+        who, asked = f"{other} ({held.where(directory)})", _question(other, me)
+    gone = f"{other} has ended" if other is not None else "no trainer writes there"
+    if held.path is not None:
+        remedy = f"delete the claim files (`rm {directory}/{CLAIM_PREFIX}*`)"
+    else:
+        remedy = f"delete {directory / 'status.json'}"
+    return (
+        f"{directory} is claimed by {who}, and whether it still trains cannot be told: "
+        f"{asked}, {len(unanswered)} times {wait:.0f} s apart, without an answer (last: "
+        f"{unanswered[-1].detail}). This {me} will not write beside an owner that may be "
+        "alive: no answer is no evidence that it has gone. The workflow retries the job (it "
+        f"asks again then). If you know that {gone}, {remedy} and run this experiment again: "
+        "it resumes from its checkpoint."
+    )
+
+
+def _question(other: Owner, me: Owner) -> str:
+    if other.scheduler == "pbs":
+        return f"asked PBS about job {other.job_id} (qstat)"
+    if other.scheduler == "slurm":
+        return f"asked Slurm about job {other.job_id} (squeue)"
+    if other.scheduler == "local":
+        return f"looked for process {other.pid} of {other.host} from {me.host}"
+    return f"found no way to ask about a {other.scheduler!r} owner"

@@ -170,17 +170,18 @@ def _load_teacher_weights(
     return teacher
 
 
-# An owner check, handed to `train` by its caller (scripts/train.py: kdflow.owner.claim). Asked
-# before anything is written, with the experiment directory and the status.json the last
-# trainer left ({} if none), it raises to refuse (another live job or process trains the
-# experiment), or returns the status.json fields that record this trainer as the owner.
+# An owner check, handed to `train` by its caller (scripts/train.py: kdflow.owner.claim, which
+# claims the directory atomically with a claim file). Asked before anything is written, with
+# the experiment directory and the status.json the last trainer left ({} if none), it raises
+# to refuse (another job or process that may be alive trains the experiment), or returns the
+# status.json fields that record this trainer as the owner.
 Claim = Callable[[Path, dict[str, Any]], dict[str, Any]]
 
 
 def unclaimed(directory: Path, status: dict[str, Any]) -> dict[str, Any]:
-    """No owner check (tests, benchmarks, a run by hand): nothing refused, no owner recorded
-    (status.json's `host` and `pid` still say which process writes)."""
-    return {"owner": None}
+    """No owner check (tests, benchmarks, a run by hand): nothing refused, no owner or claim
+    recorded (status.json's `host` and `pid` still say which process writes)."""
+    return {"owner": None, "claim": None}
 
 
 class ExperimentFiles:
@@ -197,8 +198,9 @@ class ExperimentFiles:
         self.owner: dict[str, Any] = {"owner": None}  # status.json's owner fields (`claim`)
 
     def claim(self, check: Claim) -> None:
-        """Own the experiment if `check` allows (it raises where another live owner trains it);
-        every later status write records the owner it returns."""
+        """Own the experiment if `check` allows (it raises where another owner that may be
+        alive trains it, and leaves the directory's files as they were); every later status
+        write records the owner it returns."""
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.owner = check(self.dir, read_json(self.status) or {})
