@@ -374,10 +374,11 @@ def test_queue_limit_refusals_hold_jobs_back_without_failing(openpbs, max_queued
 
 
 def test_ctrl_c_removes_this_controllers_jobs(openpbs, request):
-    """Ctrl-C (SIGINT to snakemake itself) deletes the jobs this controller submitted."""
+    """Ctrl-C (SIGINT to snakemake itself) deletes the jobs this controller submitted (held
+    naps: only the deletion can end them)."""
     workdir = openpbs.workdir("ctrl-c")
     controller = _stop_on_teardown(request, openpbs.popen(
-        *_small_argv(openpbs, workdir, "naps", "--config", "nap=120"),
+        *_small_argv(openpbs, workdir, "naps", "--config", "hold=1"),
         cwd=workdir, log=workdir / "controller.log", env={"SNAKEMAKE_PBS_QUEUE": "workq"},
     ))  # fmt: skip
 
@@ -388,9 +389,13 @@ def test_ctrl_c_removes_this_controllers_jobs(openpbs, request):
             for s in r["submissions"] if s["job_id"] and s["outcome"] is None
         ]  # fmt: skip
 
-    jobs = openpbs.wait_for(lambda: len(live_jobs()) == 4 and live_jobs(), 60, what="4 jobs")
-    openpbs.wait_for(lambda: all(j["job_state"] == "R" for j in openpbs.jobs_of(workdir).values())
-                     and len(openpbs.jobs_of(workdir)) == 4, 60, what="4 running jobs")  # fmt: skip
+    jobs = openpbs.wait_for(lambda: len(live_jobs()) == 4 and live_jobs(), 300, what="4 jobs")
+
+    def all_running():
+        jobs = openpbs.jobs_of(workdir)
+        return len(jobs) == 4 and all(j["job_state"] == "R" for j in jobs.values())
+
+    openpbs.wait_for(all_running, 300, what="4 running jobs")
     controller.send_signal(signal.SIGINT)
     controller.wait(timeout=120)
 
@@ -444,8 +449,23 @@ def test_one_qstat_answers_every_job_in_flight(openpbs):
     with several ids prints only the first). Every target is submitted exactly once."""
     workdir = openpbs.workdir("several")
     calls_before = len(openpbs.qstat_calls())
-    result = _small(openpbs, workdir, "naps", "--config", "nap=10")
-    _ok(result)
+
+    def asked_about_several():
+        return any(len(_job_ids(argv)) > 1 for argv, _ in openpbs.qstat_calls()[calls_before:])
+
+    # the naps hold until a poll has asked about several of them: certain, on any machine
+    controller = openpbs.popen(*_small_argv(openpbs, workdir, "naps", "--config", "hold=1"),
+                               cwd=workdir, log=workdir / "controller.log",
+                               env={"SNAKEMAKE_PBS_QUEUE": "workq"})  # fmt: skip
+    try:
+        openpbs.wait_for(lambda: controller.poll() is not None or asked_about_several(), 600,
+                         what="a poll that asks about several jobs")  # fmt: skip
+        (workdir / "release").touch()
+        assert controller.wait(timeout=600) == 0, _log(workdir)
+    finally:
+        if controller.poll() is None:
+            os.killpg(controller.pid, signal.SIGKILL)
+            controller.wait()
     records = _registry(workdir, PLUGIN_REGISTRY)
     assert len(records) == 4 and all(_succeeded(r) and not r["failed"] for r in records)
     assert all(len(r["submissions"]) == 1 for r in records), [r["submissions"] for r in records]
