@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,3 +272,20 @@ train: {epochs: 1, batch_size: 64, lr: 0.05, momentum: 0.9, weight_decay: 5.0e-4
         lr_milestones: [], lr_decay: 0.1, crop_padding: 2, flip: false}
 device: cpu
 """
+
+
+def wait_stopped(pid: int, timeout: float = 60) -> None:
+    """After SIGSTOP: wait until every thread of `pid` is stopped (state T), so that nothing of
+    it writes any more (a thread inside a write stops when the call returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue
+        if states and all(state in ("T", "t") for state in states):
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not stop: {states}"
+        time.sleep(0.01)

@@ -44,14 +44,16 @@ def crontab():
         subprocess.run(["crontab", "-r"], capture_output=True)
 
 
-# A project whose "sweep" is one job that sleeps: enough to have a controller to keep alive.
-SNAKEFILE = """
+# A project whose "sweep" is one job that waits until the file `release` exists (no test makes
+# it: the controller is certainly alive for as long as a test looks, on any machine).
+WAIT = "until [ -e release ]; do sleep 0.2; done"
+SNAKEFILE = f"""
 rule all:
     input: "a.done"
 
 rule a:
     output: "a.done"
-    shell: "sleep {config[nap]} && touch {output}"
+    shell: "{WAIT} && touch {{output}}"
 """
 
 
@@ -72,7 +74,7 @@ def _env(**extra):
         **os.environ,
         "KDFLOW_VENV": str(VENV),
         "KDFLOW_PROFILE": "profiles/test",
-        "KDFLOW_SNAKEMAKE_ARGS": "--config nap=60",
+        "KDFLOW_SNAKEMAKE_ARGS": "",
         **extra,
     }
 
@@ -500,9 +502,9 @@ def test_a_controller_that_ended_since_the_last_tick_is_reported_once(project, c
 
 # A controller that cannot get to scheduling until the test lets it (the dry run and the unlock
 # of the tick are let through).
-SLOW_START_SNAKEFILE = """
+SLOW_START_SNAKEFILE = f"""
 import os, sys, time
-if not {"-n", "--unlock"} & set(sys.argv):
+if not {{"-n", "--unlock"}} & set(sys.argv):
     while not os.path.exists("go"):
         time.sleep(0.1)
 
@@ -511,7 +513,7 @@ rule all:
 
 rule a:
     output: "a.done"
-    shell: "sleep {config[nap]} && touch {output}"
+    shell: "{WAIT} && touch {{output}}"
 """
 
 

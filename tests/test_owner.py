@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fakedata import train_params, write_prepared
+from fakedata import train_params, wait_stopped, write_prepared
 
 from kdflow import owner as ownership
 from kdflow.owner import AlreadyOwned, Liveness, Owner, Verdict, claim
@@ -459,7 +459,7 @@ def test_scripts_train_refuses_beside_a_live_local_run_and_takes_over_after_it(t
             "started": ownership.process_start(first.pid),
         }
         first.send_signal(signal.SIGSTOP)  # its files stay as they are while the second runs
-        time.sleep(0.2)
+        wait_stopped(first.pid)
         before = {p.name: p.read_bytes() for p in out.iterdir()}
         argv, kw = rule(10_000)
         second = subprocess.run(argv, capture_output=True, timeout=300, **kw)

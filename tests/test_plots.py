@@ -3,6 +3,7 @@ plot_sweep rule draws exactly its config's experiments into exactly its declared
 
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -207,7 +208,8 @@ def test_the_plot_rule_reads_its_configs_experiments_into_its_declared_outputs(t
     # the training jobs are done: their inputs are older than their outputs
     (tmp_path / "data/digits").mkdir(parents=True)
     (tmp_path / "data/digits/prepared.npz").write_text("")
-    time.sleep(0.05)
+    a_second_ago = time.time() - 1  # older than anything written below, however fast
+    os.utime(tmp_path / "data/digits/prepared.npz", (a_second_ago, a_second_ago))
     for experiment in Sweep(theirs).experiments():
         _finished(tmp_path, experiment, 30.0)  # theirs, overwritten below where shared
     for experiment in Sweep(ours).experiments():

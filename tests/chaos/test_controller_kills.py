@@ -13,6 +13,7 @@ import os
 import signal
 import time
 
+import kdflow_test_hooks as hooks
 import pytest
 import yaml
 from chaoslib import (
@@ -43,11 +44,11 @@ pytestmark = pytest.mark.slow
 E2E = e2e()
 # The demo's shape (tests/cluster/test_e2e_pbs.py's SWEEP: two baselines, one teacher ->
 # student pair, one seed, two alphas: one pack of two students) with a smaller teacher and
-# fewer epochs, so that it can be killed many times in a few minutes; a 10-minute walltime,
-# so that every end of a job here is a kill of ours or a success.
+# fewer epochs, so that it can be killed many times in a few minutes; an hour's walltime, so
+# that every end of a job here is a kill of ours or a success, on a machine of any speed.
 SWEEP = {
     **E2E.SWEEP,
-    "datasets": {"digits": {"mem_mb": 2000, "runtime": 10}},
+    "datasets": {"digits": {"mem_mb": 2000, "runtime": 60}},
     "models": ["resnet14", "resnet8"],
     "pairs": [{"teacher": "resnet14", "student": "resnet8"}],
     "train": {**E2E.SWEEP["train"], "epochs": 8, "lr_milestones": [6]},
@@ -64,6 +65,9 @@ EXPERIMENTS = sorted(
 # the profile asks; the sweep trains on the CPU), the site's queue and project as a user
 # exports them (as in test_e2e_pbs.py); a poll every 2 s
 ARGS = [*E2E.ON_OPENPBS, "--pbs-status-interval", "2"]
+# Each job's epochs are paced at least this many seconds apart (tests/hooks): a job trains for
+# 7 x PACE seconds or more, however fast the machine, and the job kills find one training.
+PACE = 2.0
 # half at random instants, a quarter as a qsub starts, a quarter as a poll starts
 KILL_MODES = ("random", "random", "qsub", "qstat")
 
@@ -178,6 +182,7 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(openpbs, 
             # count is reached; a sweep that finishes first is followed by another, and so is
             # one that ends with a job kill still owed (jobs are killed only while they train)
             project = make_project(openpbs, f"round{len(rounds)}", SWEEP)
+            (project / hooks.HOOKS_FILE).write_text(json.dumps({"pace": PACE}))
             projects.append(project)
             sampler = Sampler(openpbs, project)
             sampler.start()
@@ -221,7 +226,7 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(openpbs, 
                     time.sleep(rng.uniform(1, 3))
                     kill_an_owed_job()
                 if pid:
-                    assert wait_until(lambda pid=pid: not alive(pid), 900, 1), "sweep too slow"
+                    assert wait_until(lambda pid=pid: not alive(pid), 1800, 1), "sweep too slow"
             assert "the sweep is finished" in result.stdout, result.stdout + result.stderr
             sampler.stop.set()
             sampler.join()
@@ -241,7 +246,7 @@ def test_sigkilled_controller_is_restarted_by_cron_and_nothing_is_lost(openpbs, 
                     "outcomes": outcomes(project),
                 }
             )
-            assert sampler.samples > 10 and sampler.jobs_seen
+            assert sampler.samples >= 3 and sampler.jobs_seen
             assert experiment_dirs(project) == EXPERIMENTS
 
         chaos.kills = kills + len(job_kills)

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from fakedata import train_params, write_prepared
+from fakedata import train_params, wait_stopped, write_prepared
 from test_slurm_profile import ROOT, _sacct
 
 from kdflow.owner import Liveness, probe_slurm
@@ -67,7 +67,7 @@ def test_a_second_slurm_job_refuses_an_experiment_a_live_slurm_job_trains(slurm,
         )
         p = subprocess.run(
             ["sbatch", "--parsable", "-J", name, "-p", "workq", "-A", "root", "-c", "1",
-             "--mem", "2000", "-t", "10", "-o", f"{logs / which}.slurm.log", str(script)],
+             "--mem", "2000", "-t", "60", "-o", f"{logs / which}.slurm.log", str(script)],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert p.returncode == 0, p.stderr
@@ -96,7 +96,7 @@ def test_a_second_slurm_job_refuses_an_experiment_a_live_slurm_job_trains(slurm,
         status = _wait(first_trains, 300, "the first job to train an epoch")
         trainer_pid = status["pid"]  # the first job's trainer: the only one so far
         os.kill(trainer_pid, signal.SIGSTOP)  # still RUNNING for Slurm; its files stand still
-        time.sleep(0.5)
+        wait_stopped(trainer_pid)
         before = _contents(out)
         assert probe_slurm(first).liveness is Liveness.ALIVE
 

@@ -8,7 +8,7 @@ It does nothing unless a hooks file says so: `$KDFLOW_TEST_HOOKS`, else
 `.kdflow-test-hooks.json` in the working directory (a PBS job gets no environment from its
 submitter, and starts in the directory it was submitted from). The file:
 
-    {"hold": {"results/digits/pure/resnet20/seed0": 1, ...}}
+    {"hold": {"results/digits/pure/resnet20/seed0": 1, ...}, "pace": 2.0}
 
 `hold`: experiment directories (relative to the hooks file's directory) and an epoch. The
 first process that records one of them in its status.json as in progress at that epoch or
@@ -19,6 +19,11 @@ blocks until it is killed. Before it blocks it writes the marker
 A walltime kill of a job that has trained (it cannot finish inside any walltime), or a qdel of
 a job that is training (it is certainly still training when the test reads the marker), is
 then made by construction, on a machine of any speed.
+
+`pace`: seconds. Every process paces its status.json writes of a run in progress (one at its
+start, one after every epoch) at least that far apart, sleeping after a write: a job is then
+training for at least (epochs - 1) x pace seconds, however fast the machine, so that a test
+can kill it while it trains.
 
 Nothing here changes what a process computes: a held process only stops sooner or later, and
 its results are those of an uninterrupted run.
@@ -51,24 +56,30 @@ def _holder() -> str:
     return os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID") or f"pid {os.getpid()}"
 
 
-def _install_hold(root: str, holds: dict[str, int]) -> None:
+def _install(root: str, holds: dict[str, int], pace: float) -> None:
     real_replace = os.replace
     wanted = {os.path.normpath(os.path.join(root, d)): (d, int(e)) for d, e in holds.items()}
+    last_write = [0.0]
 
     def replace(src, dst, *args, **kwargs):
         real_replace(src, dst, *args, **kwargs)
         if os.path.basename(dst) != "status.json":
             return
-        found = wanted.get(os.path.dirname(os.path.abspath(dst)))
-        if found is None:
-            return
-        directory, epoch = found
         try:
             with open(dst) as f:
                 status = json.load(f)
         except (OSError, ValueError):
             return
-        if status.get("status") != "in_progress" or (status.get("epoch") or 0) < epoch:
+        if status.get("status") != "in_progress":
+            return
+        if pace > 0:
+            time.sleep(max(0.0, last_write[0] + pace - time.monotonic()))
+            last_write[0] = time.monotonic()
+        found = wanted.get(os.path.dirname(os.path.abspath(dst)))
+        if found is None:
+            return
+        directory, epoch = found
+        if (status.get("epoch") or 0) < epoch:
             return
         markers = os.path.join(root, MARKERS)
         os.makedirs(markers, exist_ok=True)
@@ -90,8 +101,8 @@ def install() -> None:
     if found is None:
         return
     root, config = found
-    if config.get("hold"):
-        _install_hold(root, config["hold"])
+    if config.get("hold") or config.get("pace"):
+        _install(root, config.get("hold") or {}, float(config.get("pace") or 0))
 
 
 def held_by(root, directory: str) -> str | None:
