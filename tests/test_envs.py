@@ -350,6 +350,7 @@ JOB_MODULES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "scipy",
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2100)  # a safety net above the run's own 1800 s limit (pip builds included)
 def test_the_real_env_runs_every_script_of_the_workflow(tmp_path):
     """envs/kdflow.yaml as it is, through Snakemake's conda code (the stand-in conda installs
     it with pip): the workflow's three scripts run with the environment's python, take every

@@ -115,6 +115,7 @@ def _where(python: Path, module: str, env=None) -> subprocess.CompletedProcess:
     return _run(python, "-c", f"import {module}; print({module}.__file__)", env=env)
 
 
+@pytest.mark.timeout(1500)  # a safety net above the suite's own 1200 s limit
 def test_the_plugin_installs_alone_and_its_own_tests_pass_there(plugin_venv, tmp_path):
     python = plugin_venv / "bin/python"
     # the plugin from the venv's own site-packages (a real install), kdflow from nowhere

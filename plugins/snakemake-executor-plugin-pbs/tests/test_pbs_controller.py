@@ -359,9 +359,10 @@ def test_success(pbs, workdir):
     ],
 )
 def test_failed_qstat_changes_nothing(pbs, workdir, failure):
-    controller = make_controller(workdir, command_timeout=1)
+    controller = make_controller(workdir)
     t = target()
     results = controller.start([t])
+    controller.qstat.timeout = 1  # the polls' qstat only: a fake that sleeps 3 s outlasts it
     pbs.finish(results[t.name].job_id, 1)
     pbs.configure(qstat_failures=[failure])
     again = poll(controller, results)

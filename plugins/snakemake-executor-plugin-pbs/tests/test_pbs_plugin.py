@@ -328,7 +328,7 @@ rule write:
         assert "No space left on device" in held and "resubmitted in 1 min" in held, held
         assert len(pbs.calls("qsub")) == 1
         (disk / "filler").unlink()  # someone freed space
-        assert run.wait(timeout=150) == 0, log.read_text()
+        assert run.wait(timeout=900) == 0, log.read_text()  # a safety net: ~1 min hold, one job
     assert (work / "results" / "w.txt").read_text() == "ok\n"
     assert len(pbs.calls("qsub")) == 2
     [record] = records(work).values()
