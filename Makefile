@@ -7,7 +7,7 @@ STAMP := $(VENV)/.kdflow-installed
 # Cluster facts for the demo sweep through profiles/local come from the profile.
 DEMO := --profile profiles/local --configfile config/demo.yaml --replace-workflow-config
 
-.PHONY: setup demo test lint format cluster bench clean-demo chaos
+.PHONY: setup demo test check test-loaded test-onecore lint format cluster bench clean-demo chaos
 
 setup: $(STAMP)
 
@@ -41,9 +41,31 @@ cluster:
 		bash tests/cluster/openpbs.sh venv; \
 	else echo "cluster: not root on Debian: the scheduler, cron and ssh tests will be skipped"; fi
 
-# Everything, tests/chaos at small counts (`make chaos` runs the full counts)
+# The suite in tiers (tests/conftest.py, tests/README.md): the fast tier first, so that a
+# failure shows in minutes; then trainings and Snakemake runs here, the real schedulers, and
+# the chaos tests at small counts (`make chaos` runs the full counts).
+PYTEST := $(BIN)/python -m pytest -q
+FAST := -m fast
+REST := -m "not fast"
+define tiers
+	$(1) $(PYTEST) $(FAST)
+	$(1) $(PYTEST) $(REST)
+endef
+
 test: setup cluster
-	$(BIN)/python -m pytest -q
+	$(call tiers,)
+
+# The fast tier alone: no scheduler, no training longer than seconds
+check: setup
+	$(PYTEST) $(FAST)
+
+# The same suite on a machine made slow on purpose (tests/load.sh): a busy loop on every core
+# beside it, or it and the schedulers' jobs confined to one core. It must pass as it does idle.
+test-loaded: setup cluster
+	$(call tiers,tests/load.sh burn)
+
+test-onecore: setup cluster
+	$(call tiers,tests/load.sh onecore)
 
 # Chaos and load at full counts (tests/chaos, which `make test` runs at small counts): kills,
 # scheduler and storage faults, bad input; prints the summary table. Record it in the docs

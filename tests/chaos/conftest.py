@@ -73,7 +73,6 @@ _openpbs_session = cluster_conftest.openpbs
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "chaos: tests/chaos (KDFLOW_CHAOS=full for full counts)")
     config.addinivalue_line(
         "markers", "openpbs: needs the real single-node OpenPBS (tests/cluster/openpbs.sh)"
     )
@@ -81,10 +80,9 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(pytest.mark.chaos)
-            if "openpbs" in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.openpbs)
+        in_chaos = HERE in Path(str(item.fspath)).resolve().parents
+        if in_chaos and "openpbs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.openpbs)
 
 
 def server_answers(openpbs: OpenPBS) -> bool:

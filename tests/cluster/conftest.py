@@ -45,17 +45,8 @@ REPO = HERE.parents[1]
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "cluster: needs a real single-node scheduler (tests/cluster)"
-    )
-    config.addinivalue_line(
         "markers", "openpbs: needs the real single-node OpenPBS (tests/cluster/openpbs.sh)"
     )
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(pytest.mark.cluster)
 
 
 def wait_for(
