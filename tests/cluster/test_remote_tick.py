@@ -20,6 +20,7 @@ import pytest
 import yaml
 from fakedata import ONE_EXPERIMENT_SWEEP
 from sshdlib import missing_tools, sshd
+from test_cron import controllers
 
 pytestmark = pytest.mark.slow
 
@@ -54,21 +55,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _controllers(directory: Path) -> list[int]:
-    """Snakemake controllers running in `directory` (not the tick's -n or --unlock)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            cwd = os.readlink(proc / "cwd")
-        except (OSError, ValueError):
-            continue
-        snakemake = any(b"snakemake" in part for part in cmd[:3])
-        if cwd == str(directory) and snakemake and not {b"--unlock", b"-n"} & set(cmd):
-            found.append(int(proc.name))
-    return found
-
-
 @pytest.fixture
 def cluster(openpbs, tmp_path):
     """(workstation checkout, the user's directory on the cluster with its venv)."""
@@ -86,7 +72,7 @@ def cluster(openpbs, tmp_path):
     remote = openpbs.workdir("remote")
     (remote / ".venv").symlink_to(openpbs.venv)  # the cluster's venv
     yield workstation, remote
-    for pid in _controllers(remote):
+    for pid in controllers(remote):
         os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
@@ -147,5 +133,5 @@ def test_remote_ticks_drive_a_sweep_on_openpbs_through_the_login_environment(
     assert "started controller" not in plain.stdout
     assert re.search(r"FAILED: the controller \d+ died within \d+s of starting", plain.stdout)
     assert NEEDS_PBS in plain.stdout, plain.stdout
-    assert _controllers(remote) == []
+    assert controllers(remote) == []
     assert set(openpbs.jobs_of(remote, history=True)) == set(jobs)  # nothing submitted
