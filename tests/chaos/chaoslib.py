@@ -340,3 +340,25 @@ def experiment_dirs(workdir: Path) -> list[str]:
 # any name seen twice. A context manager: `with Sampler(openpbs, workdir) as sampler:` samples
 # until the block ends.
 Sampler = e2e().OpenPBSSampler
+
+
+# -- epochs: what was recorded, what a resume starts from --------------------------------------
+
+
+def lost_epochs(directory: Path) -> int:
+    """Epochs that status.json records as trained but that no loadable checkpoint holds: what
+    a resume would train again (read only: nothing is moved, unlike load_checkpoint)."""
+    from kdflow.checkpoint import DamagedFile, load_verified, previous_path
+
+    try:
+        recorded = int(json.loads((directory / "status.json").read_text()).get("epoch") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0  # no status yet (or a damaged one): nothing is recorded as trained
+    resumable = 0
+    for path in (directory / "checkpoint.pth", previous_path(directory / "checkpoint.pth")):
+        try:
+            resumable = int(load_verified(path)["epoch"]) + 1
+            break
+        except (FileNotFoundError, DamagedFile, KeyError):
+            continue
+    return max(0, recorded - resumable)

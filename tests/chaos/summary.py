@@ -27,6 +27,7 @@ COLUMNS = [
     ("bad_inputs", "bad inputs"),
     ("duplicates", "duplicates"),
     ("differing", "differing results"),
+    ("lost_epochs", "lost epochs"),
     ("outcome", "outcome"),
     ("seconds", "seconds"),
 ]
@@ -54,7 +55,8 @@ def table(records: list[dict]) -> str:
             if any(r["outcome"] == o for r in records)
         ),
     }
-    for key in ("kills", "faults", "bad_inputs", "duplicates", "differing", "seconds"):
+    for key in ("kills", "faults", "bad_inputs", "duplicates", "differing", "lost_epochs",
+                "seconds"):  # fmt: skip
         totals[key] = _number(sum(r.get(key, 0) for r in records))
     rows.append([f"**{totals[key]}**" if key != "test" else totals[key] for key, _ in COLUMNS])
     header = [title for _, title in COLUMNS]
