@@ -170,7 +170,8 @@ class Figures:
     bad_inputs: int = 0  # malformed configs and command lines tried
     duplicates: int = 0  # moments two live jobs trained one experiment
     differing: int = 0  # results that differ from a clean run
-    lost_epochs: int = 0  # epochs recorded as trained that a resume would train again
+    # epochs recorded as trained that a resume would train again; None: not measured
+    lost_epochs: int | None = None
     load: list = field(default_factory=list)  # {"measure", "result", "goal"} of load tests
     detail: dict = field(default_factory=dict)
     outcome: str = "unknown"

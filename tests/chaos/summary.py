@@ -57,7 +57,7 @@ def table(records: list[dict]) -> str:
     }
     for key in ("kills", "faults", "bad_inputs", "duplicates", "differing", "lost_epochs",
                 "seconds"):  # fmt: skip
-        totals[key] = _number(sum(r.get(key, 0) for r in records))
+        totals[key] = _number(sum(r.get(key) or 0 for r in records))
     rows.append([f"**{totals[key]}**" if key != "test" else totals[key] for key, _ in COLUMNS])
     header = [title for _, title in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -80,10 +80,10 @@ def _number(x) -> str:
 
 
 def _cell(record: dict, key: str) -> str:
-    value = record.get(key, "")
+    value = record.get(key)
     if key == "test":
         return f"`{value.split('::', 1)[-1]}`"
-    return _number(value)
+    return "–" if value is None else _number(value)  # – : not measured by that test
 
 
 def heading(records: list[dict]) -> str:

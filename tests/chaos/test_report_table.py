@@ -11,15 +11,15 @@ import summary
 def record(**fields):
     """A report line as conftest.Figures writes it."""
     return {"mode": "full", "seed": 1, "kills": 0, "faults": 0, "bad_inputs": 0,
-            "duplicates": 0, "differing": 0, "lost_epochs": 0, "load": [], "detail": {},
+            "duplicates": 0, "differing": 0, "lost_epochs": None, "load": [], "detail": {},
             **fields}  # fmt: skip
 
 
 RECORDS = [
     record(test="test_a.py::test_kills", kills=50, faults=3, outcome="failed", seconds=100.0,
            finished_at="2026-11-28T20:00:00"),
-    record(test="test_b.py::test_faults[x]", faults=7, outcome="passed", seconds=20.5,
-           finished_at="2026-11-28T20:05:00"),
+    record(test="test_b.py::test_faults[x]", faults=7, lost_epochs=0, outcome="passed",
+           seconds=20.5, finished_at="2026-11-28T20:05:00"),
     # the first test again: its last line counts
     record(test="test_a.py::test_kills", kills=40, faults=1, outcome="passed", seconds=80.0,
            finished_at="2026-11-28T20:10:00",
@@ -39,7 +39,7 @@ def test_the_last_run_of_each_test_counts_and_totals_add_up(report):
     assert [r["test"] for r in records] == ["test_b.py::test_faults[x]", "test_a.py::test_kills"]
     lines = summary.table(records).splitlines()
     assert lines[2] == "| `test_faults[x]` | 0 | 7 | 0 | 0 | 0 | 0 | passed | 20 |"
-    assert lines[3] == "| `test_kills` | 40 | 1 | 0 | 0 | 0 | 0 | passed | 80 |"
+    assert lines[3] == "| `test_kills` | 40 | 1 | 0 | 0 | 0 | – | passed | 80 |"  # not measured
     assert lines[4] == (
         "| **total (2 tests)** | **40** | **8** | **0** | **0** | **0** | **0** | **2 passed** "
         "| **100** |"

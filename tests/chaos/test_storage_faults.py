@@ -124,7 +124,7 @@ def test_a_full_disk_fails_the_write_by_path_keeps_the_checkpoint_and_resumes(
         failed_writes[failed.name] = failed_writes.get(failed.name, 0) + 1
         assert not list(out.glob(".*.tmp")), "a failed write must not leave its temp file"
         # what status.json records as trained, a loadable checkpoint holds
-        chaos.lost_epochs += lost_epochs(out)
+        chaos.lost_epochs = (chaos.lost_epochs or 0) + lost_epochs(out)
         # the last good checkpoint is intact (checkpoint.pth, or its .prev after a rotation)
         state = load_checkpoint(out / "checkpoint.pth")
         if state is not None:
@@ -137,7 +137,7 @@ def test_a_full_disk_fails_the_write_by_path_keeps_the_checkpoint_and_resumes(
     problems += differences(out, reference)
     chaos.differing = len(problems)
     assert "checkpoint.pth" in failed_writes and "status.json" in failed_writes, failed_writes
-    assert chaos.lost_epochs == 0, "a full disk lost an epoch its status had recorded"
+    assert not chaos.lost_epochs, "a full disk lost an epoch its status had recorded"
     assert problems == [], f"seed {chaos.seed}:\n" + "\n".join(problems)
 
 
