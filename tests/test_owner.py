@@ -17,7 +17,8 @@ from fakedata import train_params, wait_stopped, write_prepared
 
 from kdflow import owner as ownership
 from kdflow.owner import AlreadyOwned, Liveness, Owner, Verdict, claim
-from kdflow.trainer import TrainSpec, train
+from kdflow.config import TrainSpec
+from kdflow.pack import train
 from snakemake_executor_plugin_pbs.commands import CommandResult
 from snakemake_executor_plugin_pbs.status import Dialect, Qstat
 

@@ -17,7 +17,8 @@ import torch
 from fakedata import train_params, write_prepared
 
 from kdflow.checkpoint import DIGEST_KEY
-from kdflow.trainer import TrainSpec, train
+from kdflow.config import TrainSpec
+from kdflow.pack import train
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
 pytestmark = pytest.mark.slow
