@@ -45,24 +45,25 @@ def test_packs_hold_every_student_of_one_teacher_and_ask_for_resources_by_their_
     sweep = Sweep.from_file(ROOT / "config" / "experiments.yaml")
     assert sweep.packing == "teacher"  # the default, and what the shipped config says
     packs = sweep.packs()
-    assert len(packs) == 3 * 3 * 2  # (seed, dataset, teacher)
+    assert len(packs) == 3 * 3 * 2  # (seed, dataset, pair)
     students = [s for pack in packs for s in pack.students]
     kd = [e for e in sweep.experiments() if not e.is_pure]
     assert sorted(students) == sorted(kd) and len(set(students)) == len(kd) == 216
     for pack in packs:
         assert len(pack.students) == 12
-        assert {(s.dataset, s.seed, s.teacher) for s in pack.students} == {
-            (pack.dataset, pack.seed, pack.teacher)
+        assert {(s.dataset, s.seed, s.teacher, s.model) for s in pack.students} == {
+            (pack.dataset, pack.seed, pack.teacher, pack.student)
         }
     jobs = sweep.jobs()
     assert len(set(jobs.values())) == 36 + 18  # the pure runs' jobs and the packs
     pack = packs[0]
     assert all(jobs[s] == tuple(pack.targets) for s in pack.students)
     # cifar100: 24000 MB + 11 x 1000 MB; 12 x 180 min, at most pack_runtime = 720
-    assert sweep.pack_resources("cifar100", 12) == {"mem_mb": 35000, "runtime": 720}
-    assert sweep.pack_resources("cifar100", 3) == {"mem_mb": 26000, "runtime": 540}
+    assert sweep.pack_resources("cifar100") == {"mem_mb": 35000, "runtime": 720}
+    three = Sweep({**sweep.config, "alphas": [0.5]})  # packs of 3 students
+    assert three.pack_resources("cifar100") == {"mem_mb": 26000, "runtime": 540}
     # tinyimagenet sets no pack_runtime: a pack asks for runtime, as one student's job does
-    assert sweep.pack_resources("tinyimagenet", 12)["runtime"] == 720
+    assert sweep.pack_resources("tinyimagenet")["runtime"] == 720
 
     none = Sweep({**sweep.config, "packing": "none"})
     assert all(jobs == (e.target,) for e, jobs in none.jobs().items())
@@ -78,7 +79,12 @@ def test_method_settings_are_filled_from_the_schema(good):
         "ce_weight": 1,
         "warmup": 20,
     }
-    assert sweep.method_settings("fitnet") == {"hint_layer": 2, "hint_weight": 100, "ce_weight": 1}
+    assert sweep.method_settings("fitnet") == {
+        "hint_layer": 2,
+        "regressor": "convreg",
+        "hint_weight": 100,
+        "ce_weight": 1,
+    }
     assert len(sweep.experiments()) == 2 * (2 + 1 * 3 * 2)
 
 
