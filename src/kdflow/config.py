@@ -223,14 +223,14 @@ def _flat(identity: Mapping[str, Any]) -> dict[str, Any]:
 def identity_changes(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     """How the identity `saved` in a checkpoint or metrics.json differs from `wanted`
     (`TrainSpec.identity`), as `key: old -> new, ...`; empty if they are the same experiment.
-    Keys a file of kdflow 0.1 lacks count as what kdflow 0.1 did (`_legacy`); keys of `saved`
-    that are no identity (metrics.json's accuracies) are not compared."""
-    keys = set(wanted) | {"method_settings"}
-    old = _flat({k: v for k, v in saved.items() if k in keys})
-    old = {**_legacy(saved), **old}
+    Keys a file of kdflow 0.1 lacks count as what kdflow 0.1 did (`_legacy`); other keys it
+    lacks are not compared, nor are keys of `saved` that are no identity (accuracies)."""
+    old = _flat({k: v for k, v in saved.items() if k in wanted})
+    for key, value in _legacy(saved).items():
+        old.setdefault(key, value)
     new = _flat(wanted)
-    changed = [k for k in {**old, **new} if old.get(k) != new.get(k)]
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+    changed = [k for k in old if old[k] != new.get(k)]
+    return ", ".join(f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in changed)
 
 
 @dataclass(frozen=True, order=True)
