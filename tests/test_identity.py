@@ -6,6 +6,8 @@ last.pth, the precision used) is all it may add."""
 
 import csv
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from test_resume import _assert_equal
 
 from kdflow.checkpoint import DIGEST_KEY
 from kdflow.config import TrainSpec, identity_changes
-from kdflow.pack import train
+from kdflow.pack import PackError, train, train_pack
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +99,37 @@ def _rows(directory: Path) -> list[dict]:
     with open(directory / "history.csv") as f:
         timing = ("epoch_seconds", "images_per_s")
         return [{k: v for k, v in row.items() if k not in timing} for row in csv.DictReader(f)]
+
+
+def test_a_fitnet_run_of_the_old_default_is_refused_saying_what_changed(runs, tmp_path):
+    """A FitNet run that kdflow 0.1 finished at its default (the last stage, a 1x1 conv + BN,
+    distilled from the best teacher) is not today's FitNet: today's default refuses it by
+    name, finished or killed before its end, and leaves its files as they were."""
+    root, _ = runs
+    out = tmp_path / "fitnet"
+    shutil.copytree(root / "old" / "fitnet_resnet8_1.0", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    base = train_params(root / "prepared.npz", seed=5, lr_milestones=[1])
+    kd = {
+        "method": "fitnet",
+        "alpha": 1.0,
+        "teacher": TEACHER,
+        "teacher_dir": str(root / "new" / "teacher"),
+    }
+    spec = TrainSpec.from_params({**base, **kd, "model": "resnet8", "epochs": 3})
+    changes = (
+        "method_settings.hint_layer: -1 -> 2, teacher_weights: 'best' -> 'last', "
+        "method_settings.regressor: 'conv1x1_bn' -> 'convreg'"
+    )
+    with pytest.raises(PackError) as refused:
+        train_pack([spec], [out])
+    assert f"{out} finished as a different experiment ({changes})" in str(refused.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    (out / "completed").unlink()  # killed before its end: its checkpoint says the same
+    with pytest.raises(RuntimeError, match=re.escape(f"different experiment ({changes})")):
+        train(spec, out)
+    assert (
+        not (out / "completed").exists()
+        and (out / "checkpoint.pth").read_bytes() == (before["checkpoint.pth"])
+    )

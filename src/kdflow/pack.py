@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdflow.config import identity_changes
 from kdflow.fileio import read_json
 from kdflow.trainer import (
     Claim,
@@ -37,7 +38,6 @@ from kdflow.trainer import (
     build_data,
     choose_precision,
     finish,
-    finished_as,
     load_teacher,
     resume,
     run_epochs,
@@ -119,22 +119,24 @@ def train_pack(
 
 
 def _start(student: Student, claim: Claim) -> bool:
-    """Whether `student` is to be trained: not if it is completed (or finished under another
-    recipe: refused) or its claim is refused; claimed, its interrupted writes removed."""
+    """Whether `student` is to be trained: not if it is completed (or finished as another
+    experiment: refused) or its claim is refused; claimed, its interrupted writes removed. A
+    completed run asked for more epochs trains on."""
     files = student.files
     with _as(student):
-        if files.completed.exists() and files.metrics.exists():
-            changed = finished_as(student.spec, files)
-            if changed:
-                student.error = RuntimeError(
-                    f"{files.dir} finished as a different experiment ({changed}); its results "
-                    "are not those of this config: move the directory away to train it again, "
-                    "or restore the config it was made with"
-                )
-                log.error("%s", student.error)
-            else:
-                log.info("%s is completed: not training it again", files.dir)
-                student.metrics = read_json(files.metrics) or {}
+        finished = read_json(files.metrics) if files.completed.exists() else None
+        changed = identity_changes(finished, student.spec.identity) if finished else ""
+        if changed:
+            student.error = RuntimeError(
+                f"{files.dir} finished as a different experiment ({changed}); its results are "
+                "not those of this config: move the directory away to train it again, or "
+                "restore the config it was made with"
+            )
+            log.error("%s", student.error)
+            return False
+        if finished and finished.get("epochs") == student.spec.recipe.epochs:
+            log.info("%s is completed: not training it again", files.dir)
+            student.metrics = finished
             return False
         try:
             files.claim(claim)  # refuses where another live owner trains it
@@ -169,10 +171,10 @@ def _train(students: list[Student]) -> None:
                 student.run = build(student.spec, data, teacher, precision)
                 with stream(student.run):
                     student.progress = resume(student.spec, student.run, student.files)
-                student.files.recorded.update(
-                    precision_used=student.progress.used(student.spec.recipe.epochs),
-                    precision_reason=precision.reason,
-                )
+                student.files.precision = {
+                    "precision_used": student.progress.used(student.spec.recipe.epochs),
+                    "precision_reason": precision.reason,
+                }
                 student.files.write_status(
                     student.spec,
                     "in_progress",

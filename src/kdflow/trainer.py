@@ -172,8 +172,8 @@ class ExperimentFiles:
         self.last = self.dir / "last.pth"
         self.metrics = self.dir / "metrics.json"
         self.completed = self.dir / "completed"
-        # what every status write records: the owner's fields (`claim`), the precision used
-        self.recorded: dict[str, Any] = {"owner": None}
+        self.owner: dict[str, Any] = {"owner": None}  # status.json's owner fields (`claim`)
+        self.precision: dict[str, Any] = {}  # and the precision used, and why
 
     def claim(self, check: Claim) -> None:
         """Own the experiment if `check` allows (it raises where another owner that may be
@@ -181,7 +181,7 @@ class ExperimentFiles:
         write records the owner it returns."""
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.recorded = check(self.dir, read_json(self.status) or {})
+            self.owner = check(self.dir, read_json(self.status) or {})
         except Exception as exc:
             log.error("not training %s: %s", self.dir, exc)  # into the job's log, too
             raise
@@ -213,18 +213,13 @@ class ExperimentFiles:
             "epochs": spec.recipe.epochs,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            **self.recorded,
+            **self.owner,
+            **self.precision,
             "updated_at": time.time(),
             **fields_,
         }
         record.setdefault("started_at", record["updated_at"])
         atomic_write_json(self.status, record)
-
-
-def finished_as(spec: TrainSpec, files: ExperimentFiles) -> str:
-    """How the finished run in `files` differs from `spec` ('' if it is this experiment)."""
-    metrics = read_json(files.metrics) or {}
-    return identity_changes(metrics, spec.identity) if metrics else ""
 
 
 @dataclass(eq=False)  # runs are told apart by identity
