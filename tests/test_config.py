@@ -6,13 +6,21 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
 from kdflow import config as kdconfig
-from kdflow.config import ConfigError, Experiment, RegistryMismatch, Sweep, alpha_label
+from kdflow.config import (
+    ConfigError,
+    Experiment,
+    RegistryMismatch,
+    Sweep,
+    TrainSpec,
+    alpha_label,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -299,3 +307,107 @@ def test_unreadable_file_is_named(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         Sweep.from_file(path)
+
+
+# -- each experiment's training spec, built from the sweep --------------------------------------
+
+
+def test_a_pairs_own_method_settings_merge_over_the_sweeps(good):
+    good["models"] += ["resnet14"]
+    good["pairs"].append(
+        {"teacher": "resnet20", "student": "resnet14", "methods": {"dkd": {"beta": 6}}}
+    )
+    good["methods"] = {"logit": {}, "dkd": {"beta": 8, "warmup": 5}}
+    sweep = Sweep(good)
+    assert sweep.config["pairs"][1]["methods"] == {"dkd": {"beta": 6}}  # no defaults filled in
+    students = {(e.model, e.method): sweep.spec(e) for e in sweep.experiments() if not e.is_pure}
+    assert students[("resnet8", "dkd")].method_settings["beta"] == 8
+    wrn = students[("resnet14", "dkd")].method_settings
+    assert (wrn["beta"], wrn["warmup"], wrn["temperature"]) == (6, 5, 4)  # the rest: the sweep's
+    assert students[("resnet14", "logit")].method_settings == {"temperature": 4}
+
+
+@pytest.mark.parametrize(
+    "methods, words",
+    [
+        ({"fitnet": {}}, ["pairs[0].methods.fitnet", "not a method of this sweep"]),
+        ({"logit": {"alphas": [0.5]}}, ["pairs[0].methods.logit.alphas", "the sweep's"]),
+        ({"logit": {"beta": 8}}, ["pairs[0].methods.logit", "'beta' was unexpected"]),
+    ],
+)
+def test_a_pairs_methods_are_checked(good, methods, words):
+    good["pairs"][0]["methods"] = methods
+    with pytest.raises(ConfigError) as err:
+        Sweep(good)
+    assert all(word in str(err.value) for word in words), str(err.value)
+
+
+def test_a_method_may_list_its_own_alphas(good):
+    good["methods"] = {"logit": {"alphas": [0.9]}, "dkd": {"alphas": [1.0]}, "fitnet": {}}
+    sweep = Sweep(good)
+    assert sweep.pack_students() == [("dkd", "1.0"), ("fitnet", "0.5"), ("fitnet", "0.9"),
+                                     ("logit", "0.9")]  # fmt: skip
+    assert sweep.alphas == ["1.0", "0.5", "0.9"]  # for the wildcard constraint
+    assert "alphas" not in sweep.method_settings("logit")
+    good["methods"] = {"logit": {"alphas": []}}
+    with pytest.raises(ConfigError, match=r"methods.logit.alphas: empty, but pairs are listed"):
+        Sweep(good)
+
+
+def test_the_spec_of_an_experiment_and_its_parameters_round_trip(good):
+    good.update(teacher_weights="best", precision="fp16")
+    sweep = Sweep(good)
+    for experiment in sweep.experiments():
+        spec = sweep.spec(experiment)
+        assert TrainSpec.from_params(spec.params()) == spec
+        assert spec.data_path == "data/digits/prepared.npz"
+        assert spec.recipe == sweep.recipe("digits") and spec.precision == "fp16"
+        if experiment.is_pure:
+            assert (spec.teacher, spec.teacher_weights, spec.method_settings) == (None, None, {})
+        else:
+            assert spec.teacher_dir == experiment.teacher_directory
+            assert (spec.teacher_weights, spec.alpha) == ("best", float(experiment.alpha))
+
+
+def test_identity_and_pack_key_come_from_the_fields_roles_and_the_schema():
+    """The recipe is declared once, in the schema: each key a field of Recipe, in the identity
+    unless `x-identity: false`, in the pack key where `x-pack: true`."""
+    train = yaml.safe_load(kdconfig.SCHEMA_PATH.read_text())["$defs"]["train"]["properties"]
+    assert list(kdconfig.RECIPE) == list(train) == [f.name for f in fields(kdconfig.Recipe)]
+    spec = Sweep.from_file(ROOT / "config" / "experiments.yaml").spec(
+        Experiment("cifar100", 0, "dkd", "wrn_16_2", "wrn_40_2", "0.5")
+    )
+    assert list(spec.identity) == [
+        "dataset", "model", "seed", "method", "teacher", "alpha", "method_settings",
+        "batch_size", "lr", "momentum", "weight_decay", "lr_milestones", "lr_decay",
+        "crop_padding", "flip", "teacher_weights", "precision",
+    ]  # fmt: skip
+    assert spec.identity["method_settings"]["beta"] == 6  # the WRN pair's own
+    assert sorted(spec.pack_key) == sorted([
+        "dataset", "seed", "teacher", "batch_size", "crop_padding", "flip", "eval_batch_size",
+        "teacher_weights", "precision", "data_path", "teacher_dir", "threads", "device",
+    ])  # fmt: skip
+
+
+def test_identity_changes_read_kdflow_0_1s_files_as_what_it_did():
+    sweep = Sweep.from_file(ROOT / "config" / "experiments.yaml")
+    fitnet = sweep.spec(Experiment("cifar100", 0, "fitnet", "resnet8x4", "resnet32x4", "0.5"))
+    old = {k: v for k, v in fitnet.identity.items() if k not in ("teacher_weights", "precision")}
+    old["method_settings"] = {"hint_layer": -1, "hint_weight": 100.0, "ce_weight": 1.0}
+    assert kdconfig.identity_changes(old, fitnet.identity) == (
+        "method_settings.hint_layer: -1 -> 2, teacher_weights: 'best' -> 'last', "
+        "method_settings.regressor: 'conv1x1_bn' -> 'convreg'"
+    )
+    # kdflow 0.1's settings, written out, are that same experiment; its metrics' extra keys
+    # (accuracies) are no identity
+    legacy = TrainSpec.from_params(
+        {
+            **fitnet.params(),
+            "teacher_weights": "best",
+            "method_settings": {"hint_layer": -1, "regressor": "conv1x1_bn"},
+        }  # fmt: skip
+    )
+    assert kdconfig.identity_changes({**old, "final_acc": 70.1}, legacy.identity) == ""
+    pure = sweep.spec(Experiment("cifar100", 0, "pure", "resnet8x4"))
+    old = {k: v for k, v in pure.identity.items() if k not in ("teacher_weights", "precision")}
+    assert kdconfig.identity_changes(old, pure.identity) == ""  # a baseline resumes as it was

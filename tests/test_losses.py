@@ -12,7 +12,7 @@ import yaml
 from fakedata import train_params, write_prepared
 from torch import nn
 
-from kdflow.config import TrainSpec
+from kdflow.config import TrainSpec, method_settings
 from kdflow.losses import (
     DKD,
     FitNet,
@@ -20,7 +20,6 @@ from kdflow.losses import (
     build_method,
     method_defaults,
     method_names,
-    resolve_settings,
 )
 from kdflow.models import build_model
 from kdflow.pack import train
@@ -408,7 +407,7 @@ def test_registry():
         build_method("crd", alpha=0.5, temperature=4)
     with pytest.raises(ValueError, match="method 'fitnet' has no setting 'temperature'"):
         build_method("fitnet", alpha=0.5, temperature=4)
-    assert resolve_settings("fitnet", {"hint_layer": -1}) == {
+    assert method_settings("fitnet", {"hint_layer": -1}) == {
         "hint_layer": -1,
         "regressor": "convreg",
         "hint_weight": 100.0,
