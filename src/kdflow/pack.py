@@ -156,11 +156,11 @@ def _train(students: list[Student]) -> None:
         kd = next(s.spec for s in students if s.spec.method != "pure")
         teacher = load_teacher(kd, data)
     log.info(
-        "%d student(s) of %s on %s, seed %d, in %s: %s",
+        "training %d experiment(s) on %s, seed %d, teacher %s, in %s (%s)",
         len(students),
-        first.teacher if teacher is not None else "no teacher",
         first.dataset,
         first.seed,
+        first.teacher if teacher is not None else "none",
         precision.name,
         precision.reason,
     )

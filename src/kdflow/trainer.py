@@ -35,8 +35,6 @@ from kdflow.loader import DeviceBatches, channel_stats
 from kdflow.losses import build_method
 from kdflow.models import build_model
 
-__all__ = ["TrainSpec"]  # built by kdflow.config; here too for the callers of the steps
-
 log = logging.getLogger("kdflow.trainer")
 
 HISTORY_FIELDS = [
