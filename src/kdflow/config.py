@@ -88,7 +88,11 @@ Recipe = make_dataclass(
     "Recipe",
     [(key, Any) for key in RECIPE],
     frozen=True,
-    namespace={"from_dict": classmethod(_recipe_from_dict), "__module__": __name__},
+    namespace={
+        "__doc__": "How one experiment trains: a field per key of the schema's train recipe.",
+        "__module__": __name__,
+        "from_dict": classmethod(_recipe_from_dict),
+    },
 )
 
 
