@@ -546,6 +546,7 @@ class Sweep:
         a config names (the workflow has refused it already if they are unknown). Either way
         no torch is imported: the names are this module's."""
         self.config = _copy(dict(config))
+        self._recipes: dict[str, Recipe] = {}
         given = _pair_methods(self.config)
         errors = _file_errors(list(files)) + _schema_errors(self.config)
         if not errors:
@@ -605,8 +606,10 @@ class Sweep:
         return {teacher for teacher, _ in self.pairs}
 
     def recipe(self, dataset: str) -> Recipe:
-        overrides = self.config["datasets"][dataset].get("train", {})
-        return Recipe.from_dict({**self.config["train"], **overrides})
+        if dataset not in self._recipes:  # once: a dry run asks for every job's spec
+            overrides = self.config["datasets"][dataset].get("train", {})
+            self._recipes[dataset] = Recipe.from_dict({**self.config["train"], **overrides})
+        return self._recipes[dataset]
 
     def resources(self, dataset: str) -> dict[str, int]:
         settings = self.config["datasets"][dataset]
