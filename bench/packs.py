@@ -31,12 +31,12 @@ import torch
 from kdflow.loader import DeviceBatches, channel_stats
 from kdflow.losses import build_method
 from kdflow.models import build_model
-from kdflow.trainer import Run, _teach, _train_students, pick_device, rng_state
+from kdflow.trainer import Run, _teach, _train_students, choose_precision, pick_device, rng_state
 
 METHODS = {  # the sweep's settings (config/experiments.yaml), DKD's beta per pair as mdistiller
     "logit": {"temperature": 4},
     "dkd": {"temperature": 4, "warmup": 20},
-    "fitnet": {"hint_layer": -1, "hint_weight": 100},
+    "fitnet": {"hint_layer": 2, "regressor": "convreg", "hint_weight": 100},
 }
 DKD_BETA = {"resnet32x4": 8, "wrn_40_2": 6}
 GOALS = {("resnet32x4", "resnet8x4"): 2.2, ("wrn_40_2", "wrn_16_2"): 1.55}
@@ -53,10 +53,11 @@ def batches(args, device) -> DeviceBatches:
     )  # fmt: skip
 
 
-def students(teacher_name, student_name, alphas, data, device, own_rng, limit=None):
+def students(teacher_name, student_name, alphas, data, device, limit=None):
     """12 runs (3 methods x the alphas) of one teacher, as kdflow.trainer.build makes them
-    (the first `limit` of them)."""
+    (the first `limit` of them), each in its own random streams (as any run now)."""
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    precision = choose_precision("auto", device)
     torch.manual_seed(0)
     teacher = build_model(teacher_name, 100).to(device, memory_format=fmt)
     teacher.eval().requires_grad_(False)
@@ -78,9 +79,9 @@ def students(teacher_name, student_name, alphas, data, device, own_rng, limit=No
                 momentum=0.9,
                 weight_decay=5e-4,
             )
-            rng = rng_state() if own_rng else None
-            on_gpu = device.type == "cuda"
-            runs.append(Run(on_gpu, data, data, model, teacher, distill, optimizer, None, rng))
+            run = Run(data, data, model, teacher, distill, optimizer, None, precision, rng_state())
+            run.scaler = precision.scaler()
+            runs.append(run)
     return runs
 
 
@@ -104,7 +105,7 @@ def peak_memory(args, pair, alphas, pack: bool) -> float:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         data = batches(args, device)
-        runs = students(*pair, alphas, data, device, own_rng=pack, limit=None if pack else 1)
+        runs = students(*pair, alphas, data, device, limit=None if pack else 1)
         _train_students(runs, 0, 0, None)
         sync()
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -119,7 +120,7 @@ def _cpu_peak(args, pair, alphas, pack) -> float:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     data = batches(args, device)
-    runs = students(*pair, alphas, data, device, own_rng=pack, limit=None if pack else 1)
+    runs = students(*pair, alphas, data, device, limit=None if pack else 1)
     _train_students(runs, 0, 0, None)
     return _vm_hwm_mib()
 
@@ -143,7 +144,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (a job's count)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory runs")
+    parser.add_argument(
+        "--fitnet", default="2:convreg", help="hint_layer:regressor (kdflow 0.1's: -1:conv1x1_bn)"
+    )
     args = parser.parse_args()
+    hint, form = args.fitnet.split(":")
+    METHODS["fitnet"].update(hint_layer=int(hint), regressor=form)
 
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -181,13 +187,13 @@ def main() -> None:
 def speeds(args, pair, alphas, data, device) -> tuple[float, float, float, int]:
     """Student-epochs per second of the pack and of the separate runs (medians), the share of
     a separate KD step that is the teacher's forward (median), and the number of students."""
-    pack = students(*pair, alphas, data, device, own_rng=True)
-    alone = students(*pair, alphas, data, device, own_rng=False)
+    pack = students(*pair, alphas, data, device)
+    alone = students(*pair, alphas, data, device)
     teacher, n = pack[0].teacher, len(pack)
 
     def teacher_epoch(r):
         for x, _ in data.epoch(0, r):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with pack[0].precision.autocast():
                 _teach(teacher, x, True)
 
     # warm-up: allocator, cudnn autotuning, first touch of the data

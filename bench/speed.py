@@ -31,7 +31,14 @@ from kdflow.data import read_cifar
 from kdflow.loader import DeviceBatches, channel_stats
 from kdflow.losses import build_method
 from kdflow.models import build_model
-from kdflow.trainer import _train_epoch, pick_device
+from kdflow.trainer import Precision, Run, _train_students, choose_precision, pick_device, rng_state
+
+
+def train_epoch(model, teacher, distill, optimizer, batches, seed, epoch, precision):
+    """One epoch of one student through the trainer's own code (kdflow.trainer)."""
+    run = Run(batches, batches, model, teacher, distill, optimizer, None, precision, rng_state())
+    run.scaler = precision.scaler()
+    return _train_students([run], seed, epoch)[0]
 
 
 def write_cifar100(root: Path, n_train: int, n_test: int = 1000) -> None:
@@ -128,22 +135,19 @@ def main() -> None:
     teacher, _ = fresh(args.teacher)
     teacher.eval().requires_grad_(False)
     kd = build_method("logit", alpha=0.9, temperature=4).to(device)
+    auto, fp32 = choose_precision("auto", device), Precision("fp32", device.type, "bench")
 
     runs = {
-        "device-resident loader": lambda m, o, r: _train_epoch(
-            m, None, None, o, fast, 0, r, on_gpu
-        ),
+        "device-resident loader": lambda m, o, r: train_epoch(m, None, None, o, fast, 0, r, auto),
         "torchvision DataLoader": lambda m, o, r: dataloader_epoch(
             m, o, data.train_x, data.train_y, mean, std, args.batch_size, device, args.workers
         ),
-        "KD (teacher " + args.teacher + ")": lambda m, o, r: _train_epoch(
-            m, teacher, kd, o, fast, 0, r, on_gpu
+        "KD (teacher " + args.teacher + ")": lambda m, o, r: train_epoch(
+            m, teacher, kd, o, fast, 0, r, auto
         ),
     }
     if on_gpu:
-        runs["fp32 (no autocast)"] = lambda m, o, r: _train_epoch(
-            m, None, None, o, fast, 0, r, False
-        )
+        runs["fp32 (no autocast)"] = lambda m, o, r: train_epoch(m, None, None, o, fast, 0, r, fp32)
     times = {name: [] for name in runs}
     for r in range(args.rounds + 1):  # round 0 warms up (cudnn autotuning, allocator, workers)
         for name, run in runs.items():

@@ -23,7 +23,7 @@ from kdflow.checkpoint import save_checkpoint
 from kdflow.loader import DeviceBatches, channel_stats
 from kdflow.losses import LogitKD
 from kdflow.models import build_model
-from kdflow.trainer import _train_epoch, pick_device, rng_state
+from kdflow.trainer import Run, _train_students, choose_precision, pick_device, rng_state
 
 
 def timed(fn) -> float:
@@ -34,6 +34,14 @@ def timed(fn) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def train_epoch(model, teacher, distill, optimizer, batches, seed, epoch, precision):
+    """One epoch of one student through the trainer's own code (kdflow.trainer), as a run
+    alone trains: its random streams swapped in around each step."""
+    run = Run(batches, batches, model, teacher, distill, optimizer, None, precision, rng_state())
+    run.scaler = precision.scaler()
+    return _train_students([run], seed, epoch)[0]
 
 
 def minimal_loop(model, optimizer, xs, ys, on_gpu):
@@ -66,6 +74,7 @@ def main() -> None:
 
     device = pick_device(args.device)
     on_gpu = device.type == "cuda"
+    precision = choose_precision("auto", device)
     fmt = torch.channels_last if on_gpu else torch.contiguous_format
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -99,7 +108,7 @@ def main() -> None:
 
     # warm-up: allocator, cudnn autotuning, first-touch of the data
     minimal_loop(plain, opt_p, xs[:2], ys[:2], on_gpu)
-    _train_epoch(student, None, None, opt_s, batches, 0, 0, on_gpu)
+    train_epoch(student, None, None, opt_s, batches, 0, 0, precision)
 
     rows = {"trainer": [], "minimal": [], "kd": [], "student": [], "teacher": [], "save": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,12 +116,14 @@ def main() -> None:
         for r in range(args.rounds):
             rows["minimal"].append(timed(lambda: minimal_loop(plain, opt_p, xs, ys, on_gpu)))
             rows["trainer"].append(
-                timed(lambda r=r: _train_epoch(student, None, None, opt_s, batches, 0, r, on_gpu))
+                timed(lambda r=r: train_epoch(student, None, None, opt_s, batches, 0, r, precision))
             )
             rows["teacher"].append(timed(lambda: teacher_forward(teacher, batches, on_gpu)))
             rows["kd"].append(
                 timed(
-                    lambda r=r: _train_epoch(kd_student, teacher, kd, opt_k, batches, 0, r, on_gpu)
+                    lambda r=r: train_epoch(
+                        kd_student, teacher, kd, opt_k, batches, 0, r, precision
+                    )
                 )
             )
             rows["student"].append(rows["trainer"][-1])

@@ -1,5 +1,5 @@
 # One job per pure experiment; a student's input is its teacher's `completed` sentinel. The
-# students of a teacher train one job each (packing: none) or together (packing: teacher).
+# students of a pair train one job each (packing: none) or together (packing: teacher).
 # Only `completed` is declared: Snakemake deletes declared outputs before a job runs and after
 # it fails, and checkpoints must survive both.
 
@@ -47,28 +47,25 @@ if SWEEP.packing == "none":
             "../scripts/train.py"
 
 else:
-    # One rule per teacher: a rule's outputs are a fixed list, and each teacher has its own
-    # students. Every student stays a target: requesting its `completed` runs its pack. The
-    # profile's threads and resources for train_kd (or train_pack) apply to packs.
-    for _teacher in sorted(SWEEP.teachers):
 
-        rule:
-            name:
-                f"train_pack_{_teacher}"
-            input:
-                data="data/{dataset}/prepared.npz",
-                teacher=f"results/{{dataset}}/pure/{_teacher}/seed{{seed}}/completed",
-            output:
-                pack_outputs(_teacher),
-            log:
-                **pack_logs(_teacher),
-            priority: pack_priority
-            conda:
-                "../envs/kdflow.yaml"
-            threads: kd_threads()
-            resources:
-                **pack_rule_resources(_teacher),
-            params:
-                hparams=pack_hparams(_teacher),
-            script:
-                "../scripts/train_pack.py"
+    # Every student stays a target: requesting its `completed` runs its pack. Profiles set
+    # the threads and resources of train_pack as of any rule.
+    rule train_pack:
+        input:
+            data="data/{dataset}/prepared.npz",
+            teacher="results/{dataset}/pure/{teacher}/seed{seed}/completed",
+        output:
+            pack_outputs(),
+        log:
+            **pack_logs(),
+        priority: pack_priority
+        conda:
+            "../envs/kdflow.yaml"
+        threads: 1
+        resources:
+            mem_mb=pack_resource("mem_mb"),
+            runtime=pack_resource("runtime"),
+        params:
+            hparams=pack_hparams,
+        script:
+            "../scripts/train_pack.py"

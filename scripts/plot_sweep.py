@@ -4,7 +4,7 @@ one's `completed`), into exactly its declared outputs."""
 import logging
 from pathlib import Path
 
-from kdflow.config import RESULTS_DIR
+from kdflow.config import RESULTS_DIR, Sweep
 from kdflow.summary import ReportFiles, write_report
 
 sm = snakemake  # noqa: F821
@@ -15,4 +15,7 @@ files = ReportFiles(
     alpha=dict(zip(sm.params.alpha_datasets, map(Path, sm.output.alpha), strict=True)),
     curves=dict(zip(sm.params.curves_datasets, map(Path, sm.output.curves), strict=True)),
 )
-write_report([Path(target).parent for target in sm.input], files, RESULTS_DIR)
+# what each experiment must have been trained as: a run of another recipe is left out
+sweep = Sweep(sm.config, check_names=False)
+expected = {Path(e.directory): sweep.spec(e).identity for e in sweep.experiments()}
+write_report([Path(target).parent for target in sm.input], files, RESULTS_DIR, expected)

@@ -1,15 +1,14 @@
 """Train one experiment; resume from its checkpoint if there is one. Refuses to train where
 another live job or process owns the experiment (kdflow.owner: PBS, Slurm or local)."""
 
+import logging
 from pathlib import Path
 
+from kdflow.config import TrainSpec
 from kdflow.owner import claim
-from kdflow.trainer import TrainSpec, train
+from kdflow.pack import log_handlers, train
 
-params = {**snakemake.params.hparams, "threads": snakemake.threads}  # noqa: F821
-train(
-    TrainSpec.from_params(params),
-    out_dir=Path(snakemake.output[0]).parent,  # noqa: F821
-    log_path=snakemake.log[0],  # noqa: F821
-    claim=claim,
-)
+sm = snakemake  # noqa: F821
+logging.basicConfig(level=logging.INFO, handlers=log_handlers(sm.log[0]), force=True)
+spec = TrainSpec.from_params({**sm.params.hparams, "threads": sm.threads})
+train(spec, out_dir=Path(sm.output[0]).parent, claim=claim)

@@ -1,6 +1,6 @@
 """Train one experiment in a fresh process, as a PBS job would; optionally SIGKILL it mid-write.
 
-    python resume_driver.py SPEC_JSON OUT_DIR              kdflow.trainer.train, no owner check
+    python resume_driver.py SPEC_JSON OUT_DIR              kdflow.pack.train, no owner check
     python resume_driver.py --rule SPEC_JSON OUT_DIR LOG   scripts/train.py, as the workflow's
                                                            rule runs it (owner check included)
     python resume_driver.py --pack SPECS_JSON DIRS_JSON    kdflow.pack.train_pack: a list of
@@ -81,7 +81,7 @@ def wait_while(path: Path) -> None:
 
 def start_together(start: Path) -> None:
     import kdflow.owner  # noqa: F401  the slow imports before the start, not after
-    import kdflow.trainer  # noqa: F401
+    import kdflow.pack  # noqa: F401
 
     Path(f"{start}.ready.{os.getpid()}").touch()
     wait_while(start)
@@ -128,13 +128,15 @@ if __name__ == "__main__":
         start_together(Path(os.environ["START_FILE"]))
     if sys.argv[1] == "--rule":
         run_rule(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])
-    elif sys.argv[1] == "--pack":
-        from kdflow.pack import train_pack
-        from kdflow.trainer import TrainSpec
+    else:  # what a job's script does: its logs on stderr, then train
+        import logging
 
-        specs = [TrainSpec.from_params(p) for p in json.loads(sys.argv[2])]
-        train_pack(specs, json.loads(sys.argv[3]))
-    else:
-        from kdflow.trainer import TrainSpec, train
+        from kdflow.config import TrainSpec
+        from kdflow.pack import log_handlers, train, train_pack
 
-        train(TrainSpec.from_params(json.loads(sys.argv[1])), sys.argv[2])
+        logging.basicConfig(level=logging.INFO, handlers=log_handlers(None), force=True)
+        if sys.argv[1] == "--pack":
+            specs = [TrainSpec.from_params(p) for p in json.loads(sys.argv[2])]
+            train_pack(specs, json.loads(sys.argv[3]))
+        else:
+            train(TrainSpec.from_params(json.loads(sys.argv[1])), sys.argv[2])

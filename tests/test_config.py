@@ -6,13 +6,21 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
 from kdflow import config as kdconfig
-from kdflow.config import ConfigError, Experiment, RegistryMismatch, Sweep, alpha_label
+from kdflow.config import (
+    ConfigError,
+    Experiment,
+    RegistryMismatch,
+    Sweep,
+    TrainSpec,
+    alpha_label,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,24 +53,25 @@ def test_packs_hold_every_student_of_one_teacher_and_ask_for_resources_by_their_
     sweep = Sweep.from_file(ROOT / "config" / "experiments.yaml")
     assert sweep.packing == "teacher"  # the default, and what the shipped config says
     packs = sweep.packs()
-    assert len(packs) == 3 * 3 * 2  # (seed, dataset, teacher)
+    assert len(packs) == 3 * 3 * 2  # (seed, dataset, pair)
     students = [s for pack in packs for s in pack.students]
     kd = [e for e in sweep.experiments() if not e.is_pure]
     assert sorted(students) == sorted(kd) and len(set(students)) == len(kd) == 216
     for pack in packs:
         assert len(pack.students) == 12
-        assert {(s.dataset, s.seed, s.teacher) for s in pack.students} == {
-            (pack.dataset, pack.seed, pack.teacher)
+        assert {(s.dataset, s.seed, s.teacher, s.model) for s in pack.students} == {
+            (pack.dataset, pack.seed, pack.teacher, pack.student)
         }
     jobs = sweep.jobs()
     assert len(set(jobs.values())) == 36 + 18  # the pure runs' jobs and the packs
     pack = packs[0]
     assert all(jobs[s] == tuple(pack.targets) for s in pack.students)
     # cifar100: 24000 MB + 11 x 1000 MB; 12 x 180 min, at most pack_runtime = 720
-    assert sweep.pack_resources("cifar100", 12) == {"mem_mb": 35000, "runtime": 720}
-    assert sweep.pack_resources("cifar100", 3) == {"mem_mb": 26000, "runtime": 540}
+    assert sweep.pack_resources("cifar100") == {"mem_mb": 35000, "runtime": 720}
+    three = Sweep({**sweep.config, "alphas": [0.5]})  # packs of 3 students
+    assert three.pack_resources("cifar100") == {"mem_mb": 26000, "runtime": 540}
     # tinyimagenet sets no pack_runtime: a pack asks for runtime, as one student's job does
-    assert sweep.pack_resources("tinyimagenet", 12)["runtime"] == 720
+    assert sweep.pack_resources("tinyimagenet")["runtime"] == 720
 
     none = Sweep({**sweep.config, "packing": "none"})
     assert all(jobs == (e.target,) for e, jobs in none.jobs().items())
@@ -78,7 +87,12 @@ def test_method_settings_are_filled_from_the_schema(good):
         "ce_weight": 1,
         "warmup": 20,
     }
-    assert sweep.method_settings("fitnet") == {"hint_layer": 2, "hint_weight": 100, "ce_weight": 1}
+    assert sweep.method_settings("fitnet") == {
+        "hint_layer": 2,
+        "regressor": "convreg",
+        "hint_weight": 100,
+        "ce_weight": 1,
+    }
     assert len(sweep.experiments()) == 2 * (2 + 1 * 3 * 2)
 
 
@@ -293,3 +307,107 @@ def test_unreadable_file_is_named(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         Sweep.from_file(path)
+
+
+# -- each experiment's training spec, built from the sweep --------------------------------------
+
+
+def test_a_pairs_own_method_settings_merge_over_the_sweeps(good):
+    good["models"] += ["resnet14"]
+    good["pairs"].append(
+        {"teacher": "resnet20", "student": "resnet14", "methods": {"dkd": {"beta": 6}}}
+    )
+    good["methods"] = {"logit": {}, "dkd": {"beta": 8, "warmup": 5}}
+    sweep = Sweep(good)
+    assert sweep.config["pairs"][1]["methods"] == {"dkd": {"beta": 6}}  # no defaults filled in
+    students = {(e.model, e.method): sweep.spec(e) for e in sweep.experiments() if not e.is_pure}
+    assert students[("resnet8", "dkd")].method_settings["beta"] == 8
+    wrn = students[("resnet14", "dkd")].method_settings
+    assert (wrn["beta"], wrn["warmup"], wrn["temperature"]) == (6, 5, 4)  # the rest: the sweep's
+    assert students[("resnet14", "logit")].method_settings == {"temperature": 4}
+
+
+@pytest.mark.parametrize(
+    "methods, words",
+    [
+        ({"fitnet": {}}, ["pairs[0].methods.fitnet", "not a method of this sweep"]),
+        ({"logit": {"alphas": [0.5]}}, ["pairs[0].methods.logit.alphas", "the sweep's"]),
+        ({"logit": {"beta": 8}}, ["pairs[0].methods.logit", "'beta' was unexpected"]),
+    ],
+)
+def test_a_pairs_methods_are_checked(good, methods, words):
+    good["pairs"][0]["methods"] = methods
+    with pytest.raises(ConfigError) as err:
+        Sweep(good)
+    assert all(word in str(err.value) for word in words), str(err.value)
+
+
+def test_a_method_may_list_its_own_alphas(good):
+    good["methods"] = {"logit": {"alphas": [0.9]}, "dkd": {"alphas": [1.0]}, "fitnet": {}}
+    sweep = Sweep(good)
+    assert sweep.pack_students() == [("dkd", "1.0"), ("fitnet", "0.5"), ("fitnet", "0.9"),
+                                     ("logit", "0.9")]  # fmt: skip
+    assert sweep.alphas == ["1.0", "0.5", "0.9"]  # for the wildcard constraint
+    assert "alphas" not in sweep.method_settings("logit")
+    good["methods"] = {"logit": {"alphas": []}}
+    with pytest.raises(ConfigError, match=r"methods.logit.alphas: empty, but pairs are listed"):
+        Sweep(good)
+
+
+def test_the_spec_of_an_experiment_and_its_parameters_round_trip(good):
+    good.update(teacher_weights="best", precision="fp16")
+    sweep = Sweep(good)
+    for experiment in sweep.experiments():
+        spec = sweep.spec(experiment)
+        assert TrainSpec.from_params(spec.params()) == spec
+        assert spec.data_path == "data/digits/prepared.npz"
+        assert spec.recipe == sweep.recipe("digits") and spec.precision == "fp16"
+        if experiment.is_pure:
+            assert (spec.teacher, spec.teacher_weights, spec.method_settings) == (None, None, {})
+        else:
+            assert spec.teacher_dir == experiment.teacher_directory
+            assert (spec.teacher_weights, spec.alpha) == ("best", float(experiment.alpha))
+
+
+def test_identity_and_pack_key_come_from_the_fields_roles_and_the_schema():
+    """The recipe is declared once, in the schema: each key a field of Recipe, in the identity
+    unless `x-identity: false`, in the pack key where `x-pack: true`."""
+    train = yaml.safe_load(kdconfig.SCHEMA_PATH.read_text())["$defs"]["train"]["properties"]
+    assert list(kdconfig.RECIPE) == list(train) == [f.name for f in fields(kdconfig.Recipe)]
+    spec = Sweep.from_file(ROOT / "config" / "experiments.yaml").spec(
+        Experiment("cifar100", 0, "dkd", "wrn_16_2", "wrn_40_2", "0.5")
+    )
+    assert list(spec.identity) == [
+        "dataset", "model", "seed", "method", "teacher", "alpha", "method_settings",
+        "batch_size", "lr", "momentum", "weight_decay", "lr_milestones", "lr_decay",
+        "crop_padding", "flip", "teacher_weights", "precision",
+    ]  # fmt: skip
+    assert spec.identity["method_settings"]["beta"] == 6  # the WRN pair's own
+    assert sorted(spec.pack_key) == sorted([
+        "dataset", "seed", "teacher", "batch_size", "crop_padding", "flip", "eval_batch_size",
+        "teacher_weights", "precision", "data_path", "teacher_dir", "threads", "device",
+    ])  # fmt: skip
+
+
+def test_identity_changes_read_kdflow_0_1s_files_as_what_it_did():
+    sweep = Sweep.from_file(ROOT / "config" / "experiments.yaml")
+    fitnet = sweep.spec(Experiment("cifar100", 0, "fitnet", "resnet8x4", "resnet32x4", "0.5"))
+    old = {k: v for k, v in fitnet.identity.items() if k not in ("teacher_weights", "precision")}
+    old["method_settings"] = {"hint_layer": -1, "hint_weight": 100.0, "ce_weight": 1.0}
+    assert kdconfig.identity_changes(old, fitnet.identity) == (
+        "method_settings.hint_layer: -1 -> 2, teacher_weights: 'best' -> 'last', "
+        "method_settings.regressor: 'conv1x1_bn' -> 'convreg'"
+    )
+    # kdflow 0.1's settings, written out, are that same experiment; its metrics' extra keys
+    # (accuracies) are no identity
+    legacy = TrainSpec.from_params(
+        {
+            **fitnet.params(),
+            "teacher_weights": "best",
+            "method_settings": {"hint_layer": -1, "regressor": "conv1x1_bn"},
+        }  # fmt: skip
+    )
+    assert kdconfig.identity_changes({**old, "final_acc": 70.1}, legacy.identity) == ""
+    pure = sweep.spec(Experiment("cifar100", 0, "pure", "resnet8x4"))
+    old = {k: v for k, v in pure.identity.items() if k not in ("teacher_weights", "precision")}
+    assert kdconfig.identity_changes(old, pure.identity) == ""  # a baseline resumes as it was

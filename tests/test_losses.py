@@ -12,6 +12,7 @@ import yaml
 from fakedata import train_params, write_prepared
 from torch import nn
 
+from kdflow.config import TrainSpec, method_settings
 from kdflow.losses import (
     DKD,
     FitNet,
@@ -19,10 +20,10 @@ from kdflow.losses import (
     build_method,
     method_defaults,
     method_names,
-    resolve_settings,
 )
 from kdflow.models import build_model
-from kdflow.trainer import TrainSpec, _loss, train
+from kdflow.pack import train
+from kdflow.trainer import _student_loss, _teach
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,6 +202,111 @@ class Stub(nn.Module):
         return [torch.zeros(len(x), self.channels, self.size, self.size)], torch.zeros(len(x), 4)
 
 
+def _fitnet_by_hand(f_s, f_t, w, bias, gamma, beta, alpha, hint_weight, ce_weight, relu):
+    """RepDistiller's FitNet loss written out: gamma * CE + beta * MSE(ConvReg(f_s), f_t) with
+    ConvReg a 1x1 convolution (weight w: teacher x student channels, and a bias), batch norm in
+    training mode (batch statistics, biased variance, eps 1e-5) and, for ConvReg, ReLU."""
+    conv = np.einsum("oc,nchw->nohw", w, f_s) + bias.reshape(1, -1, 1, 1)
+    mean = conv.mean(axis=(0, 2, 3), keepdims=True)
+    var = conv.var(axis=(0, 2, 3), keepdims=True)
+    out = (conv - mean) / np.sqrt(var + 1e-5) * gamma.reshape(1, -1, 1, 1) + beta.reshape(
+        1, -1, 1, 1
+    )
+    if relu:
+        out = np.maximum(out, 0.0)
+    mse = ((out - f_t) ** 2).mean()
+    return ce_weight * _ce(STUDENT, TARGETS) + alpha * hint_weight * mse
+
+
+def test_fitnet_convreg_equals_repdistillers_loss_written_by_hand():
+    """The default form, as the published runs: `--distill hint -r 1 -a 0 -b 100` on maps of
+    the same size (the second stage of resnet8x4 and resnet32x4: a 1x1 ConvReg with bias)."""
+    rng = np.random.default_rng(2)
+    f_s = rng.integers(-3, 4, (2, 2, 3, 3)).astype(np.float64)  # student: 2 channels
+    f_t = np.maximum(rng.integers(-3, 4, (2, 3, 3, 3)).astype(np.float64), 0)  # teacher: 3
+    w = np.array([[1.0, -2.0], [0.5, 0.25], [-1.0, 3.0]])
+    bias, gamma, beta = np.array([0.5, -1.0, 2.0]), np.array([1.0, 2.0, 0.5]), np.zeros(3)
+    expected = _fitnet_by_hand(f_s, f_t, w, bias, gamma, beta, 1.0, 100.0, 1.0, relu=True)
+
+    method = FitNet(alpha=1.0)  # hint_layer 2, convreg, hint_weight 100, ce_weight 1
+    maps = [torch.zeros(1, 1, 3, 3)] * 2
+    student, teacher = (
+        Maps([*maps, torch.zeros(1, 2, 3, 3)]),
+        Maps([*maps, torch.zeros(1, 3, 3, 3)]),
+    )
+    method.setup(student, teacher, image_shape=(3, 3, 3))
+    method.double()
+    conv, bn, relu = method.regressor
+    assert (conv.kernel_size, conv.bias is not None, type(relu)) == ((1, 1), True, nn.ReLU)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(w).view(3, 2, 1, 1))
+        conv.bias.copy_(torch.from_numpy(bias))
+        bn.weight.copy_(torch.from_numpy(gamma))
+    s, z = _tensors(STUDENT, TEACHER)
+    features = dict(
+        student_features=[None, None, torch.from_numpy(f_s)],
+        teacher_features=[None, None, torch.from_numpy(f_t)],
+    )
+    loss = method(s, z, torch.tensor(TARGETS), epoch=0, **features)
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+class Maps(nn.Module):
+    """A network whose stage maps have given shapes (for sizing a regressor)."""
+
+    def __init__(self, maps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.maps = maps
+
+    def forward_features(self, x):
+        return [m.expand(len(x), -1, -1, -1) for m in self.maps], torch.zeros(len(x), 4)
+
+
+@pytest.mark.parametrize(
+    "student, teacher, conv",
+    [
+        ((64, 8, 8), (128, 4, 4), nn.Conv2d(64, 128, 3, stride=2, padding=1)),  # twice: stride 2
+        ((64, 4, 4), (128, 8, 8), nn.ConvTranspose2d(64, 128, 4, stride=2, padding=1)),  # half
+        ((16, 6, 6), (32, 4, 4), nn.Conv2d(16, 32, (3, 3))),  # larger: the size difference
+    ],
+)
+def test_convreg_maps_the_students_size_onto_the_teachers_as_repdistiller(student, teacher, conv):
+    method = FitNet(alpha=1.0, hint_layer=0)
+    method.setup(Maps([torch.zeros(1, *student)]), Maps([torch.zeros(1, *teacher)]), (3, 8, 8))
+    got = method.regressor[0]
+    assert type(got) is type(conv) and got.bias is not None
+    assert (got.kernel_size, got.stride, got.padding) == (
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+    )
+    out = method.regressor(torch.randn(2, *student))
+    assert out.shape[1:] == teacher and (out >= 0).all()  # ReLU last
+
+
+def test_convreg_refuses_a_student_map_it_cannot_map_naming_the_way_out():
+    with pytest.raises(ValueError, match="cannot map the student's 2x2 map onto the teacher's 8x8"):
+        FitNet(alpha=1.0, hint_layer=0).setup(
+            Maps([torch.zeros(1, 4, 2, 2)]), Maps([torch.zeros(1, 4, 8, 8)]), (3, 8, 8)
+        )
+
+
+@pytest.mark.parametrize(
+    "teacher, student, channels",
+    [("resnet32x4", "resnet8x4", (128, 128, 16)), ("wrn_40_2", "wrn_16_2", (64, 64, 16))],
+)
+def test_fitnet_hints_the_published_pairs_at_their_second_stage(teacher, student, channels):
+    """RepDistiller's `--hint_layer 2`: 128x16x16 for the resnet pair, 64 channels for the WRN
+    pair, on 32x32 images; equal sizes, so a 1x1 ConvReg with bias."""
+    method = FitNet(alpha=1.0)
+    method.setup(build_model(student, 100), build_model(teacher, 100), image_shape=(3, 32, 32))
+    conv = method.regressor[0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (*channels[:2], (1, 1))
+    maps, _ = build_model(teacher, 100).eval().forward_features(torch.zeros(1, 3, 32, 32))
+    assert maps[2].shape[1:] == (channels[1], channels[2], channels[2])
+
+
 def test_fitnet_equals_a_hand_computation_through_the_regressor():
     rng = np.random.default_rng(1)
     f_s = rng.integers(-3, 4, (2, 2, 4, 4)).astype(np.float64)  # student: 2 channels, 4x4
@@ -217,7 +323,13 @@ def test_fitnet_equals_a_hand_computation_through_the_regressor():
     mse = ((out - f_t) ** 2).mean()
     expected = ce_weight * _ce(STUDENT, TARGETS) + alpha * hint_weight * mse
 
-    method = FitNet(alpha=alpha, hint_layer=0, hint_weight=hint_weight, ce_weight=ce_weight)
+    method = FitNet(
+        alpha=alpha,
+        hint_layer=0,
+        regressor="conv1x1_bn",
+        hint_weight=hint_weight,
+        ce_weight=ce_weight,
+    )
     method.setup(Stub(2, 4), Stub(3, 2), image_shape=(3, 8, 8))
     method.double()
     conv_layer, bn = method.regressor
@@ -238,7 +350,7 @@ def test_fitnet_equals_a_hand_computation_through_the_regressor():
 
 
 def test_fitnet_pools_a_larger_teacher_map_and_sizes_the_regressor():
-    method = FitNet(alpha=1.0)  # the last stage by default
+    method = FitNet(alpha=1.0, hint_layer=-1, regressor="conv1x1_bn")  # kdflow 0.1's default
     method.setup(build_model("resnet8", 4), build_model("resnet8x4", 4), image_shape=(3, 16, 16))
     conv = method.regressor[0]
     assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (64, 256, (1, 1))
@@ -277,7 +389,8 @@ def test_gradients_reach_the_student_and_the_method_only(name):
     method = build_method(name, alpha=0.5)
     method.setup(student, teacher, image_shape=(3, 16, 16))
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
-    logits, loss = _loss(student, teacher, method, x, y, epoch=3)
+    taught = _teach(teacher, x, method.needs_features)
+    logits, loss = _student_loss(student, method, x, y, taught, epoch=3)
     loss.backward()
     assert all(p.grad is not None for p in student.parameters())
     assert all(p.grad is not None for p in method.parameters())
@@ -294,8 +407,9 @@ def test_registry():
         build_method("crd", alpha=0.5, temperature=4)
     with pytest.raises(ValueError, match="method 'fitnet' has no setting 'temperature'"):
         build_method("fitnet", alpha=0.5, temperature=4)
-    assert resolve_settings("fitnet", {"hint_layer": 2}) == {
-        "hint_layer": 2,
+    assert method_settings("fitnet", {"hint_layer": -1}) == {
+        "hint_layer": -1,
+        "regressor": "convreg",
         "hint_weight": 100.0,
         "ce_weight": 1.0,
     }
@@ -307,6 +421,8 @@ def test_every_method_has_its_settings_in_the_schema_with_the_same_defaults():
     assert sorted(documented) == method_names()
     for name in method_names():
         settings = documented[name]["properties"]
+        alphas = settings.pop("alphas")  # the alphas a method is trained at: no loss setting
+        assert "default" not in alphas  # the sweep's `alphas`, unless given
         assert {k: s["default"] for k, s in settings.items()} == method_defaults(name), name
         assert all("description" in s or "$ref" in s for s in settings.values()), name
 
@@ -346,36 +462,54 @@ def test_each_method_trains_an_epoch(tiny, name):
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=False)
     student_params = len(list(build_model("resnet8", 4).parameters()))
     optimized = len(checkpoint["optimizer"]["param_groups"][0]["params"])
-    if name == "fitnet":  # the regressor (conv + BN: 3 tensors) is optimized and saved
-        assert optimized == student_params + 3
-        assert checkpoint["method"]["regressor.0.weight"].shape == (512, 64, 1, 1)
+    if name == "fitnet":  # the regressor (conv with bias + BN: 4 tensors) is optimized, saved
+        assert optimized == student_params + 4
+        # stage 2: resnet8's 32x8x8 onto vgg8's 256x4x4, a 3x3 stride-2 ConvReg
+        assert checkpoint["method"]["regressor.0.weight"].shape == (256, 32, 3, 3)
     else:
         assert optimized == student_params and checkpoint["method"] == {}
 
 
-def test_a_student_refuses_a_teacher_whose_best_weights_changed(tiny, tmp_path):
-    """A bit flipped in the teacher's best.pth would train every student against a different
-    teacher without a word; the SHA-256 stops the student before its first epoch."""
+@pytest.mark.parametrize("weights", ["last", "best"])
+def test_a_student_refuses_a_teacher_whose_weights_changed(tiny, tmp_path, weights):
+    """A bit flipped in the teacher's last.pth or best.pth (the one teacher_weights names)
+    would train every student against a different teacher without a word; the SHA-256 stops
+    the student before its first epoch."""
     root, base = tiny
     teacher = tmp_path / "teacher"
     shutil.copytree(root / "teacher", teacher)
-    saved = torch.load(teacher / "best.pth", weights_only=False)
+    saved = torch.load(teacher / f"{weights}.pth", weights_only=False)
     weight = next(iter(saved["model"].values()))
     weight.view(-1)[0] = weight.view(-1)[0] * 1.0000001 + 1e-7
-    torch.save(saved, teacher / "best.pth")
-    spec = TrainSpec.from_params(
-        {
-            **base,
-            "model": "resnet8",
-            "method": "logit",
-            "teacher": "vgg8",
-            "teacher_dir": str(teacher),
-            "alpha": 0.5,
-        }  # fmt: skip
-    )
+    torch.save(saved, teacher / f"{weights}.pth")
+    kd = {"method": "logit", "teacher": "vgg8", "teacher_dir": str(teacher), "alpha": 0.5}
+    spec = TrainSpec.from_params({**base, **kd, "model": "resnet8", "teacher_weights": weights})
     with pytest.raises(RuntimeError, match="SHA-256") as err:
         train(spec, tmp_path / "student")
-    assert str(teacher / "best.pth") in str(err.value)
+    assert str(teacher / f"{weights}.pth") in str(err.value)
     assert f"move {teacher} away" in str(err.value)
     assert not (tmp_path / "student/completed").exists()
     assert not (tmp_path / "student/checkpoint.pth").exists()
+
+
+def test_a_student_distils_from_the_teachers_last_or_best_weights(tiny, tmp_path):
+    """teacher_weights: last (the default, as RepDistiller and mdistiller) loads the last
+    epoch's weights, best those of the best test accuracy; a teacher that kdflow 0.1 trained
+    (no last.pth) gives its last epoch's from its checkpoint."""
+    from kdflow.trainer import build_data, load_teacher
+
+    root, base = tiny
+    teacher = tmp_path / "teacher"
+    train(TrainSpec.from_params({**base, "model": "vgg8", "epochs": 3}), teacher)
+    kd = {"method": "logit", "teacher": "vgg8", "teacher_dir": str(teacher), "alpha": 0.5}
+    spec = TrainSpec.from_params({**base, **kd, "model": "resnet8"})
+    assert spec.teacher_weights == "last"
+    data = build_data(spec)
+    checkpoint = torch.load(teacher / "checkpoint.pth", weights_only=False)
+    for weights, want in [("last", checkpoint), ("best", torch.load(teacher / "best.pth"))]:
+        spec = TrainSpec.from_params({**base, **kd, "model": "resnet8", "teacher_weights": weights})
+        got = load_teacher(spec, data).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in want["model"].items()), weights
+    (teacher / "last.pth").unlink()  # as kdflow 0.1 left it
+    got = load_teacher(TrainSpec.from_params({**base, **kd, "model": "resnet8"}), data)
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in checkpoint["model"].items())

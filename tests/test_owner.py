@@ -16,8 +16,9 @@ import pytest
 from fakedata import train_params, wait_stopped, write_prepared
 
 from kdflow import owner as ownership
+from kdflow.config import TrainSpec
 from kdflow.owner import AlreadyOwned, Liveness, Owner, Verdict, claim
-from kdflow.trainer import TrainSpec, train
+from kdflow.pack import train
 from snakemake_executor_plugin_pbs.commands import CommandResult
 from snakemake_executor_plugin_pbs.status import Dialect, Qstat
 
@@ -402,12 +403,11 @@ def test_the_trainer_refuses_a_live_owner_and_leaves_its_files_alone(tmp_path, t
     (out / "status.json").write_text(json.dumps(in_progress()))
     (out / ".checkpoint.pth.abc.tmp").write_bytes(b"the owner is writing this")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    log = tmp_path / "train.log"
     check = functools.partial(claim, me=ME, probe=answering(Liveness.ALIVE)[0])
     with pytest.raises(AlreadyOwned, match="is being trained by Slurm job 100"):
-        train(TrainSpec.from_params(tiny), out, log_path=log, claim=check)
+        train(TrainSpec.from_params(tiny), out, claim=check)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert f"not training {out}: {out} is being trained by Slurm job 100" in log.read_text()
+    assert f"not training {out}: {out} is being trained by Slurm job 100" in caplog.text
 
 
 def test_the_trainer_takes_over_from_an_ended_owner_and_records_itself(tmp_path, tiny):

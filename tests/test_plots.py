@@ -190,6 +190,7 @@ def _finished(workdir, experiment, final_acc):
     metrics = {"dataset": experiment.dataset, "method": experiment.method,
                "model": experiment.model, "teacher": experiment.teacher,
                "alpha": float(experiment.alpha or 0), "seed": experiment.seed,
+               "teacher_weights": None if experiment.is_pure else "last",
                "final_acc": final_acc, "best_acc": final_acc}  # fmt: skip
     (d / "metrics.json").write_text(json.dumps(metrics))
     (d / "history.csv").write_text(HEADER + f"0,2.0,50,1.5,{final_acc},0.05,1.0,900\n")
@@ -230,6 +231,7 @@ def test_the_plot_rule_reads_its_configs_experiments_into_its_declared_outputs(t
     )  # nothing undeclared
     table = (tmp_path / summary / "results.csv").read_text().splitlines()
     assert len(table) == 1 + 3 and all(",60.0000," in row for row in table[1:])
+    assert table[0].endswith(",precision")
     log = (tmp_path / "logs/report/plot_sweep.log").read_text()
     assert "3 of 3 experiments of this config in the table; 5 result(s) in results/ belong to " \
         "no experiment of this config (ignored): " in log  # fmt: skip

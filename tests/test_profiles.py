@@ -48,8 +48,8 @@ def test_profile_keys_are_snakemake_options(name, snakemake_help):
 def test_the_pbs_profile_runs_on_any_pbs_unmodified():
     pbs = profile("pbs")
     assert pbs["executor"] == "pbs" and pbs["retries"] == 0
-    assert pbs["set-threads"] == {"train_pure": 10, "train_kd": 10}
-    assert pbs["set-resources"]["train_kd"] == {"gpu": 1}
+    assert pbs["set-threads"] == {"train_pure": 10, "train_kd": 10, "train_pack": 10}
+    assert pbs["set-resources"]["train_kd"] == pbs["set-resources"]["train_pack"] == {"gpu": 1}
     # Site facts come from the environment, so the profile runs on any PBS unmodified.
     assert "pbs-queue" not in pbs and "pbs-project" not in pbs
 

@@ -17,7 +17,8 @@ import torch
 from fakedata import train_params, write_prepared
 
 from kdflow.checkpoint import DIGEST_KEY
-from kdflow.trainer import TrainSpec, train
+from kdflow.config import TrainSpec
+from kdflow.pack import train
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
 pytestmark = pytest.mark.slow
@@ -207,8 +208,14 @@ def test_a_changed_recipe_is_refused_not_silently_mixed(setup):
     before = _contents(out)
     changed = _run({**spec, "lr": 0.1}, out)
     assert changed.returncode != 0
+    assert f"{out} finished as a different experiment (lr: 0.05 -> 0.1)" in changed.stderr
+    completed = (out / "completed").read_bytes()
+    (out / "completed").unlink()  # as if killed before its end: its checkpoint says the same
+    changed = _run({**spec, "lr": 0.1}, out)
+    assert changed.returncode != 0
     assert "written by a different experiment (lr: 0.05 -> 0.1)" in changed.stderr
     assert str(out / "checkpoint.pth") in changed.stderr
+    (out / "completed").write_bytes(completed)
     # refused before it trained: checkpoints, history and metrics as they were (status.json
     # says who last started, nothing else)
     after = _contents(out)
@@ -244,3 +251,24 @@ def test_a_killed_fitnet_run_resumes_bit_identical_regressor_included(setup):
     changed = _run({**fitnet, "method_settings": {"hint_layer": 1}}, out)
     assert changed.returncode != 0
     assert "different experiment (method_settings.hint_layer: 2 -> 1)" in changed.stderr
+
+
+def test_a_killed_fp16_run_resumes_bit_identical_its_gradient_scaler_included(setup):
+    """fp16 (autocast with a gradient scaler; on this CPU, CPU autocast): the scaler's scale and
+    growth tracker come back from the checkpoint, so a resumed run takes the same steps."""
+    root, spec, _ = setup
+    fp16 = {**spec, "precision": "fp16", "epochs": 3}
+    reference = root / "fp16_reference"
+    assert _run(fp16, reference).returncode == 0
+    scaler = torch.load(reference / "checkpoint.pth", weights_only=False)["scaler"]
+    assert scaler["_growth_tracker"] > 0, scaler  # steps since the scale last changed
+
+    out = root / "fp16_killed"
+    for k, mode in [(3, "truncated"), (5, "after"), (4, "before")]:
+        result = _run(fp16, out, env={"KILL_AT_REPLACE": str(k), "KILL_MODE": mode})
+        assert result.returncode == -signal.SIGKILL, f"{k} {mode}: {result.stderr[-2000:]}"
+    final = _run(fp16, out)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "resumed" in final.stderr
+    _assert_identical(out, reference)
+    assert json.loads((out / "metrics.json").read_text())["precision_used"] == "fp16"

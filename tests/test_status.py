@@ -180,9 +180,10 @@ PACKED = {
 
 
 def test_every_student_of_a_pack_shows_the_pack_job_that_trains_it(tmp_path):
-    sweep = _sweep(tmp_path, PACKED)  # packing: teacher, the default
-    (pack,) = sweep.packs()
-    assert pack.name == "cifar100/resnet32x4/seed0" and len(pack.students) == 8
+    sweep = _sweep(tmp_path, PACKED)  # packing: teacher, the default: a pack per pair
+    pack, other = sweep.packs()
+    assert pack.name == "cifar100/resnet32x4-resnet8x4/seed0" and len(pack.students) == 4
+    assert other.name == "cifar100/resnet32x4-wrn_16_2/seed0" and len(other.students) == 4
     teacher = tmp_path / "results/cifar100/pure/resnet32x4/seed0"
     teacher.mkdir(parents=True)
     (teacher / "completed").touch()
@@ -205,7 +206,7 @@ def test_every_student_of_a_pack_shows_the_pack_job_that_trains_it(tmp_path):
     assert by_path[done.directory].state == "done"
     students = [by_path[s.directory] for s in pack.students[1:]]
     assert {(r.state, r.pbs_id, r.pack) for r in students} == {
-        ("running", "8.pbs", "cifar100/resnet32x4/seed0")
+        ("running", "8.pbs", "cifar100/resnet32x4-resnet8x4/seed0")
     }
     assert by_path[training.directory].epoch == 3 and by_path[training.directory].eta == 2370
     assert by_path["results/cifar100/pure/resnet8x4/seed0"].pack is None  # pure: its own job
@@ -214,7 +215,7 @@ def test_every_student_of_a_pack_shows_the_pack_job_that_trains_it(tmp_path):
     render(rows, note, console)
     table = console.file.getvalue()
     header = next(line for line in table.splitlines() if "experiment" in line)
-    assert "pack" in header and table.count("cifar100/resnet32x4/seed0") == 7
+    assert "pack" in header and table.count("cifar100/resnet32x4-resnet8x4/seed0") == 3
 
     # packing: none -- one job per student, found by its own name
     sweep = _sweep(tmp_path, {**PACKED, "packing": "none"})

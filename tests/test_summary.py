@@ -4,6 +4,7 @@ experiments and says what it left out and why; damaged metrics are skipped by pa
 import json
 import logging
 import statistics
+from pathlib import Path
 
 import pytest
 import yaml
@@ -31,7 +32,7 @@ def _write(root, experiment: Experiment, final_acc: float, finished: bool = True
     rows = "".join(f"{e},1.0,50,1.0,{final_acc - 2 + e},0.05,1.0,900\n" for e in range(3))
     (d / "history.csv").write_text(HEADER + rows)
     if finished:
-        alpha = float(experiment.alpha) if experiment.alpha else None
+        alpha = float(experiment.alpha) if experiment.alpha else 0.0  # as the trainer writes
         metrics = {
             "dataset": experiment.dataset,
             "method": experiment.method,
@@ -39,6 +40,7 @@ def _write(root, experiment: Experiment, final_acc: float, finished: bool = True
             "teacher": experiment.teacher,
             "alpha": alpha,
             "seed": experiment.seed,
+            "teacher_weights": None if experiment.is_pure else "last",  # as the trainer writes
             "final_acc": final_acc,
             "best_acc": final_acc + 1,
         }
@@ -61,10 +63,10 @@ def test_mean_std_and_gain_equal_a_hand_computation(tmp_path):
     sweep = _sweep(tmp_path)
     for experiment in sweep.experiments():
         _write(tmp_path, experiment, _accuracy(experiment))
-    runs, not_finished, unreadable = read_metrics(
+    runs, not_finished, unreadable, other = read_metrics(
         tmp_path / e.directory for e in sweep.experiments()
     )
-    assert not_finished == [] and unreadable == []
+    assert not_finished == [] and unreadable == [] and other == {}
     table = summarize(runs).set_index(["method", "model"])
     kd = table.loc[("logit", "r8")]
     assert kd["n"] == 2
@@ -174,3 +176,88 @@ def test_kdflow_report_refuses_a_missing_results_directory_or_a_bad_config(tmp_p
                  "--results", str(tmp_path / "results")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.startswith("kdflow report: ") and "alphas[0] = 1.5" in err
+
+
+# -- runs of another recipe; the published figures beside kdflow's -----------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trained(root, sweep: Sweep, experiment: Experiment, final_acc: float, **changed) -> None:
+    """metrics.json as the trainer writes it for `experiment` of `sweep` (and `completed`)."""
+    d = root / experiment.directory
+    d.mkdir(parents=True, exist_ok=True)
+    identity = {**sweep.spec(experiment).identity, **changed}
+    metrics = {**identity, "epochs": sweep.recipe(experiment.dataset).epochs, "best_epoch": 9}
+    metrics.update(final_acc=final_acc, best_acc=final_acc + 1, precision_used="fp32")
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "completed").write_text("")
+
+
+def test_a_run_finished_under_an_older_recipe_is_left_out_saying_what_changed(tmp_path):
+    """A FitNet run made by kdflow 0.1 (the last stage, a 1x1 conv + BN, the best teacher) is
+    no result of today's FitNet: the report leaves it out and says why."""
+    sweep = Sweep.from_file(ROOT / "config" / "repdistiller.yaml")
+    for experiment in sweep.experiments():
+        _trained(tmp_path, sweep, experiment, 70.0)
+    old = next(e for e in sweep.experiments() if e.method == "fitnet")
+    metrics_path = tmp_path / old.directory / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    del metrics["teacher_weights"], metrics["precision"], metrics["precision_used"]
+    metrics["method_settings"] = {"hint_layer": -1, "hint_weight": 100, "ce_weight": 1}
+    metrics_path.write_text(json.dumps(metrics))  # what kdflow 0.1 wrote
+    expected = {tmp_path / e.directory: sweep.spec(e).identity for e in sweep.experiments()}
+    files = ReportFiles.of(sweep, tmp_path / "s")
+    report = write_report(list(expected), files, tmp_path / "results", expected)
+    changes = (
+        "method_settings.hint_layer: -1 -> 2, teacher_weights: 'best' -> 'last', precision: "
+        "'auto' -> 'fp32', method_settings.regressor: 'conv1x1_bn' -> 'convreg'"
+    )
+    assert report.other_recipe == {tmp_path / old.directory: changes}
+    assert report.in_table == len(sweep.experiments()) - 1
+    assert "1 finished under another recipe than this config's and left out" in report.account()
+    assert f"{tmp_path / old.directory} ({changes})" in files.md.read_text()
+
+
+def test_the_published_figures_stand_beside_kdflows_of_the_same_epoch(tmp_path):
+    """config/repdistiller.yaml's runs: each beside its published accuracy, the last epoch's
+    for RepDistiller's figures and the best epoch's for DKD's, with the difference; a run of
+    another alpha or beta has none; one trained otherwise says how."""
+    sweep = Sweep.from_file(ROOT / "config" / "repdistiller.yaml")
+    for experiment in sweep.experiments():
+        _trained(tmp_path, sweep, experiment, 70.0 + experiment.seed)  # 70, 71, 72
+    files = ReportFiles.of(sweep, tmp_path / "s")
+    dirs = [tmp_path / e.directory for e in sweep.experiments()]
+    published = write_report(dirs, files, tmp_path / "results").published
+    rows = published.set_index(["method", "teacher", "model"])
+    assert len(rows) == 4 + 2 * 3  # 4 models alone, 2 pairs x 3 methods: all published
+    kd = rows.loc[("logit", "resnet32x4", "resnet8x4")]
+    assert (kd["published"], kd["epoch"], kd["source"], kd["n"]) == (
+        73.33,
+        "last",
+        "repdistiller",
+        3,
+    )
+    assert kd["kdflow_mean"] == pytest.approx(71.0) and kd["kdflow_std"] == pytest.approx(1.0)
+    assert kd["difference"] == pytest.approx(71.0 - 73.33) and kd["note"] == "as published"
+    dkd = rows.loc[("dkd", "wrn_40_2", "wrn_16_2")]  # beta 6: mdistiller's, best epoch
+    assert (dkd["published"], dkd["epoch"], dkd["kdflow_mean"]) == (76.23, "best", 72.0)
+    assert rows.loc[("fitnet", "wrn_40_2", "wrn_16_2")]["published"] == 73.58
+    assert rows.loc[("pure", "", "resnet32x4")]["published"] == 79.42
+    md = files.md.read_text()
+    assert "## Published" in md
+    assert "| cifar100 | logit | resnet32x4 | resnet8x4 | 0.9 | 73.33 | last | 71.00 ± 1.00 (3) " \
+        "| -2.33 | repdistiller | as published |" in md  # fmt: skip
+
+    # another alpha or beta is no published run; fewer epochs and bf16 are said
+    train = {**sweep.config["train"], "epochs": 30, "lr_milestones": [10, 20]}
+    methods = {"logit": {}, "dkd": {"beta": 2}}
+    sweep = Sweep({**sweep.config, "alphas": [0.5], "train": train, "methods": methods})
+    for experiment in sweep.experiments():
+        _trained(tmp_path / "b", sweep, experiment, 70.0)
+    dirs = [tmp_path / "b" / e.directory for e in sweep.experiments()]
+    published = write_report(dirs, ReportFiles.of(sweep, tmp_path / "t"), tmp_path / "b").published
+    assert set(published["method"]) == {"pure"}
+    assert set(published["note"]) == {
+        "epochs 30 (published 240); lr_milestones [10, 20] (published [150, 180, 210])"
+    }

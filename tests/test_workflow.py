@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from kdflow.config import Sweep
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 
@@ -45,9 +47,9 @@ def test_dry_run_lists_exactly_the_sweep_without_importing_torch(tmp_path):
     seeds, datasets, models, pairs, methods, alphas = 3, 3, 4, 2, 3, 4
     assert counts["train_pure"] == seeds * datasets * models
     assert counts["prepare_dataset"] == datasets
-    # packing: teacher (the default): one job per (dataset, teacher, seed) trains its students
-    assert counts["train_pack_resnet32x4"] == counts["train_pack_wrn_40_2"] == seeds * datasets
-    packs = [b for b in result.stdout.split("\nrule ")[1:] if b.startswith("train_pack_")]
+    # packing: teacher (the default): one job per (dataset, pair, seed) trains its students
+    assert counts["train_pack"] == seeds * datasets * pairs
+    packs = [b for b in result.stdout.split("\nrule ")[1:] if b.startswith("train_pack:")]
     outputs = [re.search(r"output: (.*)", block)[1].split(", ") for block in packs]
     students = [path for job in outputs for path in job]
     assert {len(job) for job in outputs} == {methods * alphas}
@@ -91,19 +93,18 @@ def test_every_student_is_fed_by_its_teacher():
 def test_every_pack_is_fed_by_its_teacher_and_trains_only_its_students():
     # (--dag labels a pack with no wildcards: its teacher's node has them all; the dry run has)
     out = subprocess.run([*SNAKEMAKE, "-n"], capture_output=True, text=True, cwd=ROOT).stdout
-    packs = [b for b in out.split("\nrule ")[1:] if b.startswith("train_pack_")]
+    packs = [b for b in out.split("\nrule ")[1:] if b.startswith("train_pack:")]
     assert len(packs) == 3 * 3 * 2
     for block in packs:
-        teacher = block.split(":", 1)[0].removeprefix("train_pack_")
         w = dict(re.findall(r"(\w+)=(\w+)", re.search(r"wildcards: (.*)", block)[1]))
-        fed = f"results/{w['dataset']}/pure/{teacher}/seed{w['seed']}/completed"
+        fed = f"results/{w['dataset']}/pure/{w['teacher']}/seed{w['seed']}/completed"
         assert fed in re.search(r"input: (.*)", block)[1].split(", "), block
         for output in re.search(r"output: (.*)", block)[1].split(", "):
             dataset, method, pair, alpha, seed, _ = output.split("/")[1:]
-            assert (dataset, seed, pair.split("-")[0]) == (
+            assert (dataset, seed, pair) == (
                 w["dataset"],
                 f"seed{w['seed']}",
-                teacher,
+                f"{w['teacher']}-{w['student']}",
             )
 
 
@@ -137,7 +138,7 @@ def test_a_pack_asks_for_its_datasets_memory_and_walltime_grown_by_its_size(tmp_
     expected = {"digits": (2000 + 1000, 15), "cifar10": (9000 + 3000, 600)}
     config["datasets"] = {name: settings[name] for name in datasets}
     out = snakemake(tmp_path, "-n", config=config).stdout
-    packs = [block for block in out.split("rule ")[1:] if block.startswith("train_pack_")]
+    packs = [block for block in out.split("rule ")[1:] if block.startswith("train_pack:")]
     assert len(packs) == 2 * len(datasets)
     for block in packs:
         dataset = re.search(r"wildcards: dataset=(\w+)", block)[1]
@@ -225,7 +226,7 @@ def test_a_pack_writes_what_one_job_per_student_writes(tmp_path):
         log = (packed / "logs/train" / f"{student.removeprefix('results/')}.log").read_text()
         assert f"{student}" in log and "epoch 2/2" in log  # its own log, its own epochs
         assert all(other not in log for other in students if other != student)
-    pack_log = (packed / "logs/train/digits/pack/resnet14/seed0.log").read_text()
+    pack_log = (packed / "logs/train/digits/pack/resnet14-resnet8/seed0.log").read_text()
     assert all(f"{student}: epoch 2/2" in pack_log for student in students)
 
     # packing: none, from the same data and teacher: one job per student, the same files
@@ -262,19 +263,71 @@ def test_a_pack_writes_what_one_job_per_student_writes(tmp_path):
         _assert_identical(packed / student, alone / student, student)
 
 
-def test_a_profiles_threads_and_resources_for_train_kd_apply_to_packs(tmp_path):
-    # profiles name train_kd (a student's job); a pack is that job for several students
+def test_a_profiles_threads_and_resources_for_train_pack_apply_to_packs(tmp_path):
+    # profiles name train_pack as any rule: the rules read no profile themselves
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    args = ["--cores", "8", "--set-threads", "train_kd=3", "--set-resources", "train_kd:gpu=1"]
-    out = snakemake(tmp_path, "-n", *args, "train_kd:runtime=7", config=config).stdout
-    packs = [block for block in out.split("rule ")[1:] if block.startswith("train_pack_")]
+    args = ["--cores", "8", "--set-threads", "train_pack=3", "train_kd=5", "--set-resources"]
+    args += ["train_pack:gpu=1", "train_pack:runtime=7", "train_kd:gpu=2"]
+    out = snakemake(tmp_path, "-n", *args, config=config).stdout
+    packs = [block for block in out.split("rule ")[1:] if block.startswith("train_pack:")]
     assert len(packs) == 2
     for block in packs:
         resources = dict(re.findall(r"(\w+)=(\w+)", re.search(r"resources: (.*)", block)[1]))
         assert re.search(r"threads: 3\n", block), block
         assert (resources["gpu"], resources["runtime"], resources["mem_mb"]) == ("1", "7", "3000")
-    # train_pack, if a profile names it, wins for packs
-    args += ["train_pack:gpu=2", "--set-threads", "train_pack=5"]
-    out = snakemake(tmp_path, "-n", *args, config=config).stdout
-    packs = [block for block in out.split("rule ")[1:] if block.startswith("train_pack_")]
-    assert all("threads: 5\n" in block and "gpu=2" in block for block in packs), packs
+
+
+def test_the_repdistiller_preset_lists_exactly_the_published_runs():
+    """`snakemake -n --configfile config/repdistiller.yaml --replace-workflow-config`: the
+    four models alone and each pair's three methods at their published alpha, 3 seeds."""
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "--configfile", "config/repdistiller.yaml", "--replace-workflow-config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert (counts["train_pure"], counts["train_pack"], counts["prepare_dataset"]) == (12, 6, 1)
+    students = {
+        path.removesuffix(" (update)")
+        for block in result.stdout.split("\nrule ")[1:]
+        if block.startswith("train_pack:")
+        for path in re.search(r"output: (.*)", block)[1].split(", ")
+    }
+    assert students == {
+        f"results/cifar100/{method}/{pair}/alpha{alpha}/seed{seed}/completed"
+        for pair in ("resnet32x4-resnet8x4", "wrn_40_2-wrn_16_2")
+        for method, alpha in (("logit", "0.9"), ("dkd", "1.0"), ("fitnet", "1.0"))
+        for seed in (0, 1, 2)
+    }
+
+
+@pytest.mark.slow
+def test_the_repdistiller_preset_trains_an_epoch_on_cifar100_files(tmp_path):
+    """The preset as it is but for one epoch, batches of 8 and the CPU, on tiny CIFAR-100 files
+    in the real layout (prepare_dataset reads them as it reads the real ones): every experiment
+    finishes with what the preset asks for, and the report puts the published figures beside
+    them (saying the runs trained 1 epoch, not 240)."""
+    from fakedata import write_cifar
+
+    config = yaml.safe_load((ROOT / "config" / "repdistiller.yaml").read_text())
+    config["train"].update(epochs=1, lr_milestones=[], batch_size=8, eval_batch_size=16)
+    config["device"] = "cpu"
+    write_cifar(tmp_path / "data/cifar100/raw", "cifar100", n_train=16, n_test=8)
+    snakemake(tmp_path, "--cores", "2", config=config)
+
+    sweep = Sweep(config)
+    assert len(sweep.experiments()) == 30
+    for experiment in sweep.experiments():
+        d = tmp_path / experiment.directory
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics == {**metrics, **sweep.spec(experiment).identity}
+        assert (metrics["precision"], metrics["precision_used"]) == ("fp32", "fp32")
+        assert (d / "last.pth").exists() and (d / "completed").exists()
+        if experiment.method == "dkd":
+            beta = {"resnet8x4": 8, "wrn_16_2": 6}[experiment.model]
+            assert metrics["method_settings"]["beta"] == beta
+    md = (tmp_path / "results/summary/results.md").read_text()
+    assert "## Published" in md and "| 73.33 | last |" in md and "| 76.23 | best |" in md
+    assert "epochs 1 (published 240)" in md

@@ -35,10 +35,13 @@ def _report(args: argparse.Namespace) -> int:
     if sweep is None:
         return 2
     # the config's experiment directories are results/...: read under --results
-    experiments = [results / Path(e.directory).relative_to("results") for e in sweep.experiments()]
+    expected = {
+        results / Path(e.directory).relative_to("results"): sweep.spec(e).identity
+        for e in sweep.experiments()
+    }
     files = ReportFiles.of(sweep, args.out)
-    report = write_report(experiments, files, results)
-    print(to_markdown(report.table))
+    report = write_report(list(expected), files, results, expected)
+    print(to_markdown(report.table, published=report.published))
     print(f"wrote {files.csv}, {files.md} ({len(report.table)} rows)")
     for figure in files.figures:
         print(f"wrote {figure}")

@@ -1,9 +1,13 @@
-"""The sweep config: schema validation, semantic checks, and the list of experiments.
+"""The sweep config: schema validation, semantic checks, the list of experiments and each
+one's training spec.
 
 This module owns the names a config may use (datasets, models, methods): kdflow.data,
 kdflow.models and kdflow.losses register their implementations under these names and check
-at import that they implement exactly these (tests/test_config.py asserts it too). Importing it
-costs no torch and no numpy: stdlib, PyYAML, and jsonschema when a config is validated.
+at import that they implement exactly these (tests/test_config.py asserts it too). It also
+builds what each experiment trains with (`TrainSpec`, from `Sweep.spec`), the recipe's keys
+taken from the schema, and says which of them make an experiment's identity and which the
+students of a pack share. Importing it costs no torch and no numpy: stdlib, PyYAML, and
+jsonschema when a config is validated.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +46,195 @@ class ConfigError(ValueError):
 RESULTS_DIR = "results"
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How one experiment trains (the validated `train` section, with dataset overrides)."""
+def prepared_path(dataset: str) -> str:
+    """A dataset as `prepare_dataset` leaves it (rules/data.smk)."""
+    return f"data/{dataset}/prepared.npz"
 
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    lr_milestones: tuple[int, ...]
-    lr_decay: float
-    crop_padding: int
-    flip: bool
-    eval_batch_size: int
+
+# The roles of a training spec's fields: the experiment's identity (a checkpoint or finished run
+# made under another value is refused), and what the students of a pack must share.
+IDENTITY, PACK = "identity", "pack"
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    """config/schema.yaml, read once (callers only read it)."""
+    return yaml.load(SCHEMA_PATH.read_text(), Loader=_LOADER)
+
+
+def _recipe_keys() -> dict[str, tuple[str, ...]]:
+    """The recipe's keys, in the schema's order (`$defs.train`), and the roles of each: part of
+    the identity unless the schema says `x-identity: false`, shared by a pack's students
+    where it says `x-pack: true`."""
+    keys = _schema()["$defs"]["train"]["properties"]
+    return {
+        key: (IDENTITY,) * s.get("x-identity", True) + (PACK,) * s.get("x-pack", False)
+        for key, s in keys.items()
+    }
+
+
+def _recipe_from_dict(cls, d: Mapping[str, Any]):
+    """The recipe of a mapping with every key (lists as sorted tuples: a milestone order
+    means nothing)."""
+    return cls(
+        **{k: tuple(sorted(d[k])) if isinstance(d[k], list | tuple) else d[k] for k in RECIPE}
+    )
+
+
+# How one experiment trains (the validated `train` section, with dataset overrides): one field
+# per key of the schema's `$defs.train`, the one place the recipe is declared.
+RECIPE = _recipe_keys()
+Recipe = make_dataclass(
+    "Recipe",
+    [(key, Any) for key in RECIPE],
+    frozen=True,
+    namespace={
+        "__doc__": "How one experiment trains: a field per key of the schema's train recipe.",
+        "__module__": __name__,
+        "from_dict": classmethod(_recipe_from_dict),
+    },
+)
+
+
+def _role(*roles: str, **kw: Any):
+    return field(metadata={"roles": roles}, **kw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Everything one experiment trains with: built by `Sweep.spec` from the validated config
+    (the rules hand it to the scripts as `params()`), or `from_params` (tests, benchmarks).
+
+    Each field says its roles: `identity` is what a checkpoint and metrics.json record and a
+    resumed or finished run must match, `pack_key` what the students of a pack must share."""
+
+    dataset: str = _role(IDENTITY, PACK)
+    model: str = _role(IDENTITY)  # the model trained: the student of a KD run
+    seed: int = _role(IDENTITY, PACK)
+    method: str = _role(IDENTITY, default="pure")
+    teacher: str | None = _role(IDENTITY, PACK, default=None)
+    alpha: float = _role(IDENTITY, default=0.0)
+    method_settings: dict[str, Any] = _role(IDENTITY, default_factory=dict)  # every setting
+    recipe: Recipe = _role()  # its keys' roles are the schema's (RECIPE)
+    teacher_weights: str | None = _role(IDENTITY, PACK, default=None)  # last | best; KD only
+    precision: str = _role(IDENTITY, PACK, default="auto")  # auto | fp32 | bf16 | fp16
+    data_path: str = _role(PACK)
+    teacher_dir: str | None = _role(PACK, default=None)
+    threads: int = _role(PACK, default=1)
+    device: str = _role(PACK, default="auto")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
-        values = dict(d)
-        values["lr_milestones"] = tuple(sorted(values["lr_milestones"]))
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+    def from_params(cls, params: Mapping[str, Any]) -> TrainSpec:
+        """A spec from flat parameters (`params()`: the recipe's keys beside the others); a
+        recipe key left out takes the schema's default, a method setting too."""
+        names = {f.name for f in fields(cls)} - {"recipe"}
+        unknown = sorted(set(params) - names - set(RECIPE))
+        if unknown:
+            raise ValueError(f"unknown training parameters {unknown}; known: {sorted(names)}")
+        values = {k: v for k, v in params.items() if k in names}
+        defaults = _schema()["properties"]["train"]["properties"]
+        recipe = {k: params.get(k, defaults[k]["default"]) for k in RECIPE}
+        method = values.get("method", "pure")
+        if method == "pure":
+            if values.get("method_settings") or values.get("teacher_weights"):
+                raise ValueError(f"a pure run has no teacher or method settings: {params}")
+        else:
+            if not (values.get("teacher") and values.get("teacher_dir")):
+                raise ValueError(f"method {method!r} needs a teacher and its teacher_dir")
+            values["method_settings"] = method_settings(method, values.get("method_settings"))
+            values.setdefault(
+                "teacher_weights", _schema()["properties"]["teacher_weights"]["default"]
+            )
+            values["alpha"] = float(values.get("alpha", 0.0))
+        for key in ("teacher_weights", "precision", "device"):
+            allowed = _schema()["properties"][key]["enum"]
+            if values.get(key) is not None and values[key] not in allowed:
+                raise ValueError(f"{key} = {values[key]!r}: must be one of {allowed}")
+        return cls(**values, recipe=Recipe.from_dict(recipe))
+
+    def params(self) -> dict[str, Any]:
+        """Plain parameters (JSON types) that `from_params` turns back into this spec."""
+        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "recipe"}
+        return _plain({**flat, **_items(self.recipe)})
+
+    def _with(self, role: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "recipe":
+                out.update({k: v for k, v in _items(self.recipe).items() if role in RECIPE[k]})
+            elif role in f.metadata["roles"]:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes the experiment itself, in JSON types (checkpoints and metrics.json)."""
+        return _plain(self._with(IDENTITY))
+
+    @property
+    def pack_key(self) -> dict[str, Any]:
+        """Specs with equal keys can train in one pack: the same batches, teacher, arithmetic
+        and process."""
+        return self._with(PACK)
+
+
+def _items(recipe) -> dict[str, Any]:
+    return {k: getattr(recipe, k) for k in RECIPE}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, dicts copied: what JSON and YAML write."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def method_settings(method: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`given` settings of `method` with every other one at the schema's default."""
+    documented = _schema()["properties"]["methods"]["properties"][method]["properties"]
+    defaults = {k: s["default"] for k, s in documented.items() if "default" in s}
+    unknown = sorted(set(given or {}) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"distillation method {method!r} has no setting {', '.join(map(repr, unknown))}; "
+            f"its settings: {', '.join(defaults)}"
+        )
+    return {**defaults, **(given or {})}
+
+
+# What kdflow 0.1 did where its files say nothing: the identity keys it did not record yet.
+def _legacy(saved: Mapping[str, Any]) -> dict[str, Any]:
+    kd = saved.get("method") not in (None, "pure")
+    legacy = {"teacher_weights": "best" if kd else None, "precision": "auto"}
+    if saved.get("method") == "fitnet":
+        legacy["method_settings.regressor"] = "conv1x1_bn"
+    return legacy
+
+
+def _flat(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """{'method_settings': {'beta': 8}} -> {'method_settings.beta': 8}, for readable diffs."""
+    out = {}
+    for key, value in identity.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def identity_changes(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """How the identity `saved` in a checkpoint or metrics.json differs from `wanted`
+    (`TrainSpec.identity`), as `key: old -> new, ...`; empty if they are the same experiment.
+    Keys a file of kdflow 0.1 lacks count as what kdflow 0.1 did (`_legacy`); other keys it
+    lacks are not compared, nor are keys of `saved` that are no identity (accuracies)."""
+    old = _flat({k: v for k, v in saved.items() if k in wanted})
+    for key, value in _legacy(saved).items():
+        old.setdefault(key, value)
+    new = _flat(wanted)
+    changed = [k for k in old if old[k] != new.get(k)]
+    return ", ".join(f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in changed)
 
 
 @dataclass(frozen=True, order=True)
@@ -101,17 +274,19 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Pack:
-    """The distilled students of one (dataset, teacher, seed), trained in one job with one
-    teacher forward per batch (`packing: teacher`; kdflow.pack, docs/PACKS.md)."""
+    """The distilled students of one (dataset, teacher, student, seed): every method and alpha
+    of one pair, trained in one job with one teacher forward per batch (`packing: teacher`;
+    kdflow.pack, docs/PACKS.md)."""
 
     dataset: str
     seed: int
     teacher: str
+    student: str
     students: tuple[Experiment, ...]  # in the sweep's order
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}/{self.teacher}/seed{self.seed}"
+        return f"{self.dataset}/{self.teacher}-{self.student}/seed{self.seed}"
 
     @property
     def targets(self) -> list[str]:
@@ -202,12 +377,6 @@ def _file_errors(files) -> list[str]:
         prefix = f"{file}: " if len(files) > 1 else ""
         errors += [prefix + error for error in duplicate_keys(text)]
     return errors
-
-
-@functools.cache
-def _schema() -> dict[str, Any]:
-    """config/schema.yaml, read once (callers only read it)."""
-    return yaml.load(SCHEMA_PATH.read_text(), Loader=_LOADER)
 
 
 def _copy(value: Any) -> Any:
@@ -320,11 +489,26 @@ def _semantic_errors(config: dict[str, Any], check_names: bool) -> list[str]:
         if first != i:
             errors.append(f"pairs[{i}] = {teacher}-{student}: duplicate of pairs[{first}]")
 
+        for name, settings in pair.get("methods", {}).items():
+            if name not in config["methods"]:
+                errors.append(
+                    f"pairs[{i}].methods.{name}: not a method of this sweep "
+                    f"({', '.join(config['methods'])}): add it to `methods`"
+                )
+            elif "alphas" in settings:
+                errors.append(f"pairs[{i}].methods.{name}.alphas: alphas are the sweep's")
+
     for i, alpha in enumerate(config["alphas"]):
         if math.isnan(alpha):  # NaN passes the schema's range checks: every comparison is false
             errors.append(f"alphas[{i}] = {alpha!r}: must be a number between 0 and 1")
-    if config["pairs"] and not config["alphas"]:
-        errors.append("alphas: empty, but pairs are listed: give at least one alpha")
+    for name, settings in config["methods"].items():
+        where = f"methods.{name}.alphas" if "alphas" in settings else "alphas"
+        alphas = settings.get("alphas", config["alphas"])
+        if config["pairs"] and not alphas:
+            errors.append(f"{where}: empty, but pairs are listed: give at least one alpha")
+        for i, alpha in enumerate(settings.get("alphas", [])):
+            if math.isnan(alpha):
+                errors.append(f"{where}[{i}] = {alpha!r}: must be a number between 0 and 1")
 
     for name, settings in config["datasets"].items():
         recipe = {**config["train"], **settings.get("train", {})}
@@ -335,7 +519,16 @@ def _semantic_errors(config: dict[str, Any], check_names: bool) -> list[str]:
                     f"{where}.lr_milestones[{j}] = {milestone}: not before the last epoch "
                     f"({recipe['epochs']}); it would never take effect"
                 )
-    return errors
+    return list(dict.fromkeys(errors))  # a problem that several keys share, once
+
+
+def _pair_methods(config: Mapping[str, Any]) -> list[Any]:
+    """Each pair's `methods` as given (validation fills in defaults, which a pair's own
+    settings must not carry: they would override the sweep's)."""
+    pairs = config.get("pairs")
+    if not isinstance(pairs, list):
+        return []
+    return [_copy(p.get("methods")) if isinstance(p, dict) else None for p in pairs]
 
 
 class Sweep:
@@ -353,8 +546,13 @@ class Sweep:
         a config names (the workflow has refused it already if they are unknown). Either way
         no torch is imported: the names are this module's."""
         self.config = _copy(dict(config))
+        self._recipes: dict[str, Recipe] = {}
+        given = _pair_methods(self.config)
         errors = _file_errors(list(files)) + _schema_errors(self.config)
         if not errors:
+            for pair, methods in zip(self.config["pairs"], given, strict=True):
+                if methods is not None:
+                    pair["methods"] = methods
             errors = _semantic_errors(self.config, check_names)
         if errors:
             raise ConfigError(
@@ -391,7 +589,13 @@ class Sweep:
 
     @property
     def alphas(self) -> list[str]:
-        return [alpha_label(a) for a in self.config["alphas"]]
+        """Every alpha some method is trained at, as paths write it."""
+        return list(dict.fromkeys(a for m in self.methods for a in self.alphas_of(m)))
+
+    def alphas_of(self, method: str) -> list[str]:
+        """The alphas `method` is trained at: its own `alphas`, else the sweep's."""
+        alphas = self.config["methods"][method].get("alphas", self.config["alphas"])
+        return [alpha_label(a) for a in alphas]
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -402,8 +606,10 @@ class Sweep:
         return {teacher for teacher, _ in self.pairs}
 
     def recipe(self, dataset: str) -> Recipe:
-        overrides = self.config["datasets"][dataset].get("train", {})
-        return Recipe.from_dict({**self.config["train"], **overrides})
+        if dataset not in self._recipes:  # once: a dry run asks for every job's spec
+            overrides = self.config["datasets"][dataset].get("train", {})
+            self._recipes[dataset] = Recipe.from_dict({**self.config["train"], **overrides})
+        return self._recipes[dataset]
 
     def resources(self, dataset: str) -> dict[str, int]:
         settings = self.config["datasets"][dataset]
@@ -411,35 +617,35 @@ class Sweep:
 
     @property
     def packing(self) -> str:
-        """'teacher': the students of one (dataset, teacher, seed) train as one job; 'none'."""
+        """'teacher': the students of one (dataset, teacher, student, seed) train as one job;
+        'none'."""
         return self.config["packing"]
 
-    def pack_students(self, teacher: str) -> list[tuple[str, str, str]]:
-        """(method, student, alpha) of every student of `teacher`, in the sweep's order."""
-        return [
-            (method, student, alpha)
-            for pair_teacher, student in self.pairs
-            if pair_teacher == teacher
-            for method in self.methods
-            for alpha in self.alphas
-        ]
+    def pack_students(self) -> list[tuple[str, str]]:
+        """(method, alpha) of every student of a pair, in the sweep's order: the same list for
+        every pair (a pack job's outputs are a fixed list of paths)."""
+        return [(method, alpha) for method in self.methods for alpha in self.alphas_of(method)]
+
+    def pack(self, dataset: str, seed: int, teacher: str, student: str) -> Pack:
+        """The pack of one pair on one (dataset, seed)."""
+        return Pack(
+            dataset,
+            seed,
+            teacher,
+            student,
+            tuple(
+                Experiment(dataset, seed, method, student, teacher, alpha)
+                for method, alpha in self.pack_students()
+            ),
+        )
 
     def packs(self) -> list[Pack]:
         """Every pack of the sweep (whatever `packing` says), seed-major like experiments()."""
-        teachers = list(dict.fromkeys(teacher for teacher, _ in self.pairs))
         return [
-            Pack(
-                dataset,
-                seed,
-                teacher,
-                tuple(
-                    Experiment(dataset, seed, method, student, teacher, alpha)
-                    for method, student, alpha in self.pack_students(teacher)
-                ),
-            )
+            self.pack(dataset, seed, teacher, student)
             for seed in self.seeds
             for dataset in self.datasets
-            for teacher in teachers
+            for teacher, student in self.pairs
         ]
 
     def jobs(self) -> dict[Experiment, tuple[str, ...]]:
@@ -453,20 +659,50 @@ class Sweep:
                 jobs.update(dict.fromkeys(pack.students, outputs))
         return jobs
 
-    def pack_resources(self, dataset: str, students: int) -> dict[str, int]:
+    def pack_resources(self, dataset: str) -> dict[str, int]:
         """A pack job's memory and walltime: mem_mb plus pack_mem_mb for each student after
         the first, and n x runtime up to pack_runtime (default: runtime)."""
-        settings = self.config["datasets"][dataset]
+        settings, n = self.config["datasets"][dataset], len(self.pack_students())
         runtime = settings["runtime"]
         longest = settings.get("pack_runtime", runtime)
         return {
-            "mem_mb": settings["mem_mb"] + (students - 1) * settings["pack_mem_mb"],
-            "runtime": min(students * runtime, longest),
+            "mem_mb": settings["mem_mb"] + (n - 1) * settings["pack_mem_mb"],
+            "runtime": min(n * runtime, longest),
         }
 
-    def method_settings(self, method: str) -> dict[str, Any]:
-        """The validated `methods.<method>` entry, every setting filled in from the schema."""
-        return dict(self.config["methods"][method])
+    def method_settings(self, method: str, pair: tuple[str, str] | None = None) -> dict[str, Any]:
+        """The settings of `method`, every one filled in from the schema, the pair's own
+        (`pairs[i].methods`) merged over the sweep's; `alphas` is no setting."""
+        settings = dict(self.config["methods"][method])
+        for p in self.config["pairs"]:
+            if pair == (p["teacher"], p["student"]):
+                settings.update(p.get("methods", {}).get(method, {}))
+        settings.pop("alphas", None)
+        return settings
+
+    def spec(self, experiment: Experiment) -> TrainSpec:
+        """What `experiment` trains with (one thread: the job's script sets the count)."""
+        e = experiment
+        common = dict(
+            dataset=e.dataset,
+            model=e.model,
+            seed=e.seed,
+            recipe=self.recipe(e.dataset),
+            precision=self.config["precision"],
+            data_path=prepared_path(e.dataset),
+            device=self.config["device"],
+        )
+        if e.is_pure:
+            return TrainSpec(**common)
+        return TrainSpec(
+            **common,
+            method=e.method,
+            teacher=e.teacher,
+            alpha=float(e.alpha),
+            method_settings=self.method_settings(e.method, (e.teacher, e.model)),
+            teacher_weights=self.config["teacher_weights"],
+            teacher_dir=e.teacher_directory,
+        )
 
     def experiments(self) -> list[Experiment]:
         """Every training job, seed-major so that the queue fills in the order results matter."""
@@ -477,8 +713,7 @@ class Sweep:
                 out += [
                     Experiment(dataset, seed, method, student, teacher, alpha)
                     for teacher, student in self.pairs
-                    for method in self.methods
-                    for alpha in self.alphas
+                    for method, alpha in self.pack_students()
                 ]
         return out
 

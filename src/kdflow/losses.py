@@ -55,21 +55,10 @@ def method_defaults(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
 
 
-def resolve_settings(name: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`settings` with every missing one at its default; a setting the method lacks is an error."""
-    defaults = method_defaults(name)
-    unknown = sorted(set(settings or {}) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"distillation method {name!r} has no setting {', '.join(map(repr, unknown))}; "
-            f"its settings: {', '.join(defaults) or 'none'}"
-        )
-    return {**defaults, **(settings or {})}
-
-
 def build_method(name: str, alpha: float, **settings: Any) -> DistillMethod:
-    """The method called `name`, with the sweep's alpha and its config settings."""
-    return _method_class(name)(alpha=alpha, **resolve_settings(name, settings))
+    """The method called `name`, with the sweep's alpha and its config settings (a setting
+    left out at the schema's default, which tests/test_losses.py checks is the class's)."""
+    return _method_class(name)(alpha=alpha, **config.method_settings(name, settings))
 
 
 class DistillMethod(nn.Module):
@@ -244,31 +233,35 @@ class DKD(DistillMethod):
 
 @register
 class FitNet(DistillMethod):
-    r"""FitNets hint learning (Romero et al., ICLR 2015), trained in one stage.
+    r"""FitNets hint learning (Romero et al., ICLR 2015), trained in one stage, as RepDistiller.
 
-    A regressor r, a 1x1 convolution and a batch norm, maps the student's feature map at stage
-    k to the teacher's channels, and the student learns to match the teacher's map there:
+    A regressor r maps the student's feature map at stage k to the teacher's, and the student
+    learns to match the teacher's map there:
 
     .. math::
         L = w_{ce}\,\mathrm{CE}(z_s, y)
             + \alpha\,w_{hint}\,\mathrm{MSE}\big(r(f_s^{(k)}),\ f_t^{(k)}\big)
 
     MSE is the mean over batch, channels and positions (RepDistiller's HintLoss, nn.MSELoss).
-    k = hint_layer indexes `forward_features(x)[0]`: 0 is the stem, -1 (the default) the last
-    stage, the map that gets pooled for the classifier. Where the two maps differ in size,
-    the larger one is adaptive-average-pooled to the smaller's. r is trained with the student
-    (same SGD, weight decay included) and kept in the checkpoint.
+    k = hint_layer indexes `forward_features(x)[0]`, RepDistiller's feature list: 0 is the
+    stem, 1 to 3 the stages' outputs; the default 2 is RepDistiller's `--hint_layer 2`, the
+    second stage's output (128x16x16 for resnet8x4 and resnet32x4, 64 channels for the WRN
+    pair). r is trained with the student (same SGD, weight decay included) and kept in the
+    checkpoint. The regressor's form (`regressor`):
+
+    - ``convreg`` (the default): RepDistiller's ConvReg, a convolution with bias that also
+      maps the student's spatial size onto the teacher's (1x1 for equal sizes, 3x3 stride 2
+      for twice the teacher's, a 4x4 stride-2 transposed convolution for half, else a kernel
+      of the size difference), batch norm, then ReLU.
+    - ``conv1x1_bn``: kdflow 0.1's, a 1x1 convolution without bias and a batch norm, no ReLU;
+      maps of different sizes are matched by average-pooling the larger.
 
     **Alpha** scales the hint term and leaves CE at ce_weight: alpha = 1 with the default
     hint_weight 100 is RepDistiller's and mdistiller's recipe (`-r 1 -a 0 -b 100`),
     alpha = 0 the student alone. Unlike `logit`, CE is not multiplied by (1 - alpha).
 
-    Differences from those implementations: the original paper first trains the student's
-    lower layers on the hint alone, then the whole student with KD; RepDistiller and
-    mdistiller, like this class, train everything in one stage from the start. Their regressor
-    is a convolution sized to fix the spatial size, batch norm and ReLU, with hint layer 2 by
-    default; here the regressor is 1x1 conv + BN without ReLU (so it can match pre-activation
-    maps such as a WRN's middle stages) and spatial sizes are matched by pooling.
+    The original paper first trains the student's lower layers on the hint alone, then the
+    whole student with KD; RepDistiller, mdistiller and this class train everything in one stage.
     """
 
     name = "fitnet"
@@ -278,25 +271,43 @@ class FitNet(DistillMethod):
         self,
         alpha: float,
         *,
-        hint_layer: int = -1,
+        hint_layer: int = 2,
+        regressor: str = "convreg",
         hint_weight: float = 100.0,
         ce_weight: float = 1.0,
     ):
         super().__init__(alpha)
+        if regressor not in ("convreg", "conv1x1_bn"):
+            raise ValueError(f"fitnet regressor = {regressor!r}: convreg or conv1x1_bn")
         self.hint_layer = int(hint_layer)
+        self.form = regressor
         self.hint_weight = float(hint_weight)
         self.ce_weight = float(ce_weight)
         self.regressor: nn.Module | None = None
 
     def setup(self, student: nn.Module, teacher: nn.Module, image_shape: tuple[int, ...]) -> None:
         """Size the regressor from one forward pass of each network (eval mode, no grad)."""
-        student_map = self._hint(_feature_maps(student, image_shape), "student")
-        teacher_map = self._hint(_feature_maps(teacher, image_shape), "teacher")
-        s, t = student_map.shape[1], teacher_map.shape[1]
-        self.regressor = nn.Sequential(
-            nn.Conv2d(s, t, kernel_size=1, bias=False), nn.BatchNorm2d(t)
-        )
-        self.regressor.to(student_map.device)
+        f_s = self._hint(_feature_maps(student, image_shape), "student")
+        f_t = self._hint(_feature_maps(teacher, image_shape), "teacher")
+        (s, s_h, s_w), (t, t_h, t_w) = f_s.shape[1:], f_t.shape[1:]
+        if self.form == "conv1x1_bn":
+            conv = nn.Conv2d(s, t, kernel_size=1, bias=False)
+            self.regressor = nn.Sequential(conv, nn.BatchNorm2d(t))
+        else:
+            if s_h == 2 * t_h:
+                conv = nn.Conv2d(s, t, kernel_size=3, stride=2, padding=1)
+            elif 2 * s_h == t_h:
+                conv = nn.ConvTranspose2d(s, t, kernel_size=4, stride=2, padding=1)
+            elif s_h >= t_h and s_w >= t_w:
+                conv = nn.Conv2d(s, t, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+            else:
+                raise ValueError(
+                    f"fitnet regressor convreg cannot map the student's {s_h}x{s_w} map onto "
+                    f"the teacher's {t_h}x{t_w} (hint_layer {self.hint_layer}): take another "
+                    "hint_layer, or regressor conv1x1_bn (which pools the larger map)"
+                )
+            self.regressor = nn.Sequential(conv, nn.BatchNorm2d(t), nn.ReLU())
+        self.regressor.to(f_s.device)
 
     def _hint(self, maps: list[Tensor], role: str) -> Tensor:
         if not -len(maps) <= self.hint_layer < len(maps):
@@ -320,7 +331,8 @@ class FitNet(DistillMethod):
             raise RuntimeError("FitNet.setup(student, teacher, image_shape) was never called")
         f_s = self._hint(student_features, "student")
         f_t = self._hint(teacher_features, "teacher")
-        f_s, f_t = _same_size(f_s, f_t)
+        if self.form == "conv1x1_bn":
+            f_s, f_t = _same_size(f_s, f_t)
         hint = F.mse_loss(self.regressor(f_s), f_t)  # autocast computes it in float32
         ce = F.cross_entropy(student_logits, targets)
         return self.ce_weight * ce + self.alpha * self.hint_weight * hint

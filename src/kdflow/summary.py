@@ -1,20 +1,26 @@
-"""The results of one sweep's config: the table (mean and std over seeds, with the KD gain)
-and the figures, from exactly that config's experiments.
+"""The results of one sweep's config: the table (mean and std over seeds, with the KD gain),
+the published figures beside kdflow's, and the figures, from exactly that config's experiments.
 
 `write_report` is the one code path of the `plot_sweep` rule and of `kdflow report`: both give
-it the config's experiment directories and the files to write (`ReportFiles`, which the rule
-also declares as its outputs), and it says what it left out and why.
+it the config's experiment directories (with what each must have been trained as) and the
+files to write (`ReportFiles`, which the rule also declares as its outputs), and it says what
+it left out and why.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from kdflow.config import RECIPE, identity_changes
 from kdflow.fileio import atomic_write_text, read_json
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: the workflow imports this module
@@ -31,9 +37,13 @@ COLUMNS = GROUP + [
     "best_acc_std",
     "gain_final",
     "gain_best",
+    "precision",
 ]
-RUN_COLUMNS = GROUP + ["seed", "final_acc", "best_acc", "path"]
+# `recipe`: what a run was trained with (its method settings, recipe, teacher weights and
+# precision setting) as JSON, which a published figure's recipe is compared with
+RUN_COLUMNS = GROUP + ["seed", "final_acc", "best_acc", "precision", "recipe", "path"]
 SHOWN = 3  # paths named in the one-line account of what was left out, per reason
+PUBLISHED = Path(__file__).with_name("published.yaml")
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,9 @@ class Report:
     not_finished: list[Path] = field(default_factory=list)  # no `completed` yet
     unreadable: list[Path] = field(default_factory=list)  # finished, metrics.json unusable
     foreign: list[Path] = field(default_factory=list)  # results of no experiment of the config
+    # finished as another experiment than the config's (an older recipe), and how
+    other_recipe: dict[Path, str] = field(default_factory=dict)
+    published: pd.DataFrame | None = None  # published figures beside kdflow's (`compare`)
 
     def account(self) -> str:
         """One line: what the table covers, what it left out and why, e.g. `240 of 252
@@ -86,6 +99,12 @@ class Report:
             parts.append(
                 f"{len(self.unreadable)} finished but left out, metrics.json missing or "
                 f"unreadable: {_some(self.unreadable)}"
+            )
+        if self.other_recipe:
+            made = [f"{path} ({how})" for path, how in self.other_recipe.items()]
+            parts.append(
+                f"{len(made)} finished under another recipe than this config's and left out "
+                f"(move them away to train them again): {_some(made)}"
             )
         if self.foreign:
             parts.append(
@@ -104,13 +123,16 @@ def _key(path: Path) -> str:
     return os.path.abspath(path)
 
 
-def read_metrics(directories: Iterable[str | Path]) -> tuple[pd.DataFrame, list[Path], list[Path]]:
+def read_metrics(
+    directories: Iterable[str | Path], expected: Mapping[Path, Mapping[str, Any]] | None = None
+) -> tuple[pd.DataFrame, list[Path], list[Path], dict[Path, str]]:
     """One row per finished experiment among `directories` (those with `completed`), from its
-    metrics.json; and what is left out: the directories not finished, and the metrics.json of
-    finished ones that is missing or unreadable (each logged by path)."""
+    metrics.json; and what is left out: the directories not finished, the metrics.json of
+    finished ones that is missing or unreadable (each logged by path), and those finished as
+    another experiment than `expected` says (directory -> its identity) and how."""
     import pandas as pd
 
-    rows, not_finished, unreadable = [], [], []
+    rows, not_finished, unreadable, other = [], [], [], {}
     for directory in map(Path, directories):
         if not (directory / "completed").exists():
             not_finished.append(directory)
@@ -132,14 +154,26 @@ def read_metrics(directories: Iterable[str | Path]) -> tuple[pd.DataFrame, list[
                 "seed": int(record["seed"]),
                 "final_acc": float(record["final_acc"]),
                 "best_acc": float(record["best_acc"]),
+                "precision": str(record.get("precision_used", "")),  # kdflow 0.1 had none
+                "recipe": _recipe(record),
                 "path": str(directory),
             }
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("skipping %s: %s: %s", path, type(exc).__name__, exc)
             unreadable.append(path)
             continue
+        changed = identity_changes(record, expected[directory]) if expected else ""
+        if changed:
+            log.warning("leaving out %s: finished under another recipe (%s)", directory, changed)
+            other[directory] = changed
+            continue
         rows.append(row)
-    return pd.DataFrame(rows, columns=RUN_COLUMNS), not_finished, unreadable
+    return pd.DataFrame(rows, columns=RUN_COLUMNS), not_finished, unreadable, other
+
+
+def _recipe(record: Mapping[str, Any]) -> str:
+    keys = ["method_settings", "epochs", *RECIPE, "teacher_weights", "precision"]
+    return json.dumps({k: record[k] for k in keys if k in record}, sort_keys=True)
 
 
 def results_of_others(results_dir: str | Path, directories: Iterable[str | Path]) -> list[Path]:
@@ -168,6 +202,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             final_acc_std=("final_acc", "std"),
             best_acc_mean=("best_acc", "mean"),
             best_acc_std=("best_acc", "std"),
+            precision=("precision", lambda p: ", ".join(sorted(set(p) - {""})) or "?"),
+            recipe=("recipe", "first"),  # one config's: the same for every seed
         )
         .reset_index()
     )
@@ -177,27 +213,80 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         baseline = alone[f"{acc}_acc_mean"].reindex(key).to_numpy()
         table[f"gain_{acc}"] = table[f"{acc}_acc_mean"] - baseline
     table.loc[table["method"] == "pure", ["gain_final", "gain_best"]] = float("nan")
-    return table[COLUMNS]
+    return table[[*COLUMNS, "recipe"]]
 
 
-def to_markdown(table: pd.DataFrame, account: str | None = None) -> str:
-    """A Markdown table; accuracies in %, `final` is the last epoch, `best` the best epoch;
-    `account` (Report.account) says what it covers and what it left out."""
-    header = [
-        "dataset",
-        "method",
-        "teacher",
-        "student",
-        "alpha",
-        "n",
-        "final acc",
-        "best acc",
-        "gain (final)",
-        "gain (best)",
-    ]
+@functools.cache
+def _published() -> dict[str, Any]:
+    return yaml.safe_load(PUBLISHED.read_text())
+
+
+def compare(table: pd.DataFrame) -> pd.DataFrame:
+    """The published accuracy beside kdflow's mean and std over seeds, of the epoch the source
+    reports (RepDistiller the last, DKD the best), and the difference: a row for each row of
+    `table` (summarize's) whose experiment has a published figure (src/kdflow/published.yaml);
+    `note` says where it was trained otherwise than the source."""
     import pandas as pd
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    published, out = _published(), []
+    for row in table.itertuples(index=False):
+        recipe = json.loads(row.recipe)
+        entry = _entry(published, row, recipe.get("method_settings", {}))
+        if entry is None:
+            continue
+        source = published["sources"][entry["source"]]
+        acc = "final" if source["epoch"] == "last" else "best"
+        mean, std = getattr(row, f"{acc}_acc_mean"), getattr(row, f"{acc}_acc_std")
+        wanted = {**published["recipe"], "teacher_weights": source["teacher_weights"]}
+        differ = [
+            f"{k} {recipe[k]!r} (published {v!r})"
+            for k, v in wanted.items()
+            if recipe.get(k) not in (None, v)  # what a run's metrics say (no teacher: None)
+        ]
+        if row.precision not in (source["precision"], "?"):
+            differ.append(f"precision {row.precision} (published {source['precision']})")
+        out.append(
+            {
+                **{k: getattr(row, k) for k in GROUP},
+                "published": entry["acc"],
+                "source": entry["source"],
+                "epoch": source["epoch"],
+                "n": row.n,
+                "kdflow_mean": mean,
+                "kdflow_std": std,
+                "difference": mean - entry["acc"],
+                "note": "; ".join(differ) or "as published",
+            }
+        )
+    columns = [*GROUP, "published", "source", "epoch", "n", "kdflow_mean", "kdflow_std"]
+    return pd.DataFrame(out, columns=[*columns, "difference", "note"])
+
+
+def _entry(published: dict[str, Any], row, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The published figure of `row`'s experiment: the same models, and for a student the
+    same alpha and the published method settings."""
+    for entry in published["results"]:
+        same = (entry["dataset"], entry["method"], entry.get("teacher", ""), entry["model"])
+        if same != (row.dataset, row.method, row.teacher, row.model):
+            continue
+        if row.method == "pure":
+            return entry
+        wanted = {**published["settings"][row.method], **{"beta": entry.get("beta")}}
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        if f"{entry['alpha']:g}" == row.alpha and all(
+            settings.get(k) == v for k, v in wanted.items()
+        ):
+            return entry
+    return None
+
+
+def to_markdown(
+    table: pd.DataFrame, account: str | None = None, published: pd.DataFrame | None = None
+) -> str:
+    """A Markdown table; accuracies in %, `final` is the last epoch, `best` the best epoch;
+    `account` (Report.account) says what it covers and what it left out; `published`
+    (`compare`) adds the published figures beside kdflow's."""
+    import pandas as pd
 
     def pm(mean, std):
         return f"{mean:.2f} ± {std:.2f}" if pd.notna(std) else f"{mean:.2f}"
@@ -205,42 +294,63 @@ def to_markdown(table: pd.DataFrame, account: str | None = None) -> str:
     def signed(x):
         return f"{x:+.2f}" if pd.notna(x) else ""
 
+    header = ["dataset", "method", "teacher", "student", "alpha", "n", "final acc", "best acc"]
+    header += ["gain (final)", "gain (best)", "precision"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples(index=False):
-        cells = [
-            row.dataset,
-            row.method,
-            row.teacher,
-            row.model,
-            row.alpha,
-            str(row.n),
+        cells = [row.dataset, row.method, row.teacher, row.model, row.alpha, str(row.n)]
+        cells += [
             pm(row.final_acc_mean, row.final_acc_std),
             pm(row.best_acc_mean, row.best_acc_std),
-            signed(row.gain_final),
-            signed(row.gain_best),
         ]
+        cells += [signed(row.gain_final), signed(row.gain_best), row.precision]
         lines.append("| " + " | ".join(cells) + " |")
-    note = (
-        "\nTop-1 test accuracy (%), mean ± sample std over n seeds. `final` is the last epoch "
+    text = "\n".join(lines) + (
+        "\n\nTop-1 test accuracy (%), mean ± sample std over n seeds. `final` is the last epoch "
         "(RepDistiller's convention), `best` the best epoch (DKD's). The gain is over the same "
-        "student trained alone.\n"
+        "student trained alone. `precision`: the arithmetic the runs used.\n"
     )
+    if published is not None and not published.empty:
+        header = ["dataset", "method", "teacher", "student", "alpha", "published", "epoch"]
+        header += ["kdflow (n)", "difference", "source", "trained"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in published.itertuples(index=False):
+            cells = [row.dataset, row.method, row.teacher, row.model, row.alpha]
+            cells += [f"{row.published:.2f}", row.epoch]
+            cells += [f"{pm(row.kdflow_mean, row.kdflow_std)} ({row.n})", signed(row.difference)]
+            cells += [row.source, row.note]
+            lines.append("| " + " | ".join(cells) + " |")
+        sources = "; ".join(f"{k}: {v['name']}" for k, v in _published()["sources"].items())
+        text += (
+            "\n## Published\n\n" + "\n".join(lines) + "\n\nThe published top-1 accuracy (%) "
+            "beside kdflow's mean ± sample std over n seeds, both of the `epoch` the source "
+            "reports (last: the last epoch's accuracy, best: the best epoch's), and kdflow's "
+            f"minus the published. Sources: {sources}. `trained`: where kdflow's runs differ "
+            "from the published recipe.\n"
+        )
     if account:
-        note += f"\n{account}.\n"
-    return "\n".join(lines) + "\n" + note
+        text += f"\n{account}.\n"
+    return text
 
 
 def write_report(
-    experiments: Iterable[str | Path], files: ReportFiles, results_dir: str | Path = "results"
+    experiments: Iterable[str | Path],
+    files: ReportFiles,
+    results_dir: str | Path = "results",
+    expected: Mapping[Path, Mapping[str, Any]] | None = None,
 ) -> Report:
     """The tables and figures of exactly `experiments` (directories under `results_dir`):
     the table of those finished, curves also of those still running. Writes every file of
-    `files`, a figure with nothing to draw yet saying so; logs what it left out."""
+    `files`, a figure with nothing to draw yet saying so; logs what it left out. With
+    `expected` (directory -> the identity its config gives it, `TrainSpec.identity`), a run
+    that finished as another experiment is left out of the table and said to be."""
     from kdflow.plots import plot_alpha, plot_curves, read_histories
 
     directories = [Path(d) for d in experiments]
-    runs, not_finished, unreadable = read_metrics(directories)
+    runs, not_finished, unreadable, other = read_metrics(directories, expected)
+    table = summarize(runs)
     report = Report(
-        table=summarize(runs),
+        table=table,
         files=files,
         results_dir=Path(results_dir),
         experiments=len(directories),
@@ -248,11 +358,14 @@ def write_report(
         not_finished=not_finished,
         unreadable=unreadable,
         foreign=results_of_others(results_dir, directories),
+        other_recipe=other,
+        published=compare(table),
     )
     files.csv.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(files.csv, report.table.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(files.md, to_markdown(report.table, report.account()))
-    plot_alpha(report.table, files.alpha)
+    csv = table[COLUMNS].to_csv(index=False, float_format="%.4f")
+    atomic_write_text(files.csv, csv)
+    atomic_write_text(files.md, to_markdown(table, report.account(), report.published))
+    plot_alpha(table, files.alpha)
     plot_curves(read_histories(directories), files.curves, results_dir)
     log.info("%s", report.account())
     return report

@@ -1,4 +1,6 @@
-"""Train one experiment (pure baseline or distilled student); resume exactly after a kill."""
+"""The steps of training an experiment (a pure baseline or a distilled student): its files,
+building it, resuming it exactly after a kill, an epoch, a saved epoch, its end. kdflow.pack
+runs them for one experiment or for the students of one teacher together (docs/PACKS.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,11 @@ from kdflow.checkpoint import (
     save_checkpoint,
     save_verified,
 )
+from kdflow.config import TrainSpec, identity_changes
 from kdflow.data import load_prepared
 from kdflow.fileio import atomic_write_json, atomic_write_text, read_json
 from kdflow.loader import DeviceBatches, channel_stats
-from kdflow.losses import build_method, resolve_settings
+from kdflow.losses import build_method
 from kdflow.models import build_model
 
 log = logging.getLogger("kdflow.trainer")
@@ -45,77 +48,6 @@ HISTORY_FIELDS = [
     "images_per_s",
 ]
 
-# Changing these mid-run would make the resumed run a different experiment.
-IDENTITY_FIELDS = (
-    "dataset",
-    "model",
-    "seed",
-    "method",
-    "teacher",
-    "alpha",
-    "method_settings",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "lr_milestones",
-    "lr_decay",
-    "crop_padding",
-    "flip",
-)
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """Everything one experiment needs; built from the validated config by rules/common.smk."""
-
-    dataset: str
-    data_path: str
-    model: str
-    seed: int
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    lr_milestones: tuple[int, ...]
-    lr_decay: float
-    crop_padding: int = 4
-    flip: bool = True
-    eval_batch_size: int = 1000
-    method: str = "pure"
-    teacher: str | None = None
-    teacher_dir: str | None = None
-    alpha: float = 0.0
-    method_settings: dict[str, Any] = field(default_factory=dict)  # config's `methods.<method>`
-    threads: int = 1
-    device: str = "auto"
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> TrainSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown training parameters {unknown}; known: {sorted(known)}")
-        values = dict(params)
-        values["lr_milestones"] = tuple(values.get("lr_milestones", ()))
-        method, settings = values.get("method", "pure"), values.get("method_settings") or {}
-        if method == "pure":
-            if settings:
-                raise ValueError(f"a pure run has no method settings, got {settings}")
-        else:
-            # every setting, defaults included, so that the checkpoint identity is complete
-            values["method_settings"] = resolve_settings(method, settings)
-        spec = cls(**values)
-        if spec.method != "pure" and not (spec.teacher and spec.teacher_dir):
-            raise ValueError(f"method {spec.method!r} needs a teacher and its teacher_dir")
-        return spec
-
-    @property
-    def identity(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: list(d[k]) if isinstance(d[k], tuple) else d[k] for k in IDENTITY_FIELDS}
-
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -123,6 +55,43 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for, but torch sees no GPU on this node")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic of a run: fp32, or bf16 or fp16 autocast (fp16 with a gradient scaler,
+    whose state the checkpoint keeps), and why it was chosen."""
+
+    name: str  # fp32 | bf16 | fp16
+    device_type: str
+    reason: str
+
+    def autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+        return torch.autocast(self.device_type, dtype=dtype, enabled=dtype is not None)
+
+    def scaler(self) -> torch.amp.GradScaler | None:
+        # bf16 keeps fp32's exponent range: only fp16 gradients underflow without scaling
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+
+
+def choose_precision(setting: str, device: torch.device) -> Precision:
+    """The config's `precision` on this device. auto: fp32 on the CPU; on a GPU bf16 autocast
+    where it has native bf16 (compute capability 8.0 and later), else fp16 with a scaler."""
+    if setting != "auto":
+        return Precision(setting, device.type, f"precision: {setting} in the config")
+    if device.type != "cuda":
+        return Precision("fp32", device.type, "auto on the CPU: fp32, as the published runs")
+    major, minor = torch.cuda.get_device_capability(device)
+    name = torch.cuda.get_device_name(device)
+    if (major, minor) >= (8, 0):
+        why = f"auto on {name} (compute capability {major}.{minor} >= 8.0): native bf16"
+        return Precision("bf16", "cuda", why)
+    why = (
+        f"auto on {name} (compute capability {major}.{minor} < 8.0): no bf16 tensor cores, "
+        "fp16 autocast with a gradient scaler"
+    )
+    return Precision("fp16", "cuda", why)
 
 
 def rng_state() -> dict[str, Any]:
@@ -144,33 +113,38 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_teacher(spec: TrainSpec, num_classes: int, device: torch.device) -> torch.nn.Module:
-    """The frozen teacher from its run's best.pth (its `completed` is this job's input)."""
-    return _load_teacher_weights(build_model(spec.teacher, num_classes), spec, device)
-
-
-def _load_teacher_weights(
-    teacher: torch.nn.Module, spec: TrainSpec, device: torch.device
-) -> torch.nn.Module:
-    path = Path(spec.teacher_dir) / "best.pth"
+def load_teacher(spec: TrainSpec, data: Data) -> torch.nn.Module:
+    """The frozen teacher on the data's device: its run's last.pth (teacher_weights: last) or
+    best.pth (best). A teacher that kdflow 0.1 trained has no last.pth: its checkpoint, at its
+    last epoch, holds those weights."""
+    teacher_dir = Path(spec.teacher_dir)
+    path = teacher_dir / f"{spec.teacher_weights}.pth"
+    if spec.teacher_weights == "last" and not path.exists():
+        path = teacher_dir / "checkpoint.pth"
     try:
         saved = load_verified(path)
-    except CheckpointError as exc:
+        if path.name == "checkpoint.pth":
+            epochs = (read_json(teacher_dir / "metrics.json") or {}).get("epochs")
+            if saved["epoch"] + 1 != epochs:
+                raise CheckpointError(f"{path} is not at the teacher's last epoch ({epochs})")
+            saved["model_name"] = saved["identity"]["model"]
+    except (CheckpointError, KeyError) as exc:
         raise RuntimeError(
             f"cannot load the teacher's weights: {exc}; retrain the teacher: move "
-            f"{spec.teacher_dir} away and run the workflow again (its checkpoint holds the last "
-            f"epoch's weights, not the best)"
+            f"{spec.teacher_dir} away and run the workflow again"
         ) from exc
     if saved.get("model_name") != spec.teacher:
         raise RuntimeError(
             f"{path} holds a {saved.get('model_name')!r}, but the teacher is {spec.teacher!r}"
         )
+    teacher = build_model(spec.teacher, data.num_classes)
     teacher.load_state_dict(saved["model"])
-    teacher.to(device).eval().requires_grad_(False)
-    return teacher
+    log.info("teacher %s: %s (epoch %d)", spec.teacher, path, saved["epoch"] + 1)
+    teacher.to(data.device, memory_format=data.memory_format)
+    return teacher.eval().requires_grad_(False)
 
 
-# An owner check, handed to `train` by its caller (scripts/train.py: kdflow.owner.claim, which
+# An owner check, handed to the trainer by its caller (scripts/train.py: kdflow.owner.claim, which
 # claims the directory atomically with a claim file). Asked before anything is written, with
 # the experiment directory and the status.json the last trainer left ({} if none), it raises
 # to refuse (another job or process that may be alive trains the experiment), or returns the
@@ -193,9 +167,11 @@ class ExperimentFiles:
         self.history = self.dir / "history.csv"
         self.checkpoint = self.dir / "checkpoint.pth"
         self.best = self.dir / "best.pth"
+        self.last = self.dir / "last.pth"
         self.metrics = self.dir / "metrics.json"
         self.completed = self.dir / "completed"
         self.owner: dict[str, Any] = {"owner": None}  # status.json's owner fields (`claim`)
+        self.precision: dict[str, Any] = {}  # and the precision used, and why
 
     def claim(self, check: Claim) -> None:
         """Own the experiment if `check` allows (it raises where another owner that may be
@@ -222,7 +198,7 @@ class ExperimentFiles:
 
     def write_status(self, spec: TrainSpec, status: str, **fields_: Any) -> None:
         previous = read_json(self.status) or {}
-        previous.pop("error", None)  # a failed pack student's error, once it trains again
+        previous.pop("error", None)  # a failed student's error, once it trains again
         record = {
             **previous,
             "status": status,
@@ -232,10 +208,11 @@ class ExperimentFiles:
             "teacher": spec.teacher,
             "alpha": spec.alpha if spec.method != "pure" else None,
             "seed": spec.seed,
-            "epochs": spec.epochs,
+            "epochs": spec.recipe.epochs,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             **self.owner,
+            **self.precision,
             "updated_at": time.time(),
             **fields_,
         }
@@ -243,93 +220,47 @@ class ExperimentFiles:
         atomic_write_json(self.status, record)
 
 
-def _flat(identity: dict[str, Any]) -> dict[str, Any]:
-    """{'method_settings': {'beta': 8}} -> {'method_settings.beta': 8}, for readable diffs."""
-    out = {}
-    for key, value in identity.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
-
-
-def _check_same_experiment(spec: TrainSpec, state: dict[str, Any], path: Path) -> None:
-    saved, wanted = _flat(state.get("identity", {})), _flat(spec.identity)
-    changed = {
-        k: (saved.get(k), wanted.get(k))
-        for k in {**saved, **wanted}
-        if saved.get(k) != wanted.get(k)
-    }
-    if changed:
-        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise RuntimeError(
-            f"{path} was written by a different experiment ({detail}); move the directory "
-            "away to restart it, or restore the config it was started with"
-        )
-    if spec.epochs < state["epoch"] + 1:
-        raise RuntimeError(
-            f"{path} has already trained {state['epoch'] + 1} epochs, more than the "
-            f"{spec.epochs} the config asks for"
-        )
-
-
-# -- one experiment: claim its directory, build, resume, train epoch by epoch, finish ----------
-
-
-def train(
-    spec: TrainSpec,
-    out_dir: str | Path,
-    log_path: str | Path | None = None,
-    claim: Claim = unclaimed,
-) -> dict:
-    """Train `spec` into `out_dir`, resuming from its checkpoint; returns the final metrics.
-
-    `claim` is asked before anything is written whether this trainer may own the experiment
-    (scripts/train.py passes kdflow.owner.claim, which knows the schedulers)."""
-    files = ExperimentFiles(out_dir)
-    _setup_logging(log_path)
-    files.claim(claim)  # refuses where another live job or process trains this experiment
-    files.remove_partial_writes()  # only once owned: they may have been a live owner's
-    run = build(spec)
-    progress = resume(spec, run, files)
-    files.write_status(
-        spec, "in_progress", epoch=progress.next_epoch, best_acc=max(progress.best_acc, 0.0)
-    )
-    for epoch in range(progress.next_epoch, spec.epochs):
-        row = run_epoch(run, spec.seed, epoch)
-        save_epoch(spec, run, progress, files, row)
-    return finish(spec, files, progress)
-
-
 @dataclass(eq=False)  # runs are told apart by identity
 class Run:
     """What training holds in memory: built by `build`, its states restored by `resume`.
 
-    The students of a pack (kdflow.pack) share `train_batches`, `test_batches` and `teacher`
+    The students of a pack share `train_batches`, `test_batches`, `teacher` and `precision`
     (the same objects); everything else is each student's own."""
 
-    on_gpu: bool
     train_batches: DeviceBatches
     test_batches: DeviceBatches
     model: torch.nn.Module
     teacher: torch.nn.Module | None  # None for a pure run
     distill: Any  # the method (kdflow.losses); None for a pure run
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    # The experiment's own random streams (python, numpy, torch: `rng_state`) while other
-    # experiments train in the same process (a pack); None: the process's global ones.
-    rng: dict[str, Any] | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    precision: Precision
+    # The experiment's own random streams (python, numpy, torch: `rng_state`), swapped into
+    # the process around each of its steps (`stream`) while others train beside it.
+    rng: dict[str, Any]
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
 
 
 @dataclass
 class Progress:
-    """Where training stands: the next epoch, the history so far, the best test accuracy."""
+    """Where training stands: the next epoch, the history so far, the best test accuracy, and
+    the precision of each stretch of epochs ([first epoch, name], ...)."""
 
     next_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best_acc: float = -1.0
     best_epoch: int = -1
+    precisions: list[list[Any]] = field(default_factory=list)
+
+    def used(self, epochs: int) -> str:
+        """The precision used, for people: `bf16`, or `bf16 (epochs 1-36), fp16 (37-240)`."""
+        if len(self.precisions) == 1:
+            return self.precisions[0][1]
+        ends = [first for first, _ in self.precisions[1:]] + [epochs]
+        return ", ".join(
+            f"{name} ({'epochs ' * (i == 0)}{first + 1}-{end})"
+            for i, ((first, name), end) in enumerate(zip(self.precisions, ends, strict=True))
+        )
 
 
 @dataclass
@@ -338,7 +269,6 @@ class Data:
     it: built once, shared by the students of a pack."""
 
     device: torch.device
-    on_gpu: bool
     train_batches: DeviceBatches
     test_batches: DeviceBatches
     num_classes: int
@@ -346,7 +276,8 @@ class Data:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.on_gpu else torch.contiguous_format
+        on_gpu = self.device.type == "cuda"
+        return torch.channels_last if on_gpu else torch.contiguous_format
 
 
 def build_data(spec: TrainSpec) -> Data:
@@ -359,24 +290,39 @@ def build_data(spec: TrainSpec) -> Data:
     if on_gpu:
         torch.backends.cudnn.benchmark = True
     data = load_prepared(Path(spec.data_path))
-    train_batches, test_batches = _batches(spec, data, device, on_gpu)
-    image_shape = tuple(data.train_x.shape[1:])
-    return Data(device, on_gpu, train_batches, test_batches, data.num_classes, image_shape)
+    train_x, test_x = torch.from_numpy(data.train_x), torch.from_numpy(data.test_x)
+    mean, std = channel_stats(train_x)
+    common = dict(device=device, mean=mean, std=std, channels_last=on_gpu)
+    recipe = spec.recipe
+    train_batches = DeviceBatches(
+        train_x,
+        torch.from_numpy(data.train_y),
+        batch_size=recipe.batch_size,
+        train=True,
+        crop_padding=recipe.crop_padding,
+        flip=recipe.flip,
+        **common,
+    )
+    test_batches = DeviceBatches(
+        test_x,
+        torch.from_numpy(data.test_y),
+        batch_size=recipe.eval_batch_size,
+        train=False,
+        **common,
+    )
+    shape = tuple(data.train_x.shape[1:])
+    return Data(device, train_batches, test_batches, data.num_classes, shape)
 
 
 def build(
-    spec: TrainSpec,
-    data: Data | None = None,
-    teacher: torch.nn.Module | None = None,
-    own_rng: bool = False,
+    spec: TrainSpec, data: Data, teacher: torch.nn.Module | None, precision: Precision
 ) -> Run:
-    """The data on the device, the student (with the frozen teacher and the method's own
-    modules), optimizer and schedule, every random initial value drawn from the seed.
+    """The student (with the method's own modules), optimizer, schedule and scaler, every
+    random initial value drawn from the seed, in the run's own random streams (`Run.rng`).
 
-    A pack passes the `data` and the loaded `teacher` its students share, and `own_rng`: the
-    run then keeps the random streams its build left (`Run.rng`, used through `stream`), so
-    that each student draws exactly what it would draw alone."""
-    data = data or build_data(spec)
+    `teacher` is the loaded teacher (the same object for every student of a pack)."""
+    if _holder:  # the streams the process holds go back to their run before seeding
+        _holder.pop().rng = rng_state()
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
@@ -387,88 +333,70 @@ def build(
     if spec.method == "pure":
         teacher = None
     else:
-        # The teacher's random initial values are drawn here, after the student's, whether its
-        # weights are loaded into this network (a run alone) or the pack's shared teacher is
-        # used: what is drawn next (FitNet's regressor) is the same either way.
-        drawn = build_model(spec.teacher, data.num_classes)
-        if teacher is None:
-            teacher = _load_teacher_weights(drawn, spec, data.device)
-            teacher = teacher.to(memory_format=memory_format)
-        del drawn
+        # A teacher's random initial values, drawn after the student's and thrown away: what
+        # is drawn next (FitNet's regressor) is what kdflow 0.1 drew, which loaded the
+        # teacher's weights into a network built here.
+        build_model(spec.teacher, data.num_classes)
         distill = build_method(spec.method, alpha=spec.alpha, **spec.method_settings)
         distill.setup(model, teacher, image_shape=data.image_shape)
         distill.to(data.device, memory_format=memory_format)
         trainable += distill.parameters()  # e.g. FitNet's regressor, trained with the student
+    recipe = spec.recipe
     optimizer = torch.optim.SGD(
-        trainable, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        trainable, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(spec.lr_milestones), gamma=spec.lr_decay
+        optimizer, milestones=list(recipe.lr_milestones), gamma=recipe.lr_decay
     )
-    return Run(
-        data.on_gpu,
-        data.train_batches,
-        data.test_batches,
-        model,
-        teacher,
-        distill,
-        optimizer,
-        scheduler,
-        rng=rng_state() if own_rng else None,
-    )
+    batches = (data.train_batches, data.test_batches)
+    run = Run(*batches, model, teacher, distill, optimizer, scheduler, precision, rng_state())
+    run.scaler = precision.scaler()
+    return run
+
+
+# The run whose random streams the process holds: `stream` swaps only when another's are
+# needed (a pack), so that a run alone never pays for a swap (some 70 us, a GPU batch's 2 %).
+_holder: list[Run] = []
 
 
 @contextmanager
 def stream(run: Run) -> Iterator[None]:
-    """Inside, the process's random streams are `run`'s own (a no-op for a run alone): every
-    draw of one student (initial values, dropout, the RNG states its checkpoint saves) is then
-    the same whether it trains alone or in a pack, whatever the others draw."""
-    if run.rng is None:
-        yield
-        return
-    set_rng_state(run.rng)
-    try:
-        yield
-    finally:
-        run.rng = rng_state()
-
-
-def _batches(spec: TrainSpec, data, device, on_gpu: bool) -> tuple[DeviceBatches, DeviceBatches]:
-    """Train and test images on the device, normalized by the training set's channel stats."""
-    train_x, test_x = torch.from_numpy(data.train_x), torch.from_numpy(data.test_x)
-    mean, std = channel_stats(train_x)
-    common = dict(device=device, mean=mean, std=std, channels_last=on_gpu)
-    train_batches = DeviceBatches(
-        train_x,
-        torch.from_numpy(data.train_y),
-        batch_size=spec.batch_size,
-        train=True,
-        crop_padding=spec.crop_padding,
-        flip=spec.flip,
-        **common,
-    )
-    test_batches = DeviceBatches(
-        test_x,
-        torch.from_numpy(data.test_y),
-        batch_size=spec.eval_batch_size,
-        train=False,
-        **common,
-    )
-    return train_batches, test_batches
+    """Inside, the process's random streams are `run`'s own: every draw of one student
+    (initial values, dropout, the RNG states its checkpoint saves) is then the same whether it
+    trains alone or in a pack, whatever the others draw (nothing draws outside a stream)."""
+    if not _holder or _holder[0] is not run:
+        if _holder:
+            _holder[0].rng = rng_state()
+        set_rng_state(run.rng)
+        _holder[:] = [run]
+    yield
 
 
 def resume(spec: TrainSpec, run: Run, files: ExperimentFiles) -> Progress:
     """Where the last checkpoint left off, its states loaded into `run` (every RNG too, so the
     run goes on exactly as if it had never stopped); a fresh start without one."""
     state = load_checkpoint(files.checkpoint)
+    now = run.precision.name
     if state is None:
-        return Progress()
-    _check_same_experiment(spec, state, files.checkpoint)
+        return Progress(precisions=[[0, now]])
+    changed = identity_changes(state.get("identity", {}), spec.identity)
+    if changed:
+        raise RuntimeError(
+            f"{files.checkpoint} was written by a different experiment ({changed}); move the "
+            "directory away to restart it, or restore the config it was started with"
+        )
+    if spec.recipe.epochs < state["epoch"] + 1:
+        raise RuntimeError(
+            f"{files.checkpoint} has already trained {state['epoch'] + 1} epochs, more than "
+            f"the {spec.recipe.epochs} the config asks for"
+        )
     run.model.load_state_dict(state["model"])
     if run.distill is not None:
         run.distill.load_state_dict(state.get("method", {}))
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler is not None and "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     if state.get("threads") != spec.threads:
         log.warning(
@@ -482,18 +410,17 @@ def resume(spec: TrainSpec, run: Run, files: ExperimentFiles) -> Progress:
         history=state["history"],
         best_acc=state["best_acc"],
         best_epoch=state["best_epoch"],
+        precisions=state.get("precision", [[0, "unrecorded"]]),
     )
+    if progress.precisions[-1][1] != now:  # `auto` on another kind of GPU
+        log.warning("resuming in %s where the run trained in %s", now, progress.precisions[-1][1])
+        progress.precisions.append([progress.next_epoch, now])
     files.write_history(progress.history)  # the csv may be an epoch ahead of the checkpoint
     log.info("resumed %s from epoch %d", files.dir, progress.next_epoch)
     return progress
 
 
-def run_epoch(run: Run, seed: int, epoch: int) -> dict[str, Any]:
-    """Train one epoch, test, step the schedule: the epoch's row of history.csv."""
-    return run_epochs([run], seed, epoch)[0]
-
-
-# Told of a student that raised in a pack's epoch (it is dropped, the others go on).
+# Told of a student that raised in an epoch (it is dropped, the others go on).
 Failed = Callable[[Run, Exception], None]
 
 
@@ -502,10 +429,10 @@ def run_epochs(
 ) -> list[dict[str, Any] | None]:
     """Train one epoch of each run, test each, step each schedule: their rows of history.csv.
 
-    The runs share their batches and teacher (a pack, or a run alone): one teacher forward per
-    batch serves them all. Without `failed` an error propagates; with it, a run that raises is
-    dropped, `failed` is told, its row is None and the others go on. Timings are the epoch's
-    wall time for all runs together (what one job spends per epoch)."""
+    The runs share their batches and teacher: one teacher forward per batch serves them all.
+    Without `failed` an error propagates; with it, a run that raises is dropped, `failed` is
+    told, its row is None and the others go on. Timings are the epoch's wall time for all
+    runs together (what one job spends per epoch)."""
     started = time.perf_counter()
     lrs = [run.optimizer.param_groups[0]["lr"] for run in runs]
     trained = _train_students(runs, seed, epoch, failed)
@@ -517,7 +444,7 @@ def run_epochs(
             continue
         try:
             with stream(run):
-                test_loss, test_acc = evaluate(run.model, run.test_batches, run.on_gpu)
+                test_loss, test_acc = evaluate(run.model, run.test_batches, run.precision)
                 run.scheduler.step()
         except Exception as exc:
             _failed(failed, run, exc)
@@ -560,15 +487,8 @@ def save_epoch(
     # rewrites best.pth identically; the other order could leave best.pth an epoch stale.
     if test_acc > progress.best_acc:
         progress.best_acc, progress.best_epoch = test_acc, epoch
-        save_verified(
-            files.best,
-            {
-                "model": run.model.state_dict(),
-                "model_name": spec.model,
-                "epoch": epoch,
-                "test_acc": test_acc,
-            },
-        )
+        _save_weights(files.best, spec, run, epoch, test_acc)
+    scaler = {"scaler": run.scaler.state_dict()} if run.scaler is not None else {}
     save_checkpoint(
         files.checkpoint,
         {
@@ -583,6 +503,8 @@ def save_epoch(
             "history": progress.history,
             "best_acc": progress.best_acc,
             "best_epoch": progress.best_epoch,
+            "precision": progress.precisions,
+            **scaler,
         },
     )
     files.write_history(progress.history)
@@ -597,7 +519,7 @@ def save_epoch(
     log.info(
         "epoch %d/%d loss %.4f train %.2f%% test %.2f%% (best %.2f%%) %.1fs %.0f img/s",
         epoch + 1,
-        spec.epochs,
+        spec.recipe.epochs,
         row["train_loss"],
         row["train_acc"],
         test_acc,
@@ -607,19 +529,27 @@ def save_epoch(
     )
 
 
-def finish(spec: TrainSpec, files: ExperimentFiles, progress: Progress) -> dict[str, Any]:
-    """metrics.json, the final status, and last of all `completed` (the rule's output)."""
+def _save_weights(path: Path, spec: TrainSpec, run: Run, epoch: int, test_acc: float) -> None:
+    state = {"model": run.model.state_dict(), "model_name": spec.model}
+    save_verified(path, {**state, "epoch": epoch, "test_acc": test_acc})
+
+
+def finish(spec: TrainSpec, run: Run, files: ExperimentFiles, progress: Progress) -> dict[str, Any]:
+    """last.pth (the last epoch's weights, which a student's teacher loads by default),
+    metrics.json, the final status, and last of all `completed` (the rule's output)."""
     history = progress.history
+    _save_weights(files.last, spec, run, history[-1]["epoch"], history[-1]["test_acc"])
     metrics = {
         **spec.identity,
-        "epochs": spec.epochs,
+        "epochs": spec.recipe.epochs,
         "best_acc": progress.best_acc,
         "best_epoch": progress.best_epoch,
         "final_acc": history[-1]["test_acc"],
         "train_seconds": sum(row["epoch_seconds"] for row in history),
+        "precision_used": progress.used(spec.recipe.epochs),
     }
     atomic_write_json(files.metrics, metrics)
-    files.write_status(spec, "completed", epoch=spec.epochs, best_acc=progress.best_acc)
+    files.write_status(spec, "completed", epoch=spec.recipe.epochs, best_acc=progress.best_acc)
     atomic_write_text(files.completed, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
     return metrics
 
@@ -627,27 +557,20 @@ def finish(spec: TrainSpec, files: ExperimentFiles, progress: Progress) -> dict[
 # -- the steps of one epoch ------------------------------------------------------------------
 
 
-def _train_epoch(model, teacher, distill, optimizer, batches, seed, epoch, on_gpu):
-    """One training epoch of one student: (mean loss, accuracy in %)."""
-    run = Run(on_gpu, batches, batches, model, teacher, distill, optimizer, scheduler=None)
-    return _train_students([run], seed, epoch, None)[0]
-
-
 def _train_students(
-    runs: list[Run], seed: int, epoch: int, failed: Failed | None
+    runs: list[Run], seed: int, epoch: int, failed: Failed | None = None
 ) -> list[tuple[float, float] | None]:
     """One training epoch of students that see the same batches: (mean loss, accuracy in %)
     of each, None for one that raised (`failed` told). The teacher runs once per batch, with
     the stage maps if any student's method uses them; each student's forward, loss, backward
     and step are those it would compute alone, in its own random streams."""
-    batches, on_gpu = runs[0].train_batches, runs[0].on_gpu
+    batches, precision = runs[0].train_batches, runs[0].precision
     teachers = {id(run.teacher): run.teacher for run in runs if run.teacher is not None}
     if len(teachers) > 1 or any(run.train_batches is not batches for run in runs):
         raise ValueError("students trained together must share their batches and teacher")
     teacher = next(iter(teachers.values()), None)
     features = any(run.distill is not None and run.distill.needs_features for run in runs)
     totals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    active = []
     for run in runs:
         run.model.train()
         if run.distill is not None:
@@ -656,40 +579,46 @@ def _train_students(
             torch.zeros((), device=batches.device),
             torch.zeros((), device=batches.device, dtype=torch.long),
         )
-        active.append(run)
-    seen = 0
+    active, seen = list(runs), 0
     for x, y in batches.epoch(seed, epoch):
         if not active:
             break
         taught = None
         if teacher is not None:
-            # bf16 needs no GradScaler; on the CPU autocast stays off so resume is bit-exact
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+            with precision.autocast():
                 taught = _teach(teacher, x, features)
         for run in list(active):
             try:
                 with stream(run):
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-                        logits, loss = _student_loss(run.model, run.distill, x, y, taught, epoch)
-                    run.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    run.optimizer.step()
-                    # accumulate on the device: a .item() per step would stall the GPU
-                    total_loss, correct = totals[id(run)]
-                    total_loss += loss.detach() * len(y)
-                    correct += (logits.argmax(1) == y).sum()
+                    _step(run, x, y, taught, epoch, totals[id(run)])
             except Exception as exc:
                 active.remove(run)
                 _failed(failed, run, exc)
         seen += len(y)
-    out: list[tuple[float, float] | None] = []
-    for run in runs:
-        if run not in active:
-            out.append(None)
-            continue
-        total_loss, correct = totals[id(run)]
-        out.append((total_loss.item() / seen, 100.0 * correct.item() / seen))
-    return out
+    return [
+        (totals[id(r)][0].item() / seen, 100.0 * totals[id(r)][1].item() / seen)
+        if r in active
+        else None
+        for r in runs
+    ]
+
+
+def _step(run: Run, x, y, taught, epoch: int, totals) -> None:
+    """One SGD step of one student (a scaled one in fp16); its loss and hits are added to
+    `totals` on the device: a .item() per step would stall the GPU."""
+    with run.precision.autocast():
+        logits, loss = _student_loss(run.model, run.distill, x, y, taught, epoch)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is None:
+        loss.backward()
+        run.optimizer.step()
+    else:
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    total_loss, correct = totals
+    total_loss += loss.detach() * len(y)
+    correct += (logits.argmax(1) == y).sum()
 
 
 def _teach(teacher, x, features: bool):
@@ -699,13 +628,6 @@ def _teach(teacher, x, features: bool):
     with torch.inference_mode():
         maps, logits = _forward(teacher, x, features)
     return ([m.clone() for m in maps] if features else None), logits.clone()
-
-
-def _loss(model, teacher, distill, x, y, epoch):
-    """The student's logits and its training loss on one batch: CE alone, or the method's."""
-    if teacher is None:
-        return _student_loss(model, None, x, y, None, epoch)
-    return _student_loss(model, distill, x, y, _teach(teacher, x, distill.needs_features), epoch)
 
 
 def _student_loss(model, distill, x, y, taught, epoch):
@@ -733,26 +655,13 @@ def _forward(net, x, features: bool):
 
 
 @torch.inference_mode()
-def evaluate(model, batches, on_gpu) -> tuple[float, float]:
+def evaluate(model, batches, precision: Precision) -> tuple[float, float]:
     model.eval()
     total_loss, correct = 0.0, 0
     for x, y in batches.epoch(0, 0):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+        with precision.autocast():
             logits = model(x)
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     n = batches.num_images
     return total_loss / n, 100.0 * correct / n
-
-
-def _setup_logging(log_path: str | Path | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )

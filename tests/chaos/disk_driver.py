@@ -11,6 +11,7 @@ checkpoint.prev.pth: the rotation, so that the next write is the checkpoint's).
 """
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ sys.path.insert(
 )
 from disks import fill  # noqa: E402
 
-from kdflow.trainer import TrainSpec, train  # noqa: E402
+from kdflow.config import TrainSpec  # noqa: E402
+from kdflow.pack import log_handlers, train  # noqa: E402
 
 
 def fill_at_replace(k: int, path: str, name: str | None) -> None:
@@ -46,4 +48,5 @@ if __name__ == "__main__":
             fill(os.environ["FILL_FILE"])
         else:
             fill_at_replace(k, os.environ["FILL_FILE"], os.environ.get("FILL_AFTER"))
+    logging.basicConfig(level=logging.INFO, handlers=log_handlers(None), force=True)
     train(TrainSpec.from_params(json.loads(sys.argv[1])), sys.argv[2])

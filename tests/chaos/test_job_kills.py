@@ -19,7 +19,8 @@ from chaoslib import ROOT, differences, lost_epochs
 from conftest import COUNTS, FULL
 from fakedata import train_params, write_prepared
 
-from kdflow.trainer import TrainSpec, train
+from kdflow.config import TrainSpec
+from kdflow.pack import train
 
 pytestmark = pytest.mark.slow
 DRIVER = ROOT / "tests/resume_driver.py"

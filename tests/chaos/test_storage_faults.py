@@ -7,6 +7,7 @@ bit-identical to a clean one; `kdflow status` and `kdflow report` keep working."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,7 +33,8 @@ from conftest import COUNTS, FULL
 from fakedata import train_params, write_prepared
 
 from kdflow.checkpoint import CheckpointError, load_checkpoint, previous_path
-from kdflow.trainer import TrainSpec, train
+from kdflow.config import TrainSpec
+from kdflow.pack import train
 
 pytestmark = pytest.mark.slow
 DISK_DRIVER = HERE / "disk_driver.py"
@@ -197,12 +199,18 @@ REPORT_CSV_DAMAGE = [empty, garbage, wrong_csv]
 def _train_logged(spec, out: Path) -> tuple[bool, str]:
     """Resume `spec` in `out` in this process; (finished?, the run's log)."""
     log = out / "train.log"
+    handler, kdflow = logging.FileHandler(log), logging.getLogger("kdflow")
+    kdflow.addHandler(handler)  # its lines, as a job's script logs them
+    level, kdflow.level = kdflow.level, logging.INFO
     try:
-        train(TrainSpec.from_params(spec), out, log_path=log)
+        train(TrainSpec.from_params(spec), out)
         ok = True
     except CheckpointError as exc:
         ok = False
         log.write_text(log.read_text() + f"\nCheckpointError: {exc}\n")
+    finally:
+        kdflow.removeHandler(handler), handler.close()
+        kdflow.level = level
     return ok, log.read_text()
 
 
