@@ -264,8 +264,8 @@ else:
     SELECTED = INJECTIONS + _random.Random(0).sample(others, 30 - len(INJECTIONS))
     SELECTED.sort(key=CASES.index)
 PROFILE_ARGS = [
-    "--set-threads", "train_pure=1", "train_kd=1",
-    "--set-resources", "train_pure:gpu=0", "train_kd:gpu=0",
+    "--set-threads", "train_pure=1", "train_kd=1", "train_pack=1",
+    "--set-resources", "train_pure:gpu=0", "train_kd:gpu=0", "train_pack:gpu=0",
 ]  # fmt: skip
 
 

@@ -5,6 +5,7 @@ Against tests/test_pbs_controller.py's fake qsub/qstat on PATH; fast, no cluster
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -143,3 +144,21 @@ def test_a_success_a_controller_reported_is_not_reported_twice(pbs, workdir, cha
     assert not controller.registry.load(t.name).last.unreported
     again = unit.make_controller(workdir).start([t])[t.name]
     assert isinstance(again, unit.Tracked) and len(pbs.calls("qsub")) == 2
+
+
+def test_a_success_handed_to_a_snakemake_that_never_recorded_it_is_handed_over_again(
+    pbs, workdir, chaos
+):
+    """The controller that handed the success over was killed before its Snakemake recorded
+    it: the target keeps Snakemake's incomplete mark, and the next controller, asked for it,
+    hands the success over again instead of running a second job (found on OpenPBS)."""
+    t = unit.target()
+    first = unit.make_controller(workdir).start([t])[t.name]
+    _finish_with_output(pbs, workdir, t, first.job_id)
+    handed = unit.make_controller(workdir).start([t])[t.name]
+    assert isinstance(handed, unit.Finished) and handed.job_id == first.job_id
+    # killed now; the next Snakemake finds the target still marked incomplete
+    again = unit.make_controller(workdir).start([dataclasses.replace(t, incomplete=True)])
+    assert isinstance(again[t.name], unit.Finished) and again[t.name].succeeded
+    assert len(pbs.calls("qsub")) == 1
+    chaos.kills = 1

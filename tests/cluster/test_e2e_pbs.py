@@ -56,8 +56,9 @@ OPENPBS_SWEEP = {
 # profile's); a slow machine may kill a job at its walltime before it makes progress: allow
 # more of those than the default 2 before giving up.
 ON_OPENPBS = [
-    "--set-threads", "train_pure=1", "train_kd=1",
-    "--set-resources", "train_pure:gpu=1", "train_kd:gpu=1", "train_kd:runtime=30",
+    "--set-threads", "train_pure=1", "train_kd=1", "train_pack=1",
+    "--set-resources", "train_pure:gpu=1", "train_kd:gpu=1", "train_pack:gpu=1",
+    "train_pack:runtime=30",
     "--pbs-status-interval", "3", "--pbs-max-stalled-walltime-kills", "5",
 ]  # fmt: skip
 # The site's settings, as a user exports them for profiles/pbs (CHPC's GPU queue name)
@@ -250,7 +251,7 @@ def test_sweep_survives_walltime_kills_a_sigkilled_controller_and_a_qdel(openpbs
     assert teacher["walltime_kills"] >= 1, teacher["submissions"]
     held_outcome = {s["job_id"]: s["outcome"] for s in teacher["submissions"]}[teacher_job]
     assert held_outcome == "walltime", teacher["submissions"]  # held, killed at its walltime
-    kd = records[f"train_pack_resnet20:{KD}/completed"]
+    kd = records[f"train_pack:{KD}/completed"]
     assert kd["outputs"] == [f"{KD}/completed", f"{KD2}/completed"]
     outcomes = {s["job_id"]: s["outcome"] for s in kd["submissions"]}
     assert outcomes[deleted] == "killed", kd["submissions"]

@@ -32,7 +32,9 @@ NEEDS_PBS = "The PBS executor needs qsub, qstat, qdel on PATH"
 SETTINGS = {  # as test_e2e_pbs.py runs profiles/pbs: the site's queue and project, 1 thread
     "SNAKEMAKE_PBS_QUEUE": "gpu_1",
     "SNAKEMAKE_PBS_PROJECT": "ci",
-    "KDFLOW_SNAKEMAKE_ARGS": "--set-threads train_pure=1 train_kd=1 --pbs-status-interval 3",
+    "KDFLOW_SNAKEMAKE_ARGS": (
+        "--set-threads train_pure=1 train_kd=1 train_pack=1 --pbs-status-interval 3"
+    ),
 }
 
 

@@ -49,7 +49,7 @@ EXPERIMENTS = {  # the plugin's job comment (rule and wildcards) -> the experime
     "rule_train_pure_wildcards_digits_resnet20_0": TEACHER,
     "rule_train_pure_wildcards_digits_resnet8_0": "results/digits/pure/resnet8/seed0",
     # packing: teacher (the default): the students of resnet20 train in its pack's job
-    "rule_train_pack_resnet20_wildcards_digits_0": (
+    "rule_train_pack_wildcards_digits_resnet20_resnet8_0": (
         "results/digits/logit/resnet20-resnet8/alpha0.5/seed0"
     ),
 }
@@ -60,8 +60,9 @@ EXPERIMENTS = {  # the plugin's job comment (rule and wildcards) -> the experime
 # loaded 2-core machine the teacher's ~100 s can take 3-4 walltimes (each kill lands at
 # 60-90 s, ~10 s of it start-up): more retries than the profile's 3, checked on their own below.
 ON_THIS_MACHINE = [
-    "--set-threads", "train_pure=1", "train_kd=1",
-    "--set-resources", "train_pure:gpu=0", "train_kd:gpu=0", "train_kd:runtime=10",
+    "--set-threads", "train_pure=1", "train_kd=1", "train_pack=1",
+    "--set-resources", "train_pure:gpu=0", "train_kd:gpu=0", "train_pack:gpu=0",
+    "train_pack:runtime=10",
     "--slurm-init-seconds-before-status-checks", "2",
     "--seconds-between-status-checks", "2",
     "--retries", "6",
@@ -83,8 +84,12 @@ def test_profile_resubmits_failed_jobs():
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
     assert profile["retries"] >= 1
-    assert profile["set-threads"] == {"train_pure": 10, "train_kd": 10}
-    assert profile["set-resources"] == {"train_pure": {"gpu": 1}, "train_kd": {"gpu": 1}}
+    assert profile["set-threads"] == {"train_pure": 10, "train_kd": 10, "train_pack": 10}
+    assert profile["set-resources"] == {
+        "train_pure": {"gpu": 1},
+        "train_kd": {"gpu": 1},
+        "train_pack": {"gpu": 1},
+    }
 
 
 @pytest.mark.slow

@@ -303,6 +303,56 @@ def test_a_job_that_succeeded_after_its_controller_was_killed_is_not_run_again(w
     assert len(pbs.calls("qsub")) == 2
 
 
+# A controller killed the moment it has handed an earlier job's success to its Snakemake,
+# before Snakemake recorded the end (the target keeps Snakemake's incomplete mark).
+KILLED_AFTER_HANDING_OVER = """
+import os, signal, sys
+import snakemake_executor_plugin_pbs as plugin
+from snakemake.cli import main
+
+handed = plugin.Executor._start
+
+def start(self, jobs):
+    handed(self, jobs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+plugin.Executor._start = start
+sys.argv = ["snakemake", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_success_handed_to_a_snakemake_killed_before_it_recorded_it_is_not_run_again(
+    workflow,
+):
+    # Found by the chaos tests on OpenPBS: the success was handed over once, its record said
+    # so, and the next controller, asked for the still-incomplete target, ran it again.
+    work, pbs, env = workflow
+    _sigkill_the_controller_while_a_job_runs(work, pbs, env)
+    (work / "release").touch()
+    wait_until(lambda: all(job["state"] == "F" for job in pbs.jobs()), "the job to end")
+    # asked for again (as when its DAG was built before the job ended; here: -R), then killed
+    second = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_HANDING_OVER, *ARGS, "-R", "slow"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert second.returncode == -signal.SIGKILL, second.stderr
+    assert "succeeded while no controller watched it" in second.stderr
+    assert snakemake(work, env, "--unlock").returncode == 0
+    # the next one finds the target incomplete, as Snakemake left it, and asks for it
+    third = snakemake(work, env, *ARGS, "--rerun-incomplete")
+    assert third.returncode == 0, third.stderr
+    assert "job 1000.fakesrv succeeded" in third.stderr, third.stderr
+    assert len(pbs.calls("qsub")) == 1, "the target ran a second time"
+    [record] = records(work).values()
+    assert [s["outcome"] for s in record["submissions"]] == ["success"]
+    # recorded now: asked for again, the target runs
+    fourth = snakemake(work, env, *ARGS, "-R", "slow")
+    assert fourth.returncode == 0, fourth.stderr
+    assert len(pbs.calls("qsub")) == 2
+
+
 @pytest.mark.slow
 def test_a_job_that_finds_the_disk_full_waits_for_space_and_then_runs(workflow, tmp_path):
     """A real ENOSPC (a full tmpfs) fails the job; the executor holds the target back instead

@@ -342,7 +342,21 @@ class Executor(RemoteExecutor):
             gpus=_int_resource(resources, "gpu", "gpus") or 0,
             envvars=tuple(self.envvars()),
             queue=_queue_resource(resources.get("pbs_queue")),
+            incomplete=self._marked_incomplete(job),
         )
+
+    def _marked_incomplete(self, job: JobExecutorInterface) -> bool:
+        """Do the job's outputs carry an earlier Snakemake's incomplete mark? Snakemake marks
+        a job's outputs when the executor reports its submission and clears the mark when it
+        records its end, so a mark seen before this executor reports anything is an earlier
+        run's. Asked through Snakemake's own persistence (`external_jobids`: the job ids those
+        marks carry; this executor reports every job, also a success it hands over, with
+        one). An older Snakemake without it: no mark (the success is then not reported twice
+        only where no controller watched it)."""
+        try:
+            return bool(self.workflow.persistence.external_jobids(job))
+        except (AttributeError, TypeError):
+            return False
 
     def run_jobs(self, jobs: list[JobExecutorInterface]):
         for job in jobs:
@@ -361,8 +375,11 @@ class Executor(RemoteExecutor):
         for job, target in targets:
             result = results[target.name]
             if isinstance(result, Finished) and result.succeeded:
-                # a job of an earlier controller did it: handed over at the next poll
-                self.report_job_submission(SubmittedJobInfo(job, aux={"pbs": result}))
+                # a job of an earlier controller did it: handed over at the next poll, with
+                # its id in Snakemake's incomplete mark until Snakemake records the end
+                self.report_job_submission(
+                    SubmittedJobInfo(job, external_jobid=result.job_id, aux={"pbs": result})
+                )
             elif isinstance(result, Finished):
                 self.report_job_error(
                     SubmittedJobInfo(job),

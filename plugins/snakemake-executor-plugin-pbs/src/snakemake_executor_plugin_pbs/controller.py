@@ -56,6 +56,10 @@ class Target:
     gpus: int = 0
     envvars: tuple[str, ...] = ()  # names of environment variables the job needs
     queue: str | None = None  # the rule's own queue (resource pbs_queue), else the setting's
+    # An earlier Snakemake started this target and never recorded its end: its outputs still
+    # carry Snakemake's incomplete mark (a controller killed before its Snakemake finished
+    # the bookkeeping of a success it had been handed, or of a job it had submitted).
+    incomplete: bool = False
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Finished:
     succeeded: bool
     message: str = ""
     logs: tuple[str, ...] = ()
+    job_id: str | None = None  # the job that did it, where one of an earlier controller did
 
 
 @dataclass(frozen=True)
@@ -350,15 +355,18 @@ class Controller:
         return results
 
     def _unwatched_success(self, t: Tracked, record: TargetRecord) -> Finished | None:
-        """The target's last job succeeded while no controller watched it, so no Snakemake
-        learned of it: the killed controller's Snakemake left the target marked incomplete,
-        and the next one asks for it again although the job wrote every output. If they all
-        exist, report that success (once) instead of running the target a second time."""
+        """The target's last job succeeded, but no Snakemake recorded the end: it succeeded
+        while no controller watched it (`unreported`), or a controller handed the success to
+        its Snakemake and was killed before Snakemake recorded it (the target is still marked
+        incomplete). The next Snakemake asks for the target again although the job wrote
+        every output. If they all exist, report that success instead of running the target a
+        second time. A target whose end Snakemake did record, asked for again (a forced rerun,
+        changed parameters), is submitted."""
         last = record.last
         outputs = [self.config.workdir / output for output in t.target.outputs]
         if (
             last is None
-            or not last.unreported
+            or not (last.unreported or t.target.incomplete)
             or last.outcome != Kind.SUCCESS.value
             or not outputs
             or not all(path.exists() for path in outputs)
@@ -371,7 +379,7 @@ class Controller:
             "so it is reported instead of submitting another"
         )
         self.logger.info(f"PBS: {t.target.rule} target {t.target.name}: {message}")
-        return Finished(t.target, True, message)
+        return Finished(t.target, True, message, job_id=last.job_id)
 
     def _resume_intents(self, intents, ready) -> dict[str, "Tracked | Finished"]:
         """Targets whose qsub was interrupted: adopt a live job of their name, or submit."""
