@@ -33,7 +33,7 @@ from conftest import COUNTS, FULL
 from fakedata import train_params, write_prepared
 
 from kdflow.checkpoint import CheckpointError, load_checkpoint, previous_path
-from kdflow.config import TrainSpec
+from kdflow.config import RECIPE, TrainSpec
 from kdflow.pack import train
 
 pytestmark = pytest.mark.slow
@@ -266,14 +266,16 @@ def test_damaged_run_files_are_recovered_or_reported_by_path(tiny, chaos, tmp_pa
 
 
 def _sweep_workdir(tiny, workdir: Path) -> list[str]:
-    """A workdir with the tiny sweep's config and finished results (copies)."""
+    """A workdir with the tiny sweep's config (the recipe its results were trained with: a
+    report leaves out runs of another recipe) and finished results (copies)."""
     config = {
         "seeds": [7],
         "datasets": {"tiny": {}},
         "models": ["resnet14", "resnet8"],
         "pairs": [{"teacher": "resnet14", "student": "resnet8"}],
         "alphas": [0.5],
-        "train": {"epochs": EPOCHS, "lr_milestones": [EPOCHS - 2]},
+        "train": {key: value for key, value in tiny["pure"].items() if key in RECIPE},
+        "device": tiny["pure"]["device"],
     }
     (workdir / "config").mkdir(parents=True)
     (workdir / "config/experiments.yaml").write_text(yaml.safe_dump(config))
