@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from packs import timed  # bench/ is on the path of a script run from there
 
 from kdflow.config import TrainSpec
 from kdflow.data import ImageSet, save_prepared
@@ -46,19 +46,6 @@ from kdflow.trainer import (
 
 METHODS = {"logit": {}, "dkd": {"beta": 8}, "fitnet": {}}  # the published settings
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn) -> float:
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
 
 
 def precisions(device: torch.device) -> tuple[list[str], list[str]]:
