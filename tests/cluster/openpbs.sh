@@ -14,7 +14,7 @@
 #                                      per pyproject.toml; the tests install kdflow itself)
 #
 # Environment:
-#   KDFLOW_OPENPBS_TARBALL  the OpenPBS source  [../shared/vendor/openpbs-<commit>.tar.gz]
+#   KDFLOW_OPENPBS_TARBALL  the OpenPBS source  [vendor/openpbs-<commit>.tar.gz]
 #   KDFLOW_OPENPBS_BUILD    build directory, kept as a cache        [/var/cache/kdflow/openpbs]
 #   KDFLOW_PBS_USER         the ordinary user that submits the jobs [kdtest]
 #   KDFLOW_OPENPBS_TIMEOUT  seconds to wait for the server and node  [300]
@@ -24,7 +24,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 COMMIT=cd7ab5edaf03dcac2f1cb9e2f42d75eb117d468a
-TARBALL=${KDFLOW_OPENPBS_TARBALL:-$REPO/../shared/vendor/openpbs-${COMMIT:0:8}.tar.gz}
+TARBALL=${KDFLOW_OPENPBS_TARBALL:-$REPO/vendor/openpbs-${COMMIT:0:8}.tar.gz}
+# The vendored tarball's sha256 (vendor/README.md); another copy (KDFLOW_OPENPBS_TARBALL) is not checked.
+TARBALL_SHA256=c9df45210848853db8ef82f22800a6aca86dbfc6d38fff50b85a3c8ca0ad7e22
 BUILD=${KDFLOW_OPENPBS_BUILD:-/var/cache/kdflow/openpbs}
 PREFIX=/opt/pbs
 PBS_HOME=/var/spool/pbs
@@ -62,6 +64,10 @@ cmd_install() {
 	fi
 	[[ $(id -u) -eq 0 ]] || die "building OpenPBS needs root (apt-get, /opt/pbs)"
 	[[ -f $TARBALL ]] || die "no OpenPBS source at $TARBALL (set KDFLOW_OPENPBS_TARBALL)"
+	if [[ -z ${KDFLOW_OPENPBS_TARBALL:-} ]]; then
+		echo "$TARBALL_SHA256  $TARBALL" | sha256sum --check --quiet ||
+			die "$TARBALL is not the vendored OpenPBS source (sha256 differs; see vendor/README.md)"
+	fi
 	local missing=() p
 	for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 	if ((${#missing[@]})); then
