@@ -5,6 +5,7 @@
 #
 #   tests/cluster/openpbs.sh install   build OpenPBS from the vendored source into /opt/pbs, once
 #                                      per commit (a build marker records it; ~3 min on 2 cores)
+#   tests/cluster/openpbs.sh source    print the OpenPBS source it builds (the vendored one, checked)
 #   tests/cluster/openpbs.sh start     configure one node (job history on, `$enforce mem`, ngpus,
 #                                      a test user, flatuid) and start it; wait until it is free
 #   tests/cluster/openpbs.sh stop      stop every PBS daemon
@@ -58,16 +59,22 @@ PACKAGES=(gcc g++ make libtool autoconf automake pkg-config file ca-certificates
 
 built() { [[ -x $PREFIX/bin/qstat && -s $MARKER && $(<"$MARKER") == "$COMMIT" ]]; }
 
-cmd_install() {
-	if built; then
-		return 0
-	fi
-	[[ $(id -u) -eq 0 ]] || die "building OpenPBS needs root (apt-get, /opt/pbs)"
+# The OpenPBS source to build: present, and the vendored one unless another was named.
+cmd_source() {
 	[[ -f $TARBALL ]] || die "no OpenPBS source at $TARBALL (set KDFLOW_OPENPBS_TARBALL)"
 	if [[ -z ${KDFLOW_OPENPBS_TARBALL:-} ]]; then
 		echo "$TARBALL_SHA256  $TARBALL" | sha256sum --check --quiet ||
 			die "$TARBALL is not the vendored OpenPBS source (sha256 differs; see vendor/README.md)"
 	fi
+	echo "$TARBALL"
+}
+
+cmd_install() {
+	if built; then
+		return 0
+	fi
+	[[ $(id -u) -eq 0 ]] || die "building OpenPBS needs root (apt-get, /opt/pbs)"
+	cmd_source >/dev/null
 	local missing=() p
 	for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 	if ((${#missing[@]})); then
@@ -331,6 +338,7 @@ build_venv() {
 
 case ${1:-} in
 install) cmd_install ;;
+source) cmd_source ;;
 start) cmd_start ;;
 stop) cmd_stop ;;
 restart)
@@ -340,7 +348,7 @@ restart)
 status) cmd_status ;;
 venv) cmd_venv ;;
 *)
-	echo "usage: $0 install|start|stop|restart|status|venv" >&2
+	echo "usage: $0 install|source|start|stop|restart|status|venv" >&2
 	exit 2
 	;;
 esac
