@@ -1,9 +1,9 @@
 """A clone from a public host runs its own tests: what `make test` reads is in the repository.
 
 `../shared` exists only on the machines this project was built on. The OpenPBS source the
-cluster tests build is vendored (`vendor/`, with its licence and sha256); these tests take the
-repository's tracked files alone (as they are in the working tree) into a directory with no `../shared` beside it
-and ask the set-up for what it would build from there.
+cluster tests build is vendored (`vendor/`, with its licence and sha256); these tests copy the
+repository's tracked files (as they are in the working tree) into a directory with no
+`../shared` beside it and ask the set-up for what it would build from there.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What `make test` runs or reads (the Makefile, CI, the schedulers' set-up, the tests).
 MAKE_TEST_FILES = ("Makefile", ".ci/run", "tests")
+SCRIPT_SUFFIXES = {"", ".sh", ".py", ".mk", ".cfg", ".toml", ".yaml"}
 
 
 def _tracked(*paths: str) -> list[Path]:
@@ -71,7 +72,7 @@ def test_nothing_make_test_runs_reads_outside_the_repository():
     offenders = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
         for path in _tracked(*MAKE_TEST_FILES)
-        if path != Path(__file__).resolve() and path.suffix in {"", ".sh", ".py", ".mk", ".cfg", ".toml", ".yaml"} and path.is_file()
+        if path.suffix in SCRIPT_SUFFIXES and path.is_file() and path != Path(__file__).resolve()
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
         if "../shared" in line and not line.lstrip().startswith("#")
     ]
