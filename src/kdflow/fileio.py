@@ -5,6 +5,10 @@ A reader or a kill sees a file's old contents or its new ones, never a mix: each
 a temporary file in the same directory, is fsynced, and replaces the file by rename. The
 executor plugin keeps its own copy of this rule (registry.write_atomic): it must not import
 kdflow.
+
+Every file gets the mode the user's umask gives (0644 under 0022, 0640 under 0027), as a plain
+`open()` would: a research group reads its results from a shared project directory.
+`tempfile.mkstemp` would make each one 0600 whatever the umask.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +43,19 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def create_temp(directory: Path, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new file in `directory`, open for writing: (fd, path). Unlike `tempfile.mkstemp`
+    (always 0600) its mode is 0666 less the umask, applied by the kernel as for any new file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for _ in range(100):
+        path = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory} for {prefix}*{suffix}")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` on success, so a reader or a kill sees old or new.
@@ -49,7 +66,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = create_temp(path.parent, prefix=f".{path.name}.")
     except OSError as exc:
         raise _naming(exc, path) from exc
     try:

@@ -69,7 +69,6 @@ import os
 import secrets
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,7 +76,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kdflow.fileio import fsync_dir, read_json
+from kdflow.fileio import create_temp, fsync_dir, read_json
 
 log = logging.getLogger("kdflow.owner")
 
@@ -541,7 +540,7 @@ def _link(path: Path, record: Mapping[str, Any]) -> bool:
     token = secrets.token_hex(16)
     data = (json.dumps({**record, "token": token}, indent=2, sort_keys=True) + "\n").encode()
     # named like kdflow's other temps: the trainer that wins removes those left by a kill
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".claim.", suffix=".tmp")
+    fd, tmp = create_temp(path.parent, prefix=".claim.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
