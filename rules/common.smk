@@ -1,5 +1,6 @@
 # The sweep: validate the config, expand it to experiments, and give rules their parameters.
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,20 +11,46 @@ _SRC = str(Path(workflow.main_snakefile).parent / "src")
 if _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
-from kdflow.config import Experiment, Sweep
+from kdflow.config import Experiment, Sweep, merged_keys
+from snakemake.utils import update_config
+
+
+# The files the config comes from: with --replace-workflow-config, the --configfile(s) alone
+# (the Snakefile's `configfile:` is read, then discarded); without, all of them, merged.
+def _shown(path):
+    """A config file's path as the user reads it: relative where it is under the workdir."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)
+
+
+_GIVEN = [_shown(f) for f in workflow.config_settings.configfiles]
+_REPLACED = workflow.config_settings.replace_workflow_config and bool(_GIVEN)
+CONFIG_FILES = (
+    _GIVEN if _REPLACED else list(dict.fromkeys(map(_shown, workflow.configfiles)))
+)
+
+# A --configfile merged into the default sweep runs the default's datasets, models and pairs
+# too: say so once, in the controller (jobs parse this file again), naming what it added.
+if _GIVEN and not _REPLACED and workflow.is_main_process:
+    _default = [f for f in CONFIG_FILES if f not in _GIVEN]
+    _given = {}
+    for _file in _GIVEN:
+        update_config(_given, Sweep.load(_file))  # as Snakemake merges them
+    _added = merged_keys(Sweep.load(_default[0]), _given) if _default else []
+    if _added:
+        print(
+            f"kdflow: {' + '.join(_GIVEN)} was merged into {_default[0]} (Snakemake's default "
+            f"without --replace-workflow-config), which adds: {', '.join(_added)}. To run "
+            f"{' + '.join(_GIVEN)} alone, add --replace-workflow-config.",
+            file=sys.stderr,
+        )
 
 # Validates against config/schema.yaml and checks what a schema cannot (pairs naming models
 # that are not trained as pure, duplicates, unknown names); raises before any job exists.
 SWEEP = Sweep(
     config,
-    source=" + ".join(map(str, workflow.configfiles)) or "config",
-    # checked for keys given twice: the files the config was read from (with
-    # --replace-workflow-config, the `configfile:` above is read, then discarded)
-    files=(
-        workflow.config_settings.configfiles
-        if workflow.config_settings.replace_workflow_config
-        else workflow.configfiles
-    ),
+    source=" + ".join(CONFIG_FILES) or "config",
+    files=CONFIG_FILES,  # checked for keys given twice
 )
 EXPERIMENTS = SWEEP.experiments()
 

@@ -217,6 +217,48 @@ def test_every_problem_is_listed_at_once(good):
     assert "resnet9000" in str(err.value) and "methods.crd" in str(err.value)
 
 
+def test_misspelt_keys_and_names_are_reported_together_each_with_a_suggestion(good):
+    # a misspelt key (the schema's) and a misspelt name (kdflow's): one pass reports both
+    good["train"]["epoch"] = good["train"].pop("epochs")
+    good["datasets"]["digit"] = good["datasets"].pop("digits")
+    good["alpahs"] = good.pop("alphas")
+    good["models"][0] = "reznet8"
+    with pytest.raises(ConfigError) as err:
+        Sweep(good, source="typo.yaml")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "typo.yaml: 4 problem(s); nothing was run or submitted:"
+    problems = "\n".join(lines[1:])
+    for where, suggestion in (
+        ("train:", "did you mean 'epochs'?"),
+        ("(top level):", "did you mean 'alphas'?"),
+        ("datasets.digit:", "did you mean 'digits'?"),
+        ("models[0] = 'reznet8':", "did you mean 'resnet8'?"),
+    ):
+        line = next((x for x in lines if x.startswith(f"  - {where}")), None)
+        assert line is not None and suggestion in line, f"{where} {suggestion}\n{problems}"
+
+
+def test_a_name_with_nothing_close_gets_no_guess(good):
+    good["datasets"]["mnist"] = {}
+    with pytest.raises(ConfigError) as err:
+        Sweep(good)
+    assert "datasets.mnist: unknown dataset; known: cifar10," in str(err.value)
+    assert "did you mean" not in str(err.value)
+
+
+def test_the_caller_says_what_a_bad_config_stopped(good):
+    good["alphas"] = [1.5]
+    with pytest.raises(ConfigError, match=r"1 problem\(s\); nothing is shown:"):
+        Sweep(good, consequence="nothing is shown")
+
+
+def test_merged_keys_are_what_the_default_adds_to_a_given_file():
+    default = {"seeds": [0], "datasets": {"digits": {}, "cifar100": {"mem_mb": 1}}, "pairs": []}
+    given = {"seeds": [1], "datasets": {"digits": {"runtime": 5}}}
+    assert kdconfig.merged_keys(default, given) == ["datasets.cifar100", "pairs"]
+    assert kdconfig.merged_keys(default, default) == []
+
+
 def test_config_owns_the_names_and_every_registry_implements_exactly_them():
     from kdflow import data, losses, models
 

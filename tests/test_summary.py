@@ -176,6 +176,7 @@ def test_kdflow_report_refuses_a_missing_results_directory_or_a_bad_config(tmp_p
                  "--results", str(tmp_path / "results")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.startswith("kdflow report: ") and "alphas[0] = 1.5" in err
+    assert "1 problem(s); nothing to show:" in err and "submitted" not in err
 
 
 # -- runs of another recipe; the published figures beside kdflow's -----------------------------

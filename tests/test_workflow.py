@@ -158,6 +158,29 @@ def test_bad_config_stops_before_anything_runs(tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
 
 
+def test_a_configfile_merged_into_the_default_is_named_with_what_it_added(tmp_path):
+    demo = str(ROOT / "config" / "demo.yaml")
+    merged = subprocess.run([*SNAKEMAKE, "-n", "--configfile", demo], capture_output=True,
+                            text=True, cwd=ROOT)  # fmt: skip
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    warning = next(line for line in merged.stderr.splitlines() if "was merged into" in line)
+    assert "config/demo.yaml was merged into config/experiments.yaml" in warning
+    assert "datasets.cifar100" in warning and "--replace-workflow-config" in warning
+    alone = subprocess.run([*SNAKEMAKE, "-n", "--configfile", demo, "--replace-workflow-config"],
+                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert alone.returncode == 0 and "was merged into" not in alone.stderr
+
+
+def test_a_bad_config_given_alone_is_named_alone(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config["alphas"] = [1.5]
+    result = snakemake(tmp_path, "-n", config=config, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"{tmp_path / 'sweep.yaml'}: 1 problem(s)" in out or "sweep.yaml: 1 problem(s)" in out
+    assert "experiments.yaml" not in out
+
+
 @pytest.mark.slow
 def test_small_sweep_runs_end_to_end(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())

@@ -17,7 +17,7 @@ def _sweep(command: str, configfile: str):
     from kdflow.config import ConfigError, Sweep
 
     try:
-        return Sweep.from_file(configfile, check_names=False)
+        return Sweep.from_file(configfile, check_names=False, consequence="nothing to show")
     except ConfigError as exc:
         print(f"kdflow {command}: {exc}", file=sys.stderr)
         return None

@@ -12,6 +12,7 @@ jsonschema when a config is validated.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 from collections.abc import Iterable, Iterator, Mapping
@@ -384,13 +385,48 @@ def _copy(value: Any) -> Any:
     return yaml.load(yaml.dump(value, Dumper=_DUMPER), Loader=_LOADER)
 
 
+def _suggestion(given: list[str], known: Iterable[str]) -> str:
+    """`did you mean 'epochs'?` for the given names close to a known one ('' if none is)."""
+    known = [str(name) for name in known]
+    close = {
+        name: match[0]
+        for name in map(str, given)
+        if (match := difflib.get_close_matches(name, known, n=1, cutoff=0.6))
+    }
+    if not close:
+        return ""
+    if len(given) == 1:
+        return f"did you mean {next(iter(close.values()))!r}?"
+    return "did you mean " + ", ".join(f"{m!r} for {n!r}" for n, m in close.items()) + "?"
+
+
+def _hint(text: str) -> str:
+    return f"; {text}" if text else ""
+
+
+def _unexpected(err) -> list[str]:
+    """The keys an additionalProperties error is about."""
+    if not isinstance(err.instance, dict):
+        return []
+    allowed = _keys_here(err.schema)
+    return [key for key in err.instance if key not in allowed]
+
+
+def _keys_here(schema: Mapping[str, Any]) -> list[str]:
+    return list(schema.get("properties", {}))
+
+
 def _schema_errors(config: dict[str, Any]) -> list[str]:
     errors = []
     for err in sorted(_validator().iter_errors(config), key=lambda e: list(e.absolute_path)):
         where = _where(list(err.absolute_path))
         if err.validator == "additionalProperties":
             where = _where(list(err.absolute_path)) if err.absolute_path else "(top level)"
-            errors.append(f"{where}: {err.message} (check the spelling against config/schema.yaml)")
+            errors.append(
+                f"{where}: {err.message}"
+                f"{_hint(_suggestion(_unexpected(err), _keys_here(err.schema)))} "
+                "(check the spelling against config/schema.yaml)"
+            )
         elif err.validator == "pattern":
             what = "key" if "propertyNames" in err.schema_path else "value"
             errors.append(
@@ -447,23 +483,28 @@ def check_registry(kind: str, registered: Iterable[str], names: Iterable[str]) -
         )
 
 
+def _unknown(where: str, kind: str, name: str, known: list[str]) -> str:
+    hint = _suggestion([name], known)
+    return f"{where}: unknown {kind}{f' ({hint})' if hint else ''}; known: {', '.join(known)}"
+
+
 def _unknown_names(config: dict[str, Any]) -> list[str]:
-    """Names the config uses that kdflow does not know (the names above: no torch needed)."""
+    """Names the config uses that kdflow does not know (the names above: no torch needed).
+    Checked also in a config the schema refused (every problem at once): what is not a list
+    or mapping of names here is the schema's to report."""
     errors = []
-    known_models = model_names()
-    for i, model in enumerate(config["models"]):
-        if model not in known_models:
-            errors.append(
-                f"models[{i}] = {model!r}: unknown model; known: {', '.join(known_models)}"
-            )
-    known_datasets = dataset_names()
-    for name in config["datasets"]:
-        if name not in known_datasets:
-            errors.append(f"datasets.{name}: unknown dataset; known: {', '.join(known_datasets)}")
-    known_methods = method_names()
-    for name in config["methods"]:
-        if name not in known_methods and name != "pure":
-            errors.append(f"methods.{name}: unknown method; known: {', '.join(known_methods)}")
+    models, known_models = config.get("models"), model_names()
+    for i, model in enumerate(models if isinstance(models, list) else []):
+        if isinstance(model, str) and model not in known_models:
+            errors.append(_unknown(f"models[{i}] = {model!r}", "model", model, known_models))
+    for key, known, kind in (
+        ("datasets", dataset_names(), "dataset"),
+        ("methods", method_names(), "method"),
+    ):
+        names = config.get(key)
+        for name in names if isinstance(names, dict) else []:
+            if name not in known and not (key == "methods" and name == "pure"):
+                errors.append(_unknown(f"{key}.{name}", kind, name, known))
     return errors
 
 
@@ -522,6 +563,21 @@ def _semantic_errors(config: dict[str, Any], check_names: bool) -> list[str]:
     return list(dict.fromkeys(errors))  # a problem that several keys share, once
 
 
+def merged_keys(default: Mapping[str, Any], given: Mapping[str, Any], where: str = "") -> list[str]:
+    """The keys (`datasets.cifar100`, `pairs`) a `--configfile` without
+    `--replace-workflow-config` takes over from the Snakefile's default config: Snakemake
+    merges the two (the given file's values win, mapping by mapping), so whatever the default
+    has and the given file does not is in the sweep too."""
+    keys = []
+    for key, value in default.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in given:
+            keys.append(path)
+        elif isinstance(value, Mapping) and isinstance(given[key], Mapping):
+            keys += merged_keys(value, given[key], path)
+    return keys
+
+
 def _pair_methods(config: Mapping[str, Any]) -> list[Any]:
     """Each pair's `methods` as given (validation fills in defaults, which a pair's own
     settings must not carry: they would override the sweep's)."""
@@ -540,28 +596,34 @@ class Sweep:
         source: str = "config",
         files: Iterable[str | Path] = (),
         check_names: bool = True,
+        consequence: str = "nothing was run or submitted",
     ):
         """Validate `config`, read from `files` (checked for keys given twice). check_names=False
         accepts models, datasets and methods kdflow does not know: the dashboard shows whatever
         a config names (the workflow has refused it already if they are unknown). Either way
-        no torch is imported: the names are this module's."""
+        no torch is imported: the names are this module's. `consequence`: what the caller
+        did not do because of the problems, said after their count."""
         self.config = _copy(dict(config))
         self._recipes: dict[str, Recipe] = {}
         given = _pair_methods(self.config)
         errors = _file_errors(list(files)) + _schema_errors(self.config)
-        if not errors:
+        if errors:  # and the names, also in a config of the wrong shape: every problem at once
+            errors += _unknown_names(self.config) if check_names else []
+        else:
             for pair, methods in zip(self.config["pairs"], given, strict=True):
                 if methods is not None:
                     pair["methods"] = methods
             errors = _semantic_errors(self.config, check_names)
         if errors:
             raise ConfigError(
-                f"{source}: {len(errors)} problem(s); nothing was run or submitted:\n  - "
-                + "\n  - ".join(errors)
+                f"{source}: {len(errors)} problem(s); {consequence}:\n  - "
+                + "\n  - ".join(dict.fromkeys(errors))
             )
 
-    @classmethod
-    def from_file(cls, path: str | Path, check_names: bool = True) -> Sweep:
+    @staticmethod
+    def load(path: str | Path) -> dict[str, Any]:
+        """The mapping a config file holds, unvalidated; ConfigError naming the file if it
+        cannot be read or is no mapping."""
         path = Path(path)
         try:
             data = yaml.load(path.read_text(), Loader=_LOADER)
@@ -569,7 +631,12 @@ class Sweep:
             raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the config must be a mapping of keys, got {data!r}")
-        return cls(data, source=str(path), files=[path], check_names=check_names)
+        return data
+
+    @classmethod
+    def from_file(cls, path: str | Path, check_names: bool = True, **options: Any) -> Sweep:
+        data = cls.load(path)
+        return cls(data, source=str(path), files=[path], check_names=check_names, **options)
 
     @property
     def seeds(self) -> list[int]:
