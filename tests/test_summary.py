@@ -137,7 +137,35 @@ def test_nothing_finished_gives_an_empty_table_and_figures_that_say_so(tmp_path)
     report = write_report([tmp_path / e.directory for e in sweep.experiments()], files,
                           tmp_path / "results")  # fmt: skip
     assert report.table.empty and files.csv.exists()
-    assert report.account() == "0 of 6 experiments of this config in the table; 6 not finished yet"
+    assert report.account().startswith(
+        "0 of 6 experiments of this config in the table; 6 not finished yet; no experiment of "
+        f"this config has started here: looked in {tmp_path}/results/cifar100/pure/r32/seed0, "
+    )
+
+
+def test_a_report_with_no_rows_never_blanks_a_table_with_rows_unless_asked(tmp_path, capsys):
+    sweep = _sweep(tmp_path)  # config A: finished here
+    for experiment in sweep.experiments():
+        _write(tmp_path, experiment, _accuracy(experiment))
+    files = ReportFiles.of(sweep, tmp_path / "results/summary")
+    write_report([tmp_path / e.directory for e in sweep.experiments()], files, tmp_path / "results")
+    before = {path: path.read_bytes() for path in (files.csv, files.md, *files.figures)}
+    assert len(before[files.csv].splitlines()) > 1
+
+    # a config of which nothing ran here (another sweep, the default instead of the demo's)
+    other = {**CONFIG_A, "datasets": {"svhn": {"mem_mb": 1000, "runtime": 10}}}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    out = str(tmp_path / "results/summary")
+    args = ["report", "--configfile", str(tmp_path / "other.yaml"),
+            "--results", str(tmp_path / "results"), "--out", out]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no experiment of this config has started here: looked in" in err
+    assert f"{files.csv} holds 3 row(s) of an earlier report: kept" in err
+    assert {path: path.read_bytes() for path in before} == before  # not a byte changed
+
+    assert main([*args, "--replace"]) == 0  # asked for: written
+    assert len(files.csv.read_text().splitlines()) == 1
     assert [f.name for f in files.figures] == ["alpha_cifar100.png", "curves_cifar100.png"]
     assert all(f.stat().st_size > 1000 for f in files.figures)  # drawn, saying nothing is there
 

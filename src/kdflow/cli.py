@@ -24,7 +24,7 @@ def _sweep(command: str, configfile: str):
 
 
 def _report(args: argparse.Namespace) -> int:
-    from kdflow.summary import ReportFiles, to_markdown, write_report
+    from kdflow.summary import ReportFiles, TableKept, to_markdown, write_report
 
     results = Path(args.results)
     if not results.is_dir():
@@ -40,7 +40,11 @@ def _report(args: argparse.Namespace) -> int:
         for e in sweep.experiments()
     }
     files = ReportFiles.of(sweep, args.out)
-    report = write_report(list(expected), files, results, expected)
+    try:
+        report = write_report(list(expected), files, results, expected, args.replace)
+    except TableKept as exc:
+        print(f"kdflow report: {args.configfile}: {exc}", file=sys.stderr)
+        return 2
     print(to_markdown(report.table, published=report.published))
     print(f"wrote {files.csv}, {files.md} ({len(report.table)} rows)")
     for figure in files.figures:
@@ -138,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--results", default="results", help="the results directory")
     report.add_argument("--out", default="results/summary", help="where tables and figures go")
+    report.add_argument(
+        "--replace",
+        action="store_true",
+        help="write the report even where it has no rows and the table there has some",
+    )
     report.set_defaults(run=_report)
 
     status = commands.add_parser(

@@ -87,6 +87,7 @@ class Report:
     # finished as another experiment than the config's (an older recipe), and how
     other_recipe: dict[Path, str] = field(default_factory=dict)
     published: pd.DataFrame | None = None  # published figures beside kdflow's (`compare`)
+    looked_in: list[Path] = field(default_factory=list)  # the experiments' directories
 
     def account(self) -> str:
         """One line: what the table covers, what it left out and why, e.g. `240 of 252
@@ -111,7 +112,21 @@ class Report:
                 f"{len(self.foreign)} result(s) in {self.results_dir}/ belong to no experiment "
                 f"of this config (ignored): {_some(self.foreign)}"
             )
+        if self.experiments and not self.in_table and not self.started:
+            parts.append(
+                f"no experiment of this config has started here: looked in "
+                f"{_some(self.looked_in)} (another config, or another directory?)"
+            )
         return "; ".join(parts)
+
+    @property
+    def started(self) -> bool:
+        """Whether any experiment of the config has a directory here."""
+        return any(path.is_dir() for path in self.looked_in)
+
+
+class TableKept(RuntimeError):
+    """A report with no rows that would replace a table with rows: refused unless asked."""
 
 
 def _some(paths: list[Path]) -> str:
@@ -333,17 +348,31 @@ def to_markdown(
     return text
 
 
+def _rows_in(csv: Path) -> int:
+    """Data rows of a results.csv (0 if it is missing or unreadable)."""
+    import csv as csv_format
+
+    try:
+        with open(csv, newline="") as f:
+            return max(0, sum(1 for row in csv_format.reader(f) if row) - 1)
+    except (OSError, UnicodeDecodeError, csv_format.Error):
+        return 0
+
+
 def write_report(
     experiments: Iterable[str | Path],
     files: ReportFiles,
     results_dir: str | Path = "results",
     expected: Mapping[Path, Mapping[str, Any]] | None = None,
+    replace_rows: bool = False,
 ) -> Report:
     """The tables and figures of exactly `experiments` (directories under `results_dir`):
     the table of those finished, curves also of those still running. Writes every file of
     `files`, a figure with nothing to draw yet saying so; logs what it left out. With
     `expected` (directory -> the identity its config gives it, `TrainSpec.identity`), a run
-    that finished as another experiment is left out of the table and said to be."""
+    that finished as another experiment is left out of the table and said to be. A table
+    with no rows never replaces one with rows (TableKept, nothing written) unless
+    `replace_rows`: a report run with the wrong config must not blank a sweep's results."""
     from kdflow.plots import plot_alpha, plot_curves, read_histories
 
     directories = [Path(d) for d in experiments]
@@ -360,7 +389,15 @@ def write_report(
         foreign=results_of_others(results_dir, directories),
         other_recipe=other,
         published=compare(table),
+        looked_in=directories,
     )
+    kept = _rows_in(files.csv)
+    if table.empty and kept and not replace_rows:
+        raise TableKept(
+            f"{report.account()}. {files.csv} holds {kept} row(s) of an earlier report: kept, "
+            "with its figures (an empty table would replace them). Name the config those "
+            "results belong to (--configfile), or replace it anyway (--replace)."
+        )
     files.csv.parent.mkdir(parents=True, exist_ok=True)
     csv = table[COLUMNS].to_csv(index=False, float_format="%.4f")
     atomic_write_text(files.csv, csv)
