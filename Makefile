@@ -14,11 +14,17 @@ setup: $(STAMP)
 # torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml; pip takes them from the
 # local wheel cache where there is one.
 PLUGIN := plugins/snakemake-executor-plugin-pbs
+# pip's progress, one line per package (the first set-up takes about 2.5 minutes).
+PIP_PROGRESS := { grep --line-buffered '^Collecting' || true; }
 $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml
+	@echo "setup: $(VENV) with kdflow, the PBS plugin and their dependencies (torch, snakemake;" \
+		"about 2.5 minutes the first time)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '$(PLUGIN)[test]' -e '.[dev]'
+	@set -o pipefail; $(BIN)/python -m pip install --progress-bar off --upgrade pip | $(PIP_PROGRESS)
+	@set -o pipefail; $(BIN)/python -m pip install --progress-bar off \
+		-e '$(PLUGIN)[test]' -e '.[dev]' | $(PIP_PROGRESS)
 	@touch $@
+	@echo "setup: done; to use the commands yourself: source $(VENV)/bin/activate"
 
 demo: setup
 	$(BIN)/snakemake $(DEMO)
