@@ -192,6 +192,11 @@ def test_kdflow_report_covers_the_configs_experiments(tmp_path, monkeypatch, cap
     assert main(["report", "--out", "b"]) == 0
     assert "8 of 8 experiments of this config in the table\n" in capsys.readouterr().out
 
+    # ... unless KDFLOW_CONFIGFILE names the sweep's config, as it does for scripts/cron.sh
+    monkeypatch.setenv("KDFLOW_CONFIGFILE", "a.yaml")
+    assert main(["report", "--out", "a"]) == 0
+    assert "a.yaml: 3 of 6 experiments of this config in the table" in capsys.readouterr().out
+
 
 def test_kdflow_report_refuses_a_missing_results_directory_or_a_bad_config(tmp_path, capsys):
     _sweep(tmp_path)

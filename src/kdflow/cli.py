@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 DEFAULT_CONFIG = "config/experiments.yaml"  # the Snakefile's `configfile:`
+CONFIG_VARIABLE = "KDFLOW_CONFIGFILE"  # the sweep's config, as for scripts/cron.sh
+
+
+def _default_config() -> str:
+    return os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG
 
 
 def _sweep(command: str, configfile: str):
@@ -50,6 +56,7 @@ def _report(args: argparse.Namespace) -> int:
     for figure in files.figures:
         print(f"wrote {figure}")
     print(f"{args.configfile}: {report.account()}")
+    print(f"read {args.configfile} and {results.resolve()}/")
     return 0
 
 
@@ -137,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--configfile",
-        default=DEFAULT_CONFIG,
-        help="the sweep's config: the report covers exactly its experiments",
+        default=_default_config(),
+        help=f"the sweep's config: the report covers exactly its experiments "
+        f"(default: ${CONFIG_VARIABLE}, else {DEFAULT_CONFIG})",
     )
     report.add_argument("--results", default="results", help="the results directory")
     report.add_argument("--out", default="results/summary", help="where tables and figures go")
@@ -152,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="the dashboard: done, running, queued, waiting, failed and why"
     )
-    status.add_argument("--configfile", default=DEFAULT_CONFIG, help="the sweep's config")
+    status.add_argument(
+        "--configfile",
+        default=_default_config(),
+        help=f"the sweep's config (default: ${CONFIG_VARIABLE}, else {DEFAULT_CONFIG})",
+    )
     status.add_argument("--registry", default=".kdflow/pbs", help="the PBS executor's registry")
     status.add_argument("--json", action="store_true", help="one record per experiment, as JSON")
     status.add_argument(
