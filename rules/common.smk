@@ -158,3 +158,61 @@ def kd_priority(wildcards):
 
 def pack_priority(wildcards):
     return SWEEP.priority(int(wildcards.seed), "pack", "")
+
+
+def _gpus_asked():
+    """Rules a profile or the command line gives GPUs (`gpu`/`gpus` in set-resources)."""
+    asked = {}
+    for rule, resources in (
+        workflow.resource_settings.overwrite_resources or {}
+    ).items():
+        for name in ("gpu", "gpus"):
+            value = getattr(resources.get(name), "value", resources.get(name))
+            if isinstance(value, (int, float)) and value > 0:
+                asked[rule] = f"{name}={value:g}"
+    return asked
+
+
+def check_slurm_gpus():
+    """On Slurm, jobs that ask for a GPU where the partition has none are each refused by
+    sbatch (`Invalid generic resource (gres) specification`): say it once, before the first
+    job, with the switch for a CPU-only partition. profiles/pbs gets the same from the PBS
+    plugin (an unknown resource stops the run at the first qsub)."""
+    asked = _gpus_asked()
+    if getattr(workflow.executor_plugin, "name", None) != "slurm" or not asked:
+        return
+    import subprocess
+
+    def sinfo(*args):
+        try:
+            return subprocess.run(
+                ["sinfo", "-h", *args], capture_output=True, text=True, timeout=60
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    partition = os.environ.get("SNAKEMAKE_SLURM_PARTITION", "")
+    listing = sinfo("-o", "%P %G")
+    if not listing:  # no answer: the plugin will say what is wrong with Slurm
+        return
+    gres = {}
+    for line in listing.splitlines():
+        name, _, resources = line.partition(" ")
+        if name.endswith("*"):
+            name = name[:-1]
+            partition = partition or name
+        gres.setdefault(name, set()).add(resources.strip())
+    if partition not in gres or any("gpu" in g for g in gres[partition]):
+        return
+    rules = ", ".join(f"{rule} ({what})" for rule, what in sorted(asked.items()))
+    switch = " ".join(f"{rule}:gpu=0" for rule in sorted(asked))
+    raise WorkflowError(
+        f"Slurm partition {partition!r} has no GPUs (sinfo: {', '.join(sorted(gres[partition]))}), "
+        f"but the profile gives GPUs to {rules}: sbatch would refuse every one of those jobs. "
+        f"Nothing was submitted. On a CPU-only partition run with --set-resources {switch}; "
+        "or choose a partition with GPUs: export SNAKEMAKE_SLURM_PARTITION=<name>."
+    )
+
+
+onstart:
+    check_slurm_gpus()

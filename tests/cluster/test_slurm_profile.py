@@ -186,3 +186,29 @@ def test_sweep_through_profiles_slurm_resumes_after_a_walltime_kill(slurm, tmp_p
     ), "the kept log of the killed job should say why it died"
     train_log = (tmp_path / "logs/train/digits/pure/resnet20/seed0.log").read_text()
     assert re.search(r"resumed \S+resnet20/seed0 from epoch [1-9]", train_log), train_log[-3000:]
+
+
+def test_a_partition_without_gpus_is_said_once_before_any_job(slurm, tmp_path):
+    """profiles/slurm gives the training rules a GPU; on this Slurm (no GPUs) sbatch would
+    refuse each of those jobs. The run stops before the first, naming the switch."""
+    env = {**slurm, "SNAKEMAKE_SLURM_PARTITION": "workq", "SNAKEMAKE_SLURM_ACCOUNT": "root"}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    result = subprocess.run(
+        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+         "--profile", str(ROOT / "profiles/slurm"),
+         "--configfile", "sweep.yaml", "--replace-workflow-config"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    run_id = _run_id(log)
+    if run_id:
+        subprocess.run(["scancel", "--name", run_id], env=env, capture_output=True)
+    assert result.returncode != 0, log[-3000:]
+    assert "Slurm partition 'workq' has no GPUs" in log, log[-3000:]
+    assert "--set-resources train_kd:gpu=0 train_pack:gpu=0 train_pure:gpu=0" in log
+    assert log.count("has no GPUs") == 1
+    # not one job went to Slurm
+    jobs = _sacct(env, "-X", "-P", "-n", "-S", "now-10minutes", "--name", run_id or "-", "-o",
+                  "JobIDRaw").stdout.split()  # fmt: skip
+    assert run_id and not jobs, jobs
+    assert not (tmp_path / "results").exists()
