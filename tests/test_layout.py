@@ -28,6 +28,7 @@ TORCH_FREE_KDFLOW = ("kdflow.config", "kdflow.architectures", "kdflow.fileio")
 TRAINING = ("kdflow.data", "kdflow.models", "kdflow.losses", "kdflow.loader", "kdflow.checkpoint")
 DASHBOARD = ("kdflow.status", "kdflow.summary", "kdflow.plots", "kdflow.cli")
 PBS = "snakemake_executor_plugin_pbs"
+DASHBOARD_KDFLOW = (*TORCH_FREE_KDFLOW, "kdflow.owner")  # owner: is a status.json's trainer alive
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,16 @@ PARTS = (
     Part(
         "dashboard",
         tuple(f"src/kdflow/{m.split('.')[1]}.py" for m in DASHBOARD),
-        ("yaml", "rich", "pandas", "numpy", "matplotlib", PBS, *TORCH_FREE_KDFLOW, *DASHBOARD),
-        summary="no torch: yaml, rich, pandas, numpy, matplotlib, the plugin, config, fileio",
+        ("yaml", "rich", "pandas", "numpy", "matplotlib", PBS, *DASHBOARD, *DASHBOARD_KDFLOW),
+        summary="no torch: yaml, rich, pandas, numpy, matplotlib, the plugin, config, fileio, "
+        "owner",
     ),
     Part(
         "workflow",
         ("Snakefile", "rules/*.smk"),
-        (*TORCH_FREE_KDFLOW, *DASHBOARD),
-        summary="stdlib and kdflow's torch-free modules (config, fileio, dashboard side)",
+        ("snakemake", *TORCH_FREE_KDFLOW, *DASHBOARD),
+        summary="stdlib, snakemake and kdflow's torch-free modules (config, fileio, dashboard "
+        "side)",
     ),
     Part("scripts", ("scripts/*.py",), ("kdflow",), summary="stdlib and kdflow: thin adapters"),
 )

@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from rich.console import Console
 
+from kdflow.cli import main
 from kdflow.config import Sweep
 from kdflow.status import (
     CONTROLLER_LOG,
@@ -20,6 +22,7 @@ from kdflow.status import (
     collect,
     controller,
     render,
+    to_json,
 )
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.status import Answer, JobInfo
@@ -317,3 +320,144 @@ def test_status_without_cron_shows_no_controller(tmp_path, monkeypatch, capsys):
     assert controller(tmp_path) is None
     assert "controller" not in _status(tmp_path, monkeypatch, capsys)
     assert json.loads(_status(tmp_path, monkeypatch, capsys, "--json"))["controller"] is None
+
+
+# -- trainers under any scheduler or none: what status.json records, and whether it is alive --
+
+PAIR_SWEEP = {
+    "seeds": [0],
+    "datasets": {"cifar100": {}},
+    "models": ["resnet20", "resnet8"],
+    "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+    "methods": {"logit": {}},
+    "alphas": [0.5],
+}
+TEACHER = "results/cifar100/pure/resnet20/seed0"
+ALONE = "results/cifar100/pure/resnet8/seed0"
+STUDENT = "results/cifar100/logit/resnet20-resnet8/alpha0.5/seed0"
+
+
+def _training(tmp_path, experiment: str, owner, epoch: int = 2, epochs: int = 5) -> None:
+    """status.json as a trainer writes it after `epoch` epochs (3 s each)."""
+    directory = tmp_path / experiment
+    directory.mkdir(parents=True, exist_ok=True)
+    status = {"status": "in_progress", "epoch": epoch, "epochs": epochs, "epoch_seconds": 3.0,
+              "best_acc": 41.5, "owner": owner.record()}  # fmt: skip
+    (directory / "status.json").write_text(json.dumps(status))
+
+
+def _ended_process() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_local_trainer_is_running_with_its_pid_speed_and_eta_the_others_say_why_not(tmp_path):
+    from kdflow.owner import Owner, current
+
+    sweep = _sweep(tmp_path, PAIR_SWEEP)
+    _training(tmp_path, TEACHER, current())  # this process: alive, on this host
+    gone = Owner("local", None, current().host, _ended_process())
+    _training(tmp_path, ALONE, gone)  # killed after epoch 2: resumes
+    rows, note = collect(sweep, tmp_path, qstat=None)
+    by_path = {row.path: row for row in rows}
+    teacher = by_path[TEACHER]
+    assert (teacher.state, teacher.pbs_id) == ("running", f"pid {os.getpid()} on {current().host}")
+    assert (teacher.epoch, teacher.epochs, teacher.eta) == (2, 5, 9)  # 3 epochs of 3 s
+    assert (by_path[ALONE].state, by_path[ALONE].reason) == ("ready", "resumes after epoch 2")
+    assert by_path[STUDENT].state == "waiting"
+    assert by_path[STUDENT].reason == f"waits for its teacher, {TEACHER}"
+
+    console = Console(file=io.StringIO(), width=250)
+    render(rows, note, console)
+    table = console.file.getvalue()
+    assert "running 1" in table
+    line = next(line for line in table.splitlines() if TEACHER in line)
+    for shown in ("running", f"pid {os.getpid()}", "2/5", "3.0", "41.50", "0:00:09"):
+        assert shown in line, (shown, line)
+    assert "resumes after epoch 2" in table and f"waits for its teacher, {TEACHER}" in table
+    assert json.loads(to_json(rows, note))["experiments"][0]["state"] == "running"
+
+
+def test_a_slurm_trainer_is_asked_in_one_squeue_and_silence_is_unknown(tmp_path, monkeypatch):
+    from kdflow.owner import Owner
+
+    sweep = _sweep(tmp_path, {**PAIR_SWEEP, "seeds": [0, 1]})
+    for seed, job in ((0, "101"), (1, "102")):
+        owner = Owner("slurm", job, "node7", 4242)
+        _training(tmp_path, TEACHER.replace("seed0", f"seed{seed}"), owner)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "squeue.calls"
+    (bin_dir / "squeue").write_text(  # knows 101 only: 102 is left out of its answer
+        f'#!/bin/sh\necho "$@" >> {calls}\necho "101 RUNNING"\n'
+    )
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    rows, _ = collect(sweep, tmp_path, qstat=_Qstat(Answer({})))
+    states = {row.path: (row.state, row.pbs_id) for row in rows}
+    assert states[TEACHER] == ("running", "101")
+    assert states[TEACHER.replace("seed0", "seed1")] == ("unknown", "102")  # not "ended"
+    assert len(calls.read_text().splitlines()) == 1  # one squeue for every Slurm trainer
+
+
+def test_a_finished_sweep_shows_its_results(tmp_path, monkeypatch, capsys):
+    sweep = _sweep(tmp_path)
+    for experiment in sweep.experiments():
+        directory = tmp_path / experiment.directory
+        directory.mkdir(parents=True)
+        spec = sweep.spec(experiment)
+        metrics = {**spec.identity, "final_acc": 70.0 + experiment.seed, "best_acc": 71.0,
+                   "best_epoch": 1, "epochs": 2, "train_seconds": 1.0}  # fmt: skip
+        (directory / "metrics.json").write_text(json.dumps(metrics))
+        (directory / "completed").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "--configfile", "sweep.yaml", "--no-qstat"]) == 0
+    out = capsys.readouterr().out
+    assert "finished 2/2 (100.0%)" in out and "the sweep is finished" in out
+    assert "70.50" in out  # the mean over the two seeds
+
+
+@pytest.mark.slow
+def test_a_local_run_is_seen_running_mid_run_with_its_pid_and_epoch(tmp_path):
+    """The demo's way (profiles/local, no scheduler): a trainer held after its first epoch
+    (tests/hooks: it blocks until killed, so it is certainly training when asked) is shown
+    running by `kdflow status`, with its process and its epoch."""
+    import signal
+
+    import kdflow_test_hooks as hooks
+    from fakedata import ONE_EXPERIMENT_SWEEP
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load(ONE_EXPERIMENT_SWEEP)
+    config["train"]["epochs"] = 3
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    experiment = "results/digits/pure/resnet8/seed0"
+    (tmp_path / hooks.HOOKS_FILE).write_text(json.dumps({"hold": {experiment: 1}}))
+    env = {**os.environ, "PYTHONPATH": str(root / "tests/hooks")}
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(tmp_path),
+         "--profile", str(root / "profiles/local"), "--cores", "1",
+         "--configfile", "sweep.yaml", "--replace-workflow-config"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while (holder := hooks.held_by(tmp_path, experiment)) is None:
+            assert controller.poll() is None, "the run ended before its trainer was held"
+            assert time.monotonic() < deadline, "the trainer never reached epoch 1"
+            time.sleep(0.5)
+        pid = int(holder.split()[1])  # "pid N": a local process
+        status = subprocess.run(
+            [sys.executable, "-m", "kdflow.cli", "status", "--configfile", "sweep.yaml", "--json"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.killpg(controller.pid, signal.SIGKILL)
+        controller.wait()
+    assert status.returncode == 0, status.stderr
+    row = next(r for r in json.loads(status.stdout)["experiments"] if r["path"] == experiment)
+    assert row["state"] == "running", row
+    assert row["pbs_id"].startswith(f"pid {pid} on "), row
+    assert (row["epoch"], row["epochs"]) == (1, 3), row

@@ -91,7 +91,7 @@ class _HeldWarnings(logging.Handler):
 
 
 def _status(args: argparse.Namespace) -> int:
-    from kdflow.status import collect, controller, render, to_json
+    from kdflow.status import collect, controller, render, results_summary, to_json
 
     sweep = _sweep("status", args.configfile)
     if sweep is None:
@@ -111,7 +111,7 @@ def _status(args: argparse.Namespace) -> int:
         else:
             if args.watch:
                 print("\033[2J\033[H", end="")  # clear the screen between refreshes
-            render(rows, note, controller=cron)
+            render(rows, note, controller=cron, summary=results_summary(sweep, rows))
         sys.stdout.flush()
         warnings.print()
         if not args.watch:

@@ -24,9 +24,11 @@ from snakemake_executor_plugin_pbs.submit import job_name
 # Display order, and what each state means.
 STATES = {
     "done": "finished: `completed` written",
-    "running": "a PBS job is running it",
+    "running": "a trainer is training it: a PBS or Slurm job, or a local process",
     "queued": "a PBS job waits in the queue (Q, H, W, ...)",
     "submitted": "submitted, but qstat did not answer: state unknown",
+    "unknown": "a trainer recorded itself as training it, but whether it still runs could not "
+    "be told (another host, a scheduler that did not answer)",
     "held": "its job failed on a full disk or quota: resubmitted at the time in its note",
     "ready": "not running; can start now (a killed run resumes from its checkpoint)",
     "waiting": "waits for its teacher to finish",
@@ -47,7 +49,7 @@ class Row:
 
     path: str
     state: str
-    pbs_id: str | None = None
+    pbs_id: str | None = None  # the job: a PBS job id, a Slurm job id, or `pid N on host`
     pbs_state: str | None = None
     elapsed: int | None = None  # seconds of walltime used by the live job
     epoch: int | None = None  # epochs finished
@@ -57,7 +59,8 @@ class Row:
     reason: str | None = None  # why it failed, or where it will resume
     log: str | None = None
     pack: str | None = None  # the pack whose job trains it (packing: teacher)
-    epoch_seconds: float | None = field(default=None, repr=False)  # for the ETA only
+    epoch_seconds: float | None = None  # the last epoch's seconds: the speed, and the ETA
+    owner: dict | None = field(default=None, repr=False)  # status.json's, while in progress
 
 
 def collect(
@@ -98,10 +101,90 @@ def collect(
             _show_job(rows[i], open_jobs[i], infos.get(i), i in forgotten, note is not None, now)
         else:
             _show_record(rows[i], record, now)
-    for row in rows:
-        if row.state == "ready" and row.epoch and not row.reason:
-            row.reason = f"resumes after epoch {row.epoch}"
+    trainers = [
+        row
+        for i, row in enumerate(rows)
+        if row.state in ("ready", "waiting") and row.owner and i not in open_jobs
+    ]
+    _show_trainers(trainers, qstat, now)
+    for experiment, row in zip(experiments, rows, strict=True):
+        if row.state == "ready" and not row.reason:
+            row.reason = f"resumes after epoch {row.epoch}" if row.epoch else "starts"
+        elif row.state == "waiting":
+            row.reason = f"waits for its teacher, {experiment.teacher_directory}"
     return rows, note
+
+
+def _show_trainers(rows: list[Row], qstat, now: float) -> None:
+    """Experiments whose status.json names a trainer that records itself as training them
+    (a local process, a Slurm or PBS job: whatever ran it, with or without the PBS executor):
+    running where its process or job is alive, ready where it has certainly ended, unknown
+    where that cannot be told. One squeue and one qstat for all, never one per experiment;
+    `qstat` None asks no scheduler."""
+    from kdflow import owner as owners
+
+    me = owners.current()
+    found = [(row, owners.Owner.from_record(row.owner)) for row in rows]
+    found = [(row, who) for row, who in found if who is not None]
+    slurm = [who.job_id for _, who in found if who.scheduler == "slurm" and who.job_id]
+    pbs = [who.job_id for _, who in found if who.scheduler == "pbs" and who.job_id]
+    asked = qstat is not None
+    slurm_states = _squeue(slurm) if asked and slurm else {}
+    pbs_answer = None
+    if asked and pbs:
+        try:
+            pbs_answer = qstat.query(sorted(set(pbs), key=job_id_order))
+        except StatusUnknown:
+            pbs_answer = None
+    for row, who in found:
+        row.pbs_id = who.job_id if who.job_id else f"pid {who.pid} on {who.host}"
+        alive = _liveness(who, me, slurm_states, pbs_answer)
+        if alive is owners.Liveness.ALIVE:
+            row.state = "running"
+            if row.epoch_seconds and row.epoch is not None and row.epochs:
+                row.eta = round((row.epochs - row.epoch) * row.epoch_seconds)
+        elif alive is owners.Liveness.UNKNOWN:
+            row.state = "unknown"
+            row.reason = f"{who}: cannot tell whether it still trains"
+        # ended: ready (resumes after its last epoch), or waiting, as its files say
+
+
+def _liveness(who, me, slurm_states: dict[str, str], pbs_answer):
+    """Whether trainer `who` is alive, from the one squeue and one qstat answer (None: PBS
+    was not asked or did not answer) or, for a local process, this host's process table."""
+    from kdflow.owner import SLURM_ALIVE, SLURM_ENDED, Liveness, probe_local
+
+    if who.scheduler == "local":
+        return probe_local(who, me).liveness
+    if who.scheduler == "slurm":
+        state = slurm_states.get(who.job_id)
+        if state in SLURM_ALIVE:
+            return Liveness.ALIVE
+        return Liveness.ENDED if state in SLURM_ENDED else Liveness.UNKNOWN
+    if who.scheduler == "pbs" and pbs_answer is not None:
+        info = lookup(pbs_answer, who.job_id)
+        if info is not None:
+            return Liveness.ALIVE if info.alive else Liveness.ENDED
+        if pbs_answer.forgotten(who.job_id):
+            return Liveness.ENDED
+    return Liveness.UNKNOWN
+
+
+def _squeue(job_ids: list[str], timeout: float = 60) -> dict[str, str]:
+    """Slurm's state of each job it still knows, in one `squeue` call ({} if it cannot be
+    asked: every job then stays unknown)."""
+    from kdflow.owner import run_command
+
+    ids = sorted(set(job_ids))
+    result = run_command(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i %T"], timeout)
+    if result.returncode != 0:
+        return {}
+    states = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
 
 
 def _rows_from_files(sweep: Sweep, experiments: list[Experiment], workdir: str) -> list[Row]:
@@ -128,6 +211,8 @@ def _rows_from_files(sweep: Sweep, experiments: list[Experiment], workdir: str) 
         ):
             row.state = "waiting"
         row.epoch_seconds = status.get("epoch_seconds")
+        if status.get("status") == "in_progress" and isinstance(status.get("owner"), dict):
+            row.owner = status["owner"]
     return rows
 
 
@@ -280,11 +365,25 @@ def clock(seconds: int | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
+# The table's rows, in this order: every experiment that is not done.
+TABLE_ORDER = {
+    state: i
+    for i, state in enumerate(
+        ["failed", "held", "running", "unknown", "queued", "submitted", "ready", "waiting"]
+    )
+}
+
+
 def render(
-    rows: list[Row], note: str | None, console=None, controller: Controller | None = None
+    rows: list[Row],
+    note: str | None,
+    console=None,
+    controller: Controller | None = None,
+    summary: str | None = None,
 ) -> None:
-    """The dashboard: totals, the cron.sh controller (if any), then one table of everything
-    that is not done."""
+    """The dashboard: totals, the cron.sh controller (if any), then one table of every
+    experiment that is not done: what trains it and how far, or why it waits; `summary` (the
+    results table, given once the sweep is finished) at the end."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -316,26 +415,40 @@ def render(
     if note:
         console.print(f"[yellow]{note}[/]")
     table = Table(show_lines=False, header_style="bold")
-    order = {s: i for i, s in enumerate(["failed", "held", "running", "queued", "submitted"])}
-    shown = sorted((r for r in rows if r.state in order), key=lambda r: (order[r.state], r.path))
+    shown = sorted((r for r in rows if r.state in TABLE_ORDER),
+                   key=lambda r: (TABLE_ORDER[r.state], r.path))  # fmt: skip
     packed = any(r.pack for r in shown)
-    columns = ("experiment", "state", "PBS") + (("pack",) if packed else ())
-    for column in columns + ("epoch", "best acc", "ETA", "note"):
+    columns = ("experiment", "state", "job") + (("pack",) if packed else ())
+    for column in columns + ("epoch", "s/epoch", "best acc", "ETA", "note"):
         table.add_column(column, overflow="fold")
     for r in shown:
-        pbs = f"[{r.pbs_state} {clock(r.elapsed)}] {r.pbs_id}" if r.pbs_state else (r.pbs_id or "")
+        job = f"[{r.pbs_state} {clock(r.elapsed)}] {r.pbs_id}" if r.pbs_state else (r.pbs_id or "")
         table.add_row(
             r.path,
             r.state,
-            pbs,
+            job,
             *((r.pack or "",) if packed else ()),
             f"{r.epoch or 0}/{r.epochs}" if r.epochs else "",
+            f"{r.epoch_seconds:.1f}" if r.epoch_seconds and r.state == "running" else "",
             f"{r.best_acc:.2f}" if r.best_acc is not None else "",
             clock(r.eta),
             " ".join(x for x in (r.reason, r.log and f"log: {r.log}") if x),
         )
     if shown:
         console.print(table)
+    if summary is not None:
+        console.print(summary)
+
+
+def results_summary(sweep: Sweep, rows: list[Row], workdir: str | Path = ".") -> str | None:
+    """The results table (mean ± std over seeds, as `kdflow report` writes it) once every
+    experiment of the sweep is done; None before."""
+    if not rows or any(row.state != "done" for row in rows):
+        return None
+    from kdflow.summary import read_metrics, summarize, to_markdown
+
+    runs = read_metrics(Path(workdir) / e.directory for e in sweep.experiments())[0]
+    return "the sweep is finished:\n" + to_markdown(summarize(runs))
 
 
 def to_json(rows: list[Row], note: str | None, controller: Controller | None = None) -> str:
