@@ -414,6 +414,7 @@ def test_a_finished_sweep_shows_its_results(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["status", "--configfile", "sweep.yaml", "--no-qstat"]) == 0
     out = capsys.readouterr().out
+    assert out.startswith(f"sweep.yaml in {tmp_path}\n")  # what it read, and where
     assert "finished 2/2 (100.0%)" in out and "the sweep is finished" in out
     assert "70.50" in out  # the mean over the two seeds
 

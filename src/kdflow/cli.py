@@ -106,11 +106,13 @@ def _status(args: argparse.Namespace) -> int:
         with _HeldWarnings() as warnings:
             rows, note = collect(sweep, ".", args.registry, qstat)
             cron = controller(".")  # scripts/cron.sh's, where it drives the sweep
+        source = {"config": args.configfile, "workdir": os.getcwd()}
         if args.json:
-            print(to_json(rows, note, cron))
+            print(to_json(rows, note, cron, source))
         else:
             if args.watch:
                 print("\033[2J\033[H", end="")  # clear the screen between refreshes
+            print(f"{source['config']} in {source['workdir']}")
             render(rows, note, controller=cron, summary=results_summary(sweep, rows))
         sys.stdout.flush()
         warnings.print()

@@ -451,16 +451,21 @@ def results_summary(sweep: Sweep, rows: list[Row], workdir: str | Path = ".") ->
     return "the sweep is finished:\n" + to_markdown(summarize(runs))
 
 
-def to_json(rows: list[Row], note: str | None, controller: Controller | None = None) -> str:
+def to_json(
+    rows: list[Row],
+    note: str | None,
+    controller: Controller | None = None,
+    source: dict[str, str] | None = None,
+) -> str:
+    """`kdflow status --json`; `source`: the config and directory it read."""
     return json.dumps(
         {
+            **(source or {}),
             "time": time.time(),
             "note": note,
             "counts": dict(counts(rows)),
             "controller": asdict(controller) if controller is not None else None,
-            "experiments": [
-                {k: v for k, v in asdict(r).items() if k != "epoch_seconds"} for r in rows
-            ],
+            "experiments": [{k: v for k, v in asdict(r).items() if k != "owner"} for r in rows],
         },
         indent=1,
     )
