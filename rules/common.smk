@@ -53,6 +53,14 @@ SWEEP = Sweep(
     files=CONFIG_FILES,  # checked for keys given twice
 )
 EXPERIMENTS = SWEEP.experiments()
+if (
+    workflow.is_main_process
+):  # what this run reads, and where (jobs parse this file again)
+    print(
+        f"kdflow: sweep {' + '.join(CONFIG_FILES) or 'config'}, {len(EXPERIMENTS)} "
+        f"experiments, in {os.getcwd()}",
+        file=sys.stderr,
+    )
 
 
 def _alternatives(names):

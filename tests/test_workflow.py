@@ -169,6 +169,7 @@ def test_a_configfile_merged_into_the_default_is_named_with_what_it_added(tmp_pa
     alone = subprocess.run([*SNAKEMAKE, "-n", "--configfile", demo, "--replace-workflow-config"],
                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert alone.returncode == 0 and "was merged into" not in alone.stderr
+    assert f"kdflow: sweep config/demo.yaml, 8 experiments, in {ROOT}\n" in alone.stderr
 
 
 def test_a_bad_config_given_alone_is_named_alone(tmp_path):
