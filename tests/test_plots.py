@@ -306,6 +306,15 @@ def test_a_sweep_without_pairs_draws_its_models_in_one_panel():
     assert lines["r32"].get_color() != lines["r8"].get_color()
 
 
+def test_a_directory_of_no_experiments_shape_is_named_and_the_rest_drawn(caplog):
+    histories = _histories(pairs=(("r32", "r8"),), methods=("logit",))
+    histories[Path("/elsewhere/seed0")] = _curve(10)
+    with caplog.at_level(logging.WARNING):
+        fig = curves_figure(histories, "cifar100")
+    assert "not drawn: /elsewhere/seed0: not an experiment's directory" in caplog.text
+    assert len(_lines(_panels(fig)[0])) == 2 + 2
+
+
 def _table(pairs_methods):
     rows = []
     for (teacher, student), methods in pairs_methods.items():

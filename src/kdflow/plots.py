@@ -75,13 +75,28 @@ def experiment_of(directory: str | Path) -> Run:
     """The experiment of a directory, from the last parts of its path (docs/DESIGN.md, "Paths"):
     .../{dataset}/pure/{model}/seed{seed} or
     .../{dataset}/{method}/{teacher}-{student}/alpha{alpha}/seed{seed} (a pair's directory
-    always has a '-', which no model name has), wherever the results directory lies."""
+    always has a '-', which no model name has), wherever the results directory lies.
+    ValueError for a path of neither shape."""
     parts = Path(directory).parts
-    seed = parts[-1].removeprefix("seed")
-    if parts[-3] == "pure":
-        return Run(parts[-4], "pure", "", parts[-2], "", seed)
-    teacher, student = parts[-3].split("-", 1)
-    return Run(parts[-5], parts[-4], teacher, student, parts[-2].removeprefix("alpha"), seed)
+    if len(parts) >= 4 and parts[-3] == "pure" and parts[-1].startswith("seed"):
+        return Run(parts[-4], "pure", "", parts[-2], "", parts[-1].removeprefix("seed"))
+    if len(parts) >= 5 and "-" in parts[-3] and parts[-2].startswith("alpha"):
+        teacher, student = parts[-3].split("-", 1)
+        alpha = parts[-2].removeprefix("alpha")
+        return Run(parts[-5], parts[-4], teacher, student, alpha, parts[-1].removeprefix("seed"))
+    raise ValueError(f"{directory}: not an experiment's directory (docs/DESIGN.md, Paths)")
+
+
+def _experiments(directories: Iterable[str | Path]) -> dict[str | Path, Run]:
+    """The experiment of each directory (keyed as given); one of no experiment's shape is named
+    and left out (a figure is drawn of the rest)."""
+    out = {}
+    for directory in directories:
+        try:
+            out[directory] = experiment_of(directory)
+        except ValueError as exc:
+            log.warning("not drawn: %s", exc)
+    return out
 
 
 def _nothing_yet(path: Path, title: str, text: str) -> Path:
@@ -240,7 +255,8 @@ def curves_figure(
     come from every experiment of `histories` and `experiments` (the config's directories, of
     every dataset): the panels stay put while a sweep runs, and an alpha has one colour in
     every panel and in every dataset's figure of a report."""
-    known = [experiment_of(d) for d in [*experiments, *histories]]
+    started = _experiments(histories)
+    known = [*_experiments(experiments).values(), *started.values()]
     colours = alpha_colours(r.alpha for r in known if r.method != "pure")
     ours = [r for r in known if r.dataset == dataset]
     pairs = list(dict.fromkeys((r.teacher, r.model) for r in ours if r.method != "pure"))
@@ -250,10 +266,9 @@ def curves_figure(
     lonely = [m for m in lonely if m not in in_pairs]
 
     curves: dict[tuple[str, str, str, str], list[pd.DataFrame]] = {}
-    for directory, history in histories.items():
-        run = experiment_of(directory)
+    for directory, run in started.items():
         if run.dataset == dataset:
-            curves.setdefault(run[1:5], []).append(history)
+            curves.setdefault(run[1:5], []).append(histories[directory])
     if not curves:
         return None
 
@@ -315,8 +330,9 @@ def curves_figure(
         ax.tick_params(labelsize=FONT, labelbottom=True)
     for row in axes:
         row[0].set_ylabel("test accuracy (%)", fontsize=FONT)
-    for ax in axes[-1]:
-        ax.set_xlabel("epoch", fontsize=FONT)
+    for col in range(cols):  # under the lowest panel shown of each column
+        shown = [row[col] for row in axes if row[col].get_visible()]
+        shown[-1].set_xlabel("epoch", fontsize=FONT)
 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
