@@ -403,6 +403,6 @@ def write_report(
     atomic_write_text(files.csv, csv)
     atomic_write_text(files.md, to_markdown(table, report.account(), report.published))
     plot_alpha(table, files.alpha)
-    plot_curves(read_histories(directories), files.curves, results_dir)
+    plot_curves(read_histories(directories), files.curves, results_dir, directories)
     log.info("%s", report.account())
     return report
