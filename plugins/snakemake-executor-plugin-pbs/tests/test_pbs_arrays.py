@@ -5,6 +5,7 @@ recording resolved without a second array, held-back arrays, and Torque's -t."""
 
 import importlib.util
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -526,3 +527,54 @@ def test_the_setting_takes_all_or_rule_names():
 def test_the_setting_refuses_other_forms_by_name(value):
     with pytest.raises(WorkflowError, match="--pbs-array-jobs"):
         ExecutorSettings(array_jobs=value)
+
+
+# -- inside Snakemake ------------------------------------------------------------------------
+
+SNAKEFILE = """
+rule all:
+    input: expand("results/{i}.txt", i=range(6))
+
+rule simulate:
+    output: "results/{i}.txt"
+    shell: "echo {wildcards.i} > {output}"
+"""
+
+
+def snakemake(work: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--executor", "pbs", "--pbs-status-interval", "1",
+         "--pbs-queue", "workq", *args],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def workflow(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "Snakefile").write_text(SNAKEFILE)
+    fake = fake_pbs.FakePbs(tmp_path / "pbs", run=True)
+    env = fake.env()
+    env.pop("SNAKEMAKE_PROFILE", None)
+    return work, fake, env
+
+
+@pytest.mark.slow
+def test_snakemake_submits_the_ready_jobs_of_a_rule_as_one_array(workflow):
+    work, fake, env = workflow
+    run = snakemake(work, env, "--jobs", "10", "--pbs-array-jobs", "simulate")
+    assert run.returncode == 0, run.stderr
+    assert [array_flag(argv) for argv in fake.calls("qsub")] == ["-J 0-5"]
+    assert [(work / f"results/{i}.txt").read_text() for i in range(6)] == [
+        f"{i}\n" for i in range(6)
+    ]
+    assert "submitted 6 simulate targets as array 1000[].fakesrv" in run.stderr
+
+
+def test_snakemake_refuses_a_rule_the_workflow_lacks(workflow):
+    work, fake, env = workflow
+    run = snakemake(work, env, "--jobs", "2", "--pbs-array-jobs", "simulat")
+    assert run.returncode != 0
+    assert "--pbs-array-jobs names simulat, which the workflow does not have" in run.stderr
+    assert fake.calls("qsub") == []
