@@ -6,10 +6,10 @@ arrays off the same workflow runs as 40 jobs.
 
 Conditions are made: the jobs of the 40 hold until the test creates `release`, so they are
 alive when the controller is killed and when one is deleted; the walltime jobs hold for ever
-(only their 3-second walltime ends them); the memory hogs hold too, after allocating well over
+(only their 1-minute walltime ends them); the memory hogs hold too, after allocating well over
 their request. Every job appends its id to `runs/<n>` as it starts, so a target run twice
 shows. Cost (2 shared cores): ~1.5 min for the 40 with the kill and the qdel, ~1 min with
-arrays off, ~30 s for the kills.
+arrays off, ~1.5 min for the kills (the 1-minute walltime).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ rule wall:
         "wall/{i}.done",
     resources:
         mem_mb=400,
-        runtime=0.05,  # 3 seconds: the job waits for a release that never comes
+        runtime=1,  # minutes (Snakemake's runtime is whole minutes); it waits for ever
     shell:
         "until [ -e never ]; do sleep 0.2; done; touch {output}"
 

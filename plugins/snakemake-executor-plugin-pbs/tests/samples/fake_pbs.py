@@ -16,7 +16,8 @@ PBS_O_WORKDIR, stdout/stderr files) and the job turns F with the script's exit c
 Job arrays as OpenPBS makes them (`qsub -J 0-3`, Torque's `-t 0-3` alike): qsub prints the
 array's id `<seq>[].fakesrv`; each subjob is a job of its own, `jobs/<seq>[<i>].json`, id
 `<seq>[<i>].fakesrv`, run with PBS_ARRAY_INDEX (and Torque's PBS_ARRAYID) = i and
-`^array_index^` in its -o/-e paths replaced by i; an ended subjob is in state X. The array
+`^array_index^` in its -o/-e paths replaced by i; an ended subjob is in state X while its
+array lives, F after (as OpenPBS 23.06 shows them; `qsub -J 0-0` it refuses). The array
 (`jobs/<seq>[].json`) is listed by `qstat -f` (its subjobs only with -t); its state is B while
 any subjob lives, F after.
 """
@@ -115,8 +116,11 @@ def qsub(argv: list[str]) -> int:
     d = directives(script)
     walltime = next((x.split("=", 1)[1] for x in d["l"] if x.startswith("walltime=")), None)
     select = next((x for x in d["l"] if x.startswith("select=")), "")
-    seq = next_seq()
     indices = array_range(argv, d)
+    if indices is not None and len(indices) < 2:
+        sys.stderr.write("qsub: illegal -J value\n")
+        return 2
+    seq = next_seq()
     job = {
         "id": f"{seq}{'[]' if indices else ''}.{SERVER}",
         "name": d.get("N", "STDIN"),
@@ -216,6 +220,8 @@ def fmt_duration(seconds: int) -> str:
 def attributes(job: dict) -> dict:
     if job.get("array"):
         job = dict(job, state=array_state(job))
+    elif job["state"] == "X" and array_state(load_job(job["id"].split("[", 1)[0] + "[]")) == "F":
+        job = dict(job, state="F")  # as OpenPBS shows a subjob once its whole array ended
     attrs = {
         "Job_Name": job["name"],
         "Job_Owner": job["owner"],
