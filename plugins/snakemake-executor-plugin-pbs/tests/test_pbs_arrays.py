@@ -374,6 +374,34 @@ def test_subjobs_of_a_killed_qsub_that_ended_meanwhile_are_concluded_not_run_aga
     assert [results[t.name].job_id for t in targets[1:]] == ["1000[1].fakesrv", "1000[2].fakesrv"]
 
 
+def test_an_array_that_ended_while_no_controller_ran_is_concluded_from_history(pbs, workdir):
+    targets = [target(i) for i in range(3)]
+    with pytest.raises(Killed):
+        make_controller(workdir, registry=DiesRecordingIds(workdir / REGISTRY, 1)).start(targets)
+    for i, t in enumerate(targets):  # the whole array ended: only the history knows it
+        pbs.finish(f"1000[{i}].fakesrv", 0)
+        (workdir / t.outputs[0]).parent.mkdir(parents=True)
+        (workdir / t.outputs[0]).write_text("done")
+    controller = make_controller(workdir)
+    controller.reconcile()
+    assert [record(workdir, t).last.outcome for t in targets] == ["success"] * 3
+    results = controller.start([replace_incomplete(t) for t in targets])
+    assert all(isinstance(r, Finished) and r.succeeded for r in results.values())
+    assert len(qsubs(pbs)) == 1
+
+
+def test_subjobs_an_answer_leaves_out_are_asked_about_alone_never_taken_for_ended(pbs, workdir):
+    controller = make_controller(workdir)
+    results = controller.start([target(i) for i in range(3)])
+    pbs.configure(first_only=True)  # the answer shows the first subjob only
+    for _ in range(3):
+        results = poll(controller, results)
+    assert len(qsubs(pbs)) == 1
+    assert [r.job_id for r in results.values()] == [f"1000[{i}].fakesrv" for i in range(3)]
+    alone = [argv for argv in pbs.status_calls() if len(argv) == 4]
+    assert ["qstat", "-x", "-f", "1000[2].fakesrv"] in alone
+
+
 def replace_incomplete(t: Target) -> Target:
     """The target as the next Snakemake hands it: still marked incomplete."""
     return Target(**{**t.__dict__, "incomplete": True})
