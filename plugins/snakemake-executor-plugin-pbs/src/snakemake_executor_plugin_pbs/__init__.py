@@ -19,7 +19,7 @@ from snakemake_interface_executor_plugins.settings import (
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
 from .commands import missing_commands
-from .controller import Controller, ControllerConfig, Finished, Target
+from .controller import ALL_RULES, Controller, ControllerConfig, Finished, Target
 from .policy import Limits
 from .progress import DEFAULT_PROGRESS_KEY
 from .registry import Registry
@@ -28,6 +28,26 @@ from .submit import DEFAULT_JOB_NAME_PREFIX, UnknownResource, job_name, job_name
 # What a queue, project or select setting may contain: it is written into `#PBS` lines of the
 # job script, where a space, a quote or a newline would change what the script says.
 _DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_.@:=+,/-]+\Z")
+# A Snakemake rule name (a Python identifier) in --pbs-array-jobs.
+_RULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_array_jobs(value: str | None) -> frozenset[str]:
+    """--pbs-array-jobs as the rules whose jobs may go out as arrays: `all` (ALL_RULES), or
+    rule names separated by commas; None or empty: arrays off. Anything else is refused."""
+    if value is None or not str(value).strip():
+        return frozenset()
+    text = str(value).strip()
+    if text == ALL_RULES:
+        return frozenset({ALL_RULES})
+    names = [name.strip() for name in text.split(",")]
+    bad = [name for name in names if not _RULE_NAME.match(name) or name == ALL_RULES]
+    if bad:
+        raise WorkflowError(
+            f"--pbs-array-jobs = {value!r}: give `all` or rule names separated by commas "
+            f"(e.g. `simulate,align`); not rule names: {', '.join(map(repr, bad))}"
+        )
+    return frozenset(names)
 
 
 def _setting(default, help_text: str, type_=None, env_var: bool = True):
@@ -163,6 +183,16 @@ class ExecutorSettings(ExecutorSettingsBase):
         "over. With the default waits, about ten hours of a full disk.",
         int,
     )
+    array_jobs: str | None = _setting(
+        None,
+        "Submit the ready jobs of these rules as PBS job arrays: `all`, or rule names "
+        "separated by commas. Jobs of one rule that are ready together and ask for the "
+        "same resources go out as one array (qsub -J on PBS Pro / OpenPBS, -t on Torque), "
+        "at most the server's max_array_size subjobs each; every subjob is still its own "
+        "Snakemake job, tracked, classified, adopted after a restart and resubmitted alone "
+        "(as a plain job) when it must be. Default: off.",
+        str,
+    )
     retry_failed: bool = field(
         default=False,
         metadata={
@@ -197,6 +227,7 @@ class ExecutorSettings(ExecutorSettingsBase):
             raise WorkflowError(f"--pbs-mem-growth must be greater than 1, not {self.mem_growth}")
         if self.status_interval < 1 or self.command_timeout < 1:
             raise WorkflowError("--pbs-status-interval and --pbs-command-timeout must be >= 1")
+        parse_array_jobs(self.array_jobs)
         if self.storage_wait < 1 or self.max_storage_failures < 0:
             raise WorkflowError(
                 f"--pbs-storage-wait must be >= 1 (minutes), not {self.storage_wait}, and "
@@ -240,6 +271,8 @@ def controller_config(settings: ExecutorSettings, workdir: Path) -> ControllerCo
         submit_backoff=settings.submit_backoff,
         command_timeout=settings.command_timeout,
         retry_failed=settings.retry_failed,
+        array_jobs=parse_array_jobs(settings.array_jobs),
+        job_name_prefix=settings.job_name_prefix,
     )
 
 
@@ -310,6 +343,7 @@ class Executor(RemoteExecutor):
 
     def __post_init__(self):
         settings = self.workflow.executor_settings
+        self._check_array_rules(parse_array_jobs(settings.array_jobs))
         workdir = Path.cwd()
         self.controller = Controller(
             controller_config(settings, workdir),
@@ -323,6 +357,19 @@ class Executor(RemoteExecutor):
         except Exception as e:  # bookkeeping only: never keep a run from starting for it
             self.logger.warning(f"PBS: could not record how earlier jobs ended: {e}")
         self.next_seconds_between_status_checks = settings.status_interval
+
+    def _check_array_rules(self, names: frozenset[str]) -> None:
+        """A rule named in --pbs-array-jobs that the workflow lacks is a typo: say so."""
+        try:
+            known = {rule.name for rule in self.workflow.rules}
+        except (AttributeError, TypeError):  # a Snakemake that does not show its rules
+            return
+        unknown = sorted(names - known - {ALL_RULES})
+        if unknown and known:
+            raise WorkflowError(
+                f"--pbs-array-jobs names {', '.join(unknown)}, which the workflow does not "
+                f"have; its rules: {', '.join(sorted(known))}"
+            )
 
     def target(self, job: JobExecutorInterface) -> Target:
         """What the controller needs to know about a Snakemake job."""

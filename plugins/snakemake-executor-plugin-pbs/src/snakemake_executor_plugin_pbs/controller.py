@@ -6,6 +6,7 @@ never leads to two live jobs for one target. Poll every job with one qstat, clas
 end, and resubmit (walltime, memory, other kills, errors that may pass) or give up.
 """
 
+import dataclasses
 import getpass
 import logging
 import os
@@ -22,14 +23,24 @@ from .progress import DEFAULT_PROGRESS_KEY, Progress, job_progress
 from .registry import Registry, Submission, TargetRecord
 from .status import Answer, JobInfo, Qstat, StatusUnknown, job_id_order, lookup
 from .submit import (
+    DEFAULT_JOB_NAME_PREFIX,
+    DEFAULT_MAX_ARRAY_SIZE,
+    ArrayMember,
     JobSpec,
     QsubError,
     QueueLimit,
     Rejected,
     Transient,
     UnknownResource,
+    array_log_path,
+    array_member_log,
+    array_name,
+    array_range_args,
     format_walltime,
+    render_array_script,
     render_job_script,
+    resource_directives,
+    subjob_id,
 )
 from .submit import qsub as run_qsub
 
@@ -38,6 +49,8 @@ from .submit import qsub as run_qsub
 # in a row. A job merely missing from an answer is never taken as ended.
 MISSING_POLLS_BEFORE_VANISHED = 2
 MAX_BACKOFF_SECONDS = 900
+# --pbs-array-jobs: every rule's jobs may go out as arrays
+ALL_RULES = "all"
 TAIL_LINES = 20
 TAIL_BYTES = 64 * 1024
 
@@ -74,6 +87,8 @@ class Tracked:
     retry_at: float = 0.0
     transient_failures: int = 0
     missing_polls: int = 0
+    array_id: str | None = None  # the job is a subjob of this array (`12[].srv`)
+    array_size: int = 0  # how many subjobs that array has
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,9 @@ class ControllerConfig:
     submit_backoff: float = 60
     command_timeout: float = 120
     retry_failed: bool = False
+    # rules whose ready jobs go out as job arrays (ALL_RULES: every rule); empty: none
+    array_jobs: frozenset[str] = frozenset()
+    job_name_prefix: str = DEFAULT_JOB_NAME_PREFIX  # names the arrays as the targets
 
 
 def tail_lines(path: str | None, lines: int = TAIL_LINES) -> list[str]:
@@ -127,6 +145,20 @@ def _same_directory(a: str, b: Path) -> bool:
 def _held_for_space(record: TargetRecord) -> str:
     until = time.strftime("%H:%M", time.localtime(record.hold_until))
     return f"out of disk space, resubmitted at {until} (--pbs-retry-failed: at once)"
+
+
+def _link(path: Path, target: Path) -> bool:
+    """Make `path` a symbolic link to `target` (a subjob's log file, in the same directory),
+    replacing whatever was there. False where the file system has no links."""
+    temporary = path.with_name(f".{path.name}.link")
+    try:
+        temporary.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(target, path.parent), temporary)
+        os.replace(temporary, path)
+        return True
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        return False
 
 
 def _current_user() -> str | None:
@@ -223,7 +255,15 @@ class Controller:
         except StatusUnknown as e:
             self.logger.warning(f"PBS: cannot look at the jobs of earlier controllers: {e}")
             return []
+        subjobs = []
         for record in intents:
+            if record.last.array_name:  # a subjob: find its array, then it by its index
+                array = self._job_of_intent(record, listed, record.last.array_name)
+                if array is not None:
+                    self._found_subjob(record, record.last, array)
+                    known.append(record)
+                    subjobs.append(record.last.job_id)
+                continue
             info = self._job_of_intent(record, listed)
             if info is not None:
                 record.last.job_id = info.id
@@ -234,6 +274,11 @@ class Controller:
                 )
                 infos[info.id] = info
                 known.append(record)
+        if subjobs:
+            try:
+                infos.update(self.qstat.query(subjobs))
+            except StatusUnknown as e:  # recorded: they are asked about again when adopted
+                self.logger.warning(f"PBS: cannot look at subjobs of earlier controllers: {e}")
         ending = []
         for record in known:
             info = lookup(infos, record.last.job_id)
@@ -250,14 +295,17 @@ class Controller:
             self._end_of_job(target, record, record.last, info, unwatched=True)
         return ending
 
-    def _job_of_intent(self, record: TargetRecord, listed: dict[str, JobInfo]) -> JobInfo | None:
+    def _job_of_intent(
+        self, record: TargetRecord, listed: dict[str, JobInfo], name: str | None = None
+    ) -> JobInfo | None:
         """The job an interrupted qsub of `record` created: the newest job of the target's
-        name, from this directory, queued since the intent, not already in the record."""
+        name (or `name`: its array's), from this directory, queued since the intent, not
+        already in the record."""
         taken = {s.job_id for s in record.submissions if s.job_id}
         since = record.last.submitted_at - 300  # clocks of login node and server may differ
         found = [
             info
-            for info in self._jobs_named(listed, record.name)
+            for info in self._jobs_named(listed, name or record.name)
             if info.id not in taken and (info.time("qtime") is None or info.time("qtime") >= since)
         ]
         return found[-1] if found else None
@@ -276,9 +324,19 @@ class Controller:
         return sorted(ours, key=lambda info: job_id_order(info.id))
 
     def cancel(self, tracked: Iterable[Tracked]) -> None:
-        """qdel every job this controller tracks, in one call."""
+        """qdel every job this controller tracks, in one call: a whole array by its id where
+        every subjob of it is tracked, else the tracked subjobs one by one."""
         with self._lock:
-            job_ids = [t.job_id for t in tracked if t.job_id]
+            job_ids: list[str] = []
+            arrays: dict[str, list[Tracked]] = {}
+            for t in tracked:
+                if t.job_id and t.array_id:
+                    arrays.setdefault(t.array_id, []).append(t)
+                elif t.job_id:
+                    job_ids.append(t.job_id)
+            for array_id, members in arrays.items():
+                subjobs = sorted({t.job_id for t in members}, key=job_id_order)
+                job_ids += [array_id] if len(subjobs) >= members[0].array_size else subjobs
             if job_ids:
                 self.logger.info(f"PBS: deleting {len(job_ids)} jobs: {' '.join(job_ids)}")
             result = qdel(job_ids, self.config.command_timeout)
@@ -390,18 +448,43 @@ class Controller:
             for t, _, _ in intents:
                 results[t.target.name] = self._hold(t, f"job list unknown ({e})", self.clock())
             return results
+        subjobs = []
         for t, record, submission in intents:
-            info = self._find_by_name(live, t.target.name)
-            if info is not None:
-                submission.job_id = info.id
-                self.registry.save(record)
-                results[t.target.name] = self._adopt(t, submission, info)
-                continue
+            if submission.array_name:
+                # a subjob: its array by the array's name, then the subjob by its index; it
+                # is then adopted if alive, its end recorded if it ended (_resume_known)
+                array = self._find_by_name(live, submission.array_name)
+                if array is not None:
+                    self._found_subjob(record, submission, array)
+                    subjobs.append((t, record, submission))
+                    continue
+                what = f"no live array named {submission.array_name} exists"
+            else:
+                info = self._find_by_name(live, t.target.name)
+                if info is not None:
+                    submission.job_id = info.id
+                    self.registry.save(record)
+                    results[t.target.name] = self._adopt(t, submission, info)
+                    continue
+                what = "no live job of this name exists"
             submission.outcome = "lost"
-            submission.reason = "qsub was interrupted and no live job of this name exists"
+            submission.reason = f"qsub was interrupted and {what}"
             submission.ended_at = self.clock()
             ready.append((t, record))
+        if subjobs:
+            results.update(self._resume_known(subjobs, ready))
         return results
+
+    def _found_subjob(self, record: TargetRecord, submission: Submission, array: JobInfo):
+        """Record the subjob of `array` (found by its name) that an interrupted qsub made for
+        `submission`: the array's id with the submission's index."""
+        submission.array_id = array.id
+        submission.job_id = subjob_id(array.id, submission.array_index or 0)
+        self.registry.save(record)
+        self.logger.info(
+            f"PBS: subjob {submission.job_id} of array {array.id} ({submission.array_name}) is "
+            f"the one a controller killed in qsub submitted for target {record.name}"
+        )
 
     def _find_by_name(self, live: dict[str, JobInfo], name: str) -> JobInfo | None:
         """The target's newest live job; more than one is reported (it should never be)."""
@@ -420,54 +503,102 @@ class Controller:
         )
         t.job_id, t.waiting, t.missing_polls = info.id, None, 0
         t.log_out, t.log_err = submission.log_out, submission.log_err
+        t.array_id, t.array_size = submission.array_id, submission.array_size or 0
         return t
 
     def _submit_all(
         self, items: list[tuple[Tracked, TargetRecord]]
     ) -> dict[str, "Tracked | Finished"]:
-        """qsub each item; after a queue limit or an unreachable server, hold the rest back."""
+        """qsub each item, those that may share an array together (see _units); after a
+        queue limit or an unreachable server, hold the rest back."""
         results: dict[str, Tracked | Finished] = {}
         blocked: tuple[str, float] | None = None
+        ready = []
         for t, record in items:
-            name = t.target.name
             if record.hold_until is not None and record.hold_until > self.clock():
-                results[name] = self._hold(t, _held_for_space(record), record.hold_until)
-                continue
+                results[t.target.name] = self._hold(t, _held_for_space(record), record.hold_until)
+            else:
+                ready.append((t, record))
+        for unit in self._units(ready):
             if blocked is not None:
-                results[name] = self._hold(t, *blocked)
+                results.update({t.target.name: self._hold(t, *blocked) for t, _, _ in unit})
                 continue
             try:
-                results[name] = self._submit(t, record)
+                if len(unit) == 1:
+                    t, record, spec = unit[0]
+                    results[t.target.name] = self._submit(t, record, spec)
+                else:
+                    results.update(self._submit_array(unit))
             except QueueLimit as e:
                 blocked = (f"queue limit: {e.message}", self.clock())
-                results[name] = self._hold(t, *blocked)
+                results.update({t.target.name: self._hold(t, *blocked) for t, _, _ in unit})
             except Transient as e:
-                t.transient_failures += 1
-                delay = min(
-                    self.config.submit_backoff * 2 ** (t.transient_failures - 1),
-                    MAX_BACKOFF_SECONDS,
-                )
+                for t, _, _ in unit:
+                    t.transient_failures += 1
+                failures = max(t.transient_failures for t, _, _ in unit)
+                delay = min(self.config.submit_backoff * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
                 blocked = (
                     f"qsub failed, retrying in {delay:.0f}s: {e.message}",
                     self.clock() + delay,
                 )
-                results[name] = self._hold(t, *blocked)
+                results.update({t.target.name: self._hold(t, *blocked) for t, _, _ in unit})
             except UnknownResource:
                 raise  # a fact about the site, not this job: see Executor._start
             except Rejected as e:
-                results[name] = Finished(t.target, False, f"qsub rejected the job: {e.message}")
+                for t, _, _ in unit:
+                    message = f"qsub rejected the job: {e.message}"
+                    results[t.target.name] = Finished(t.target, False, message)
         return results
 
-    def _submit(self, t: Tracked, record: TargetRecord) -> Tracked:
+    def _units(
+        self, items: list[tuple[Tracked, TargetRecord]]
+    ) -> list[list[tuple[Tracked, TargetRecord, JobSpec]]]:
+        """The qsub calls that submit `items`, each a list of (tracked, record, job spec):
+        one item alone, or the items that go out as one array. Items may share an array when
+        arrays are on for their rule (--pbs-array-jobs), their job scripts ask for the same
+        (resource_directives: queue, project, select, walltime, ...) and the same
+        environment variables are passed, and their target is not being resubmitted after a
+        failure or kill (that goes out alone). Arrays hold at most the server's
+        max_array_size subjobs; a group of one is a plain job. In the order of `items`."""
+        units: list[list[tuple[Tracked, TargetRecord, JobSpec]]] = []
+        groups: dict[tuple, list[tuple[Tracked, TargetRecord, JobSpec]]] = {}
+        for t, record in items:
+            spec = self._job_spec(t.target, record, number=len(record.submissions) + 1)
+            if not self._may_share_an_array(t.target, record):
+                units.append([(t, record, spec)])
+                continue
+            key = (t.target.rule, tuple(sorted(t.target.envvars)), resource_directives(spec))
+            if key not in groups:
+                groups[key] = []
+                units.append(groups[key])
+            groups[key].append((t, record, spec))
+        if not groups or all(len(group) == 1 for group in groups.values()):
+            return units
+        size = self.qstat.max_array_size(DEFAULT_MAX_ARRAY_SIZE)
+        chunked = []
+        for unit in units:
+            chunked += [unit[i : i + size] for i in range(0, len(unit), size)]
+        return chunked
+
+    def _may_share_an_array(self, target: Target, record: TargetRecord) -> bool:
+        """Arrays are on for the target's rule, and its last job (if any) neither failed nor
+        was killed: a resubmission goes out alone, as a plain job."""
+        wanted = self.config.array_jobs
+        if not (ALL_RULES in wanted or target.rule in wanted):
+            return False
+        last = record.last
+        return last is None or last.outcome in (Kind.SUCCESS.value, "lost")
+
+    def _submit(self, t: Tracked, record: TargetRecord, spec: JobSpec | None = None) -> Tracked:
         """Submit the target's next job: write its script, record the intent, qsub, record
         the job id. A controller killed at any point between leaves an intent, which the next
         one resolves before submitting (see _resume_intents)."""
         target = t.target
-        spec = self._job_spec(target, record, number=len(record.submissions) + 1)
+        spec = spec or self._job_spec(target, record, number=len(record.submissions) + 1)
         script = self.registry.write_script(target.name, render_job_script(spec))
         Path(spec.log_out).parent.mkdir(parents=True, exist_ok=True)
         submission = self._record_intent(target, record, spec)
-        submission.job_id = self._qsub(script, target, record)
+        submission.job_id = self._qsub(script, target, [record])
         self.registry.save(record)
         self.logger.info(
             f"PBS: submitted {target.rule} target {target.name} as job {submission.job_id} "
@@ -476,6 +607,75 @@ class Controller:
         return Tracked(
             target, job_id=submission.job_id, log_out=str(spec.log_out), log_err=str(spec.log_err)
         )
+
+    def _submit_array(
+        self, unit: list[tuple[Tracked, TargetRecord, JobSpec]]
+    ) -> dict[str, Tracked]:
+        """Submit the targets of `unit` as one job array, subjob i running the i-th target's
+        Snakemake job. As for a job of its own: the script first, then each member's intent
+        (with the array's name and its index), qsub, then each member's subjob id. A
+        controller killed in between leaves intents that the next one resolves by finding
+        the array by its name (see _resume_intents). Each subjob's logs are the array's
+        files of its index, reached through the target's own log names (symbolic links)."""
+        dialect = self.qstat.dialect
+        members = [f"{t.target.name}.{len(record.submissions) + 1}" for t, record, _ in unit]
+        name = array_name(members, prefix=self.config.job_name_prefix)
+        first_t, _, first = unit[0]
+        log_dir = Path(first.log_out).parent
+        logs = (log_dir / f"{name}.{{index}}.out", log_dir / f"{name}.{{index}}.err")
+        rule = first_t.target.rule
+        spec = dataclasses.replace(
+            first,
+            name=name,
+            command="",
+            log_out=array_log_path(logs[0], dialect),
+            log_err=array_log_path(logs[1], dialect),
+            description=(f"rule {rule}: an array of {len(unit)} jobs, subjob i runs member i",),
+        )
+        script = self.registry.write_script(
+            name,
+            render_array_script(
+                spec,
+                [
+                    ArrayMember(i, t.target.command, (f"target {t.target.name}", *t.target.outputs))
+                    for i, (t, _, _) in enumerate(unit)
+                ],
+                dialect,
+            ),
+        )
+        log_dir.mkdir(parents=True, exist_ok=True)
+        submissions = []
+        for i, (t, record, member) in enumerate(unit):
+            files = [array_member_log(template, i, dialect) for template in logs]
+            if not all(_link(Path(own), file) for own, file in
+                       zip((member.log_out, member.log_err), files, strict=True)):  # fmt: skip
+                member = dataclasses.replace(member, log_out=files[0], log_err=files[1])
+                unit[i] = (t, record, member)
+            submissions.append(
+                self._record_intent(
+                    t.target, record, member, array_name=name, array_index=i, array_size=len(unit)
+                )
+            )
+        records = [record for _, record, _ in unit]
+        array_id = self._qsub(script, first_t.target, records, array_range_args(dialect, len(unit)))
+        results = {}
+        for (t, record, member), submission in zip(unit, submissions, strict=True):
+            submission.job_id = subjob_id(array_id, submission.array_index)
+            submission.array_id = array_id
+            self.registry.save(record)
+            results[t.target.name] = Tracked(
+                t.target,
+                job_id=submission.job_id,
+                log_out=str(member.log_out),
+                log_err=str(member.log_err),
+                array_id=array_id,
+                array_size=len(unit),
+            )
+        self.logger.info(
+            f"PBS: submitted {len(unit)} {rule} targets as array {array_id} ({name}): "
+            + ", ".join(f"[{i}] {t.target.name}" for i, (t, _, _) in enumerate(unit))
+        )
+        return results
 
     def _job_spec(self, target: Target, record: TargetRecord, number: int) -> JobSpec:
         """The job script's contents: the target's resources, with the memory raised by
@@ -498,8 +698,11 @@ class Controller:
             description=(f"rule {target.rule}, submission {number}, output:", *target.outputs),
         )
 
-    def _record_intent(self, target: Target, record: TargetRecord, spec: JobSpec) -> Submission:
-        """Save a submission without a job id before qsub runs (the intent)."""
+    def _record_intent(
+        self, target: Target, record: TargetRecord, spec: JobSpec, **array
+    ) -> Submission:
+        """Save a submission without a job id before qsub runs (the intent); `array`: the
+        Submission's array fields of a subjob (its array's name, its index, the size)."""
         submission = Submission(
             job_id=None,
             submitted_at=self.clock(),
@@ -508,14 +711,22 @@ class Controller:
             log_out=str(spec.log_out),
             log_err=str(spec.log_err),
             progress_at_submit=self._progress(target),
+            **array,
         )
         record.submissions.append(submission)
         record.hold_until = None
         self.registry.save(record)
         return submission
 
-    def _qsub(self, script: Path, target: Target, record: TargetRecord) -> str:
-        """qsub the script; if it certainly created no job, take the intent back."""
+    def _qsub(
+        self,
+        script: Path,
+        target: Target,
+        records: list[TargetRecord],
+        array_args: list[str] | None = None,
+    ) -> str:
+        """qsub the script (of a job, or of an array with `array_args`); if it certainly
+        created no job, take the intents of `records` back."""
         try:
             return run_qsub(
                 script,
@@ -523,17 +734,20 @@ class Controller:
                 target.envvars,
                 timeout=self.config.command_timeout,
                 cwd=str(self.config.workdir),
+                array_args=array_args or (),
             )
         except QsubError as e:
             if not (isinstance(e, Transient) and e.maybe_submitted):
-                record.submissions.pop()
-                self.registry.save(record)
+                for record in records:
+                    record.submissions.pop()
+                    self.registry.save(record)
             raise
 
     def _hold(self, t: Tracked, reason: str, retry_at: float) -> Tracked:
         if reason != t.waiting:
             self.logger.info(f"PBS: holding back {t.target.rule} target {t.target.name}: {reason}")
         t.job_id, t.waiting, t.retry_at = None, reason, retry_at
+        t.array_id, t.array_size = None, 0
         return t
 
     # -- polling -----------------------------------------------------------------------

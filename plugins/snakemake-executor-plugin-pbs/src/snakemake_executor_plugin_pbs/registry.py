@@ -12,6 +12,7 @@ controller. Jobs write only their own exit record.
 """
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -83,6 +84,14 @@ class Submission:
     # ended while no controller watched it, and no Snakemake has been told how (see
     # Controller._unwatched_success)
     unreported: bool = False
+    # A subjob of a job array (--pbs-array-jobs): the array's job name (recorded with the
+    # intent, so that a controller killed in qsub finds the array by it), this target's
+    # index in it, the array's id (`12[].srv`; `job_id` is the subjob's, `12[3].srv`) and
+    # how many subjobs it has. None for a job of its own.
+    array_name: str | None = None
+    array_index: int | None = None
+    array_id: str | None = None
+    array_size: int | None = None
 
     @property
     def is_open(self) -> bool:
@@ -134,7 +143,12 @@ class TargetRecord:
             raise ValueError(f"not a JSON object but {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         record = cls(**{k: v for k, v in data.items() if k in known and k != "submissions"})
-        record.submissions = [Submission(**s) for s in data.get("submissions", [])]
+        # fields a newer plugin added are left out, not a reason to call the record unreadable
+        names = {f.name for f in fields(Submission)}
+        record.submissions = [
+            Submission(**{k: v for k, v in s.items() if k in names})
+            for s in data.get("submissions", [])
+        ]
         return record
 
 
@@ -189,7 +203,9 @@ class Registry:
         candidates = [self.exit_dir / job_id]
         sequence = job_id.split(".", 1)[0]
         if self.exit_dir.is_dir():  # the job may know itself by a longer or shorter id
-            candidates += sorted(self.exit_dir.glob(f"{sequence}.*")) + [self.exit_dir / sequence]
+            # a subjob's id holds brackets (`12[3].srv`): a glob would read them as a set
+            pattern = f"{glob.escape(sequence)}.*"
+            candidates += sorted(self.exit_dir.glob(pattern)) + [self.exit_dir / sequence]
         for path in candidates:
             try:
                 return int(path.read_text().strip())

@@ -204,12 +204,17 @@ def listing_argv(dialect: Dialect) -> list[str]:
     return ["qstat", "-f"]
 
 
-def job_id_order(job_id: str) -> tuple[int, int, str]:
+def job_id_order(job_id: str) -> tuple[int, int, int, str]:
     """Sort key that orders job ids by their number, the order the server gave them out:
-    `999.srv` before `1000.srv` (as text it would be after); array jobs `12[3].srv` by the
-    number before the bracket. Ids without a number come first, as text."""
-    head = job_id.split(".", 1)[0].split("[", 1)[0]
-    return (1, int(head), job_id) if head.isdigit() else (0, 0, job_id)
+    `999.srv` before `1000.srv` (as text it would be after); subjobs `12[3].srv` by the
+    number before the bracket, then by index (`12[3]` before `12[10]`), after the array
+    `12[].srv` itself. Ids without a number come first, as text."""
+    sequence = job_id.split(".", 1)[0]
+    head, _, index = sequence.partition("[")
+    index = index.rstrip("]")
+    if not head.isdigit():
+        return (0, 0, -1, job_id)
+    return (1, int(head), int(index) if index.isdigit() else -1, job_id)
 
 
 def lookup(infos: Mapping[str, JobInfo], job_id: str) -> JobInfo | None:
@@ -258,6 +263,7 @@ class Qstat:
         self._dialect = dialect
         self._run = run
         self.history = True  # the server keeps finished jobs, as far as its answers told
+        self._max_array_size: int | None = None
 
     @property
     def dialect(self) -> Dialect:
@@ -294,6 +300,25 @@ class Qstat:
         result = self._run(listing_argv(self.dialect), timeout=self.timeout)
         jobs = self._parse(result)
         return {job_id: info for job_id, info in jobs.items() if info.alive}
+
+    def max_array_size(self, default: int) -> int:
+        """The most subjobs the server takes in one array: its `max_array_size` (PBS Pro /
+        OpenPBS; Torque: `max_job_array_size`) from `qstat -Bf`, asked once; `default` where
+        the server does not say or cannot be asked (then asked again next time)."""
+        if self._max_array_size is not None:
+            return self._max_array_size
+        result = self._run(["qstat", "-B", "-f"], timeout=self.timeout)
+        if result.timed_out or result.returncode != 0:
+            return default
+        text = re.sub(r"^Server:", "Job Id:", result.stdout, flags=re.MULTILINE)
+        for attrs in parse_text_attributes(text).values():
+            for name in ("max_array_size", "max_job_array_size"):
+                size = _int_or_none(attrs.get(name))
+                if size is not None and size > 0:
+                    self._max_array_size = size
+                    return size
+        self._max_array_size = default
+        return default
 
     def list_all(self) -> dict[str, JobInfo]:
         """Every job the server shows, finished ones included where it keeps history."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .commands import CommandResult, run_command
+from .status import Dialect
 
 # A job name is a prefix and a hash of the target's outputs. PBS job names start with a letter;
 # older servers (and Torque) allow at most 15 characters: a prefix of up to 5, 10 hex digits.
@@ -24,6 +25,13 @@ _QUEUE_LIMIT_EXIT_CODES = (38, 198)
 _QUEUE_LIMIT_MESSAGES = ("would exceed", "maximum number of jobs")
 # The server could not be reached at all: certainly nothing was submitted.
 _UNREACHABLE_MESSAGES = ("cannot connect to server", "errno=111", "connection refused")
+# Job arrays: the server's `max_array_size` where it does not say (PBS Pro's default); the
+# token OpenPBS replaces by each subjob's index in -o/-e paths; the variable that holds the
+# index inside a subjob.
+DEFAULT_MAX_ARRAY_SIZE = 10000
+ARRAY_INDEX_TOKEN = "^array_index^"
+ARRAY_INDEX_VARIABLE = {Dialect.PBSPRO: "PBS_ARRAY_INDEX", Dialect.TORQUE: "PBS_ARRAYID"}
+_SUBJOB_ID = re.compile(r"^(\d+)\[(\d*)\](.*)$")
 # A resource the server does not define (PBS Pro / OpenPBS: exit 187).
 _UNKNOWN_RESOURCE = re.compile(r"Unknown resource:?\s*([A-Za-z0-9_.]+)", re.IGNORECASE)
 # The request may or may not have reached the server.
@@ -52,6 +60,54 @@ def job_name(outputs: Iterable[str], prefix: str = DEFAULT_JOB_NAME_PREFIX) -> s
     key = "\n".join(sorted(str(path) for path in outputs))
     digest = hashlib.sha1(key.encode()).hexdigest()
     return f"{prefix}{digest[:JOB_NAME_HASH_CHARS]}"
+
+
+def array_name(members: Iterable[str], prefix: str = DEFAULT_JOB_NAME_PREFIX) -> str:
+    """The PBS job name of an array: a job name of its members (`<target name>.<submission
+    number>` each), so that it is recorded before qsub and found by name after a controller
+    was killed in between, and differs from every earlier array of the same targets."""
+    return job_name(["array", *members], prefix=prefix)
+
+
+def subjob_id(array_id: str, index: int) -> str:
+    """The id of subjob `index` of array `array_id`: `12[].srv` -> `12[3].srv`."""
+    match = _SUBJOB_ID.match(array_id)
+    if match is None:
+        raise ValueError(f"{array_id!r} is not the id of a job array")
+    return f"{match.group(1)}[{int(index)}]{match.group(3)}"
+
+
+def array_of(job_id: str) -> tuple[str, int] | None:
+    """(array id, index) of a subjob id (`12[3].srv` -> (`12[].srv`, 3)); None otherwise."""
+    match = _SUBJOB_ID.match(job_id or "")
+    if match is None or not match.group(2):
+        return None
+    return f"{match.group(1)}[]{match.group(3)}", int(match.group(2))
+
+
+def array_range_args(dialect: Dialect, size: int) -> list[str]:
+    """qsub's options for an array of `size` subjobs indexed from 0: PBS Pro / OpenPBS
+    `-J 0-(n-1)`, Torque `-t 0-(n-1)`."""
+    if size < 2:
+        raise ValueError(f"an array has at least 2 subjobs, not {size} (PBS refuses -J 0-0)")
+    return ["-t" if dialect is Dialect.TORQUE else "-J", f"0-{size - 1}"]
+
+
+def array_log_path(path: Path, dialect: Dialect) -> Path:
+    """What an array's `-o`/`-e` says for subjob log files `path` with `{index}` in the name:
+    OpenPBS and PBS Pro replace `^array_index^` in the path by each subjob's index; Torque
+    takes no token and appends `-<index>` to the path itself."""
+    text = str(path)
+    if dialect is Dialect.TORQUE:
+        return Path(text.replace(".{index}", "").replace("{index}", ""))
+    return Path(text.replace("{index}", ARRAY_INDEX_TOKEN))
+
+
+def array_member_log(path: Path, index: int, dialect: Dialect) -> Path:
+    """The log file subjob `index` of an array writes, `path` as given to array_log_path."""
+    if dialect is Dialect.TORQUE:
+        return Path(f"{array_log_path(path, dialect)}-{int(index)}")
+    return Path(str(path).replace("{index}", str(int(index))))
 
 
 def format_walltime(minutes: float) -> str:
@@ -111,6 +167,13 @@ def pbs_directives(spec: JobSpec) -> list[str]:
     return lines
 
 
+def resource_directives(spec: JobSpec) -> tuple[str, ...]:
+    """The `#PBS` lines that say what a job gets (queue, project, resources, anything but its
+    name and log files): jobs with the same lines can go out as one array."""
+    own = ("#PBS -N ", "#PBS -o ", "#PBS -e ")
+    return tuple(line for line in pbs_directives(spec) if not line.startswith(own))
+
+
 def exit_record_lines(exit_dir: Path) -> list[str]:
     """Shell lines that leave the job's exit code in `exit_dir/$PBS_JOBID`, atomically."""
     directory = shlex.quote(str(Path(exit_dir).absolute()))
@@ -138,6 +201,47 @@ def render_job_script(spec: JobSpec) -> str:
         "# PBS starts jobs in $HOME; Snakemake expects the workflow directory.",
         'cd "$PBS_O_WORKDIR" || exit 1',
         spec.command,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ArrayMember:
+    """One subjob of an array job script: the Snakemake job command its index runs."""
+
+    index: int
+    command: str
+    description: tuple[str, ...] = ()
+
+
+def render_array_script(
+    spec: JobSpec, members: Iterable[ArrayMember], dialect: Dialect = Dialect.PBSPRO
+) -> str:
+    """The job script of an array: `spec`'s `#PBS` lines (its name and log paths the array's),
+    the exit record (written per subjob: $PBS_JOBID is the subjob's id), then a `case` on
+    the subjob's index that runs that member's own Snakemake job command. An index without a
+    member (none should ever run) fails with a message instead of running nothing."""
+    variable = ARRAY_INDEX_VARIABLE[dialect]
+    lines = ["#!/bin/bash", *pbs_directives(spec)]
+    lines += [f"# {line}" for line in spec.description]
+    lines += ["", *exit_record_lines(spec.exit_dir), ""]
+    lines += [
+        "# PBS starts jobs in $HOME; Snakemake expects the workflow directory.",
+        'cd "$PBS_O_WORKDIR" || exit 1',
+        f"# Each subjob runs the Snakemake job of its index (${variable}).",
+        f'case "${{{variable}:-}}" in',
+    ]
+    for member in members:
+        lines.append(f"{int(member.index)})")
+        lines += [f"    # {line}" for line in member.description]
+        lines += [f"    {member.command}", "    ;;"]
+    lines += [
+        "*)",
+        f"    echo \"snakemake-pbs: no Snakemake job for array index '${{{variable}:-}}'\" >&2",
+        "    exit 1",
+        "    ;;",
+        "esac",
         "",
     ]
     return "\n".join(lines)
@@ -206,10 +310,14 @@ def qsub_failure(result: CommandResult) -> QsubError:
 
 
 def qsub_argv(
-    script: Path, extra_args: Iterable[str] = (), envvars: Iterable[str] = ()
+    script: Path,
+    extra_args: Iterable[str] = (),
+    envvars: Iterable[str] = (),
+    array_args: Iterable[str] = (),
 ) -> list[str]:
-    """The qsub command line: options given here override the script's `#PBS` lines."""
-    argv = ["qsub", *extra_args]
+    """The qsub command line: options given here override the script's `#PBS` lines;
+    `array_args` (array_range_args) make it an array."""
+    argv = ["qsub", *array_args, *extra_args]
     names = sorted(envvars)
     if names:
         # Names only: qsub copies their values from its own environment.
@@ -223,9 +331,12 @@ def qsub(
     envvars: Iterable[str] = (),
     timeout: float = 120,
     cwd: str | None = None,
+    array_args: Iterable[str] = (),
 ) -> str:
-    """Submit a job script and return its job id; raise a QsubError subclass otherwise."""
-    result = run_command(qsub_argv(script, extra_args, envvars), timeout=timeout, cwd=cwd)
+    """Submit a job script and return its job id (an array's: `12[].srv`); raise a QsubError
+    subclass otherwise."""
+    argv = qsub_argv(script, extra_args, envvars, array_args)
+    result = run_command(argv, timeout=timeout, cwd=cwd)
     job_id = parse_job_id(result.stdout) if result.returncode == 0 else None
     if job_id is None:
         raise qsub_failure(result)

@@ -8,9 +8,18 @@ State lives in $FAKE_PBS_DIR:
                       (consumed one per call; qsub ["silent", ""] creates the job but prints
                       no id; qstat ["sleep", seconds] answers late),
                       "first_only": bool (asked about several ids, qstat prints only the
-                      first job it knows and exits 0: OpenPBS's `-F json` bug, issue 2672)
+                      first job it knows and exits 0: OpenPBS's `-F json` bug, issue 2672),
+                      "max_array_size": int (what `qstat -Bf` says; absent: not said)
 With "run": true, qsub runs the job script in the background the way PBS would (PBS_JOBID,
 PBS_O_WORKDIR, stdout/stderr files) and the job turns F with the script's exit code.
+
+Job arrays as OpenPBS makes them (`qsub -J 0-3`, Torque's `-t 0-3` alike): qsub prints the
+array's id `<seq>[].fakesrv`; each subjob is a job of its own, `jobs/<seq>[<i>].json`, id
+`<seq>[<i>].fakesrv`, run with PBS_ARRAY_INDEX (and Torque's PBS_ARRAYID) = i and
+`^array_index^` in its -o/-e paths replaced by i; an ended subjob is in state X while its
+array lives, F after (as OpenPBS 23.06 shows them; `qsub -J 0-0` it refuses). The array
+(`jobs/<seq>[].json`) is listed by `qstat -f` (its subjobs only with -t); its state is B while
+any subjob lives, F after.
 """
 
 import getpass
@@ -83,6 +92,19 @@ def directives(script: str) -> dict:
     return found
 
 
+def array_range(argv: list[str], d: dict) -> range | None:
+    """The indices of `-J a-b` (or Torque's `-t a-b`) on the command line or in the script."""
+    text = None
+    for flag in ("-J", "-t"):
+        if flag in argv[:-1]:
+            text = argv[argv.index(flag) + 1]
+    text = text or d.get("J") or d.get("t")
+    if not text:
+        return None
+    first, _, last = text.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
 def qsub(argv: list[str]) -> int:
     failure = pop_failure("qsub_failures")
     silent = bool(failure) and failure[0] == "silent"  # the job exists, its id is lost
@@ -94,9 +116,13 @@ def qsub(argv: list[str]) -> int:
     d = directives(script)
     walltime = next((x.split("=", 1)[1] for x in d["l"] if x.startswith("walltime=")), None)
     select = next((x for x in d["l"] if x.startswith("select=")), "")
+    indices = array_range(argv, d)
+    if indices is not None and len(indices) < 2:
+        sys.stderr.write("qsub: illegal -J value\n")
+        return 2
     seq = next_seq()
     job = {
-        "id": f"{seq}.{SERVER}",
+        "id": f"{seq}{'[]' if indices else ''}.{SERVER}",
         "name": d.get("N", "STDIN"),
         "state": "Q",
         "queue": d.get("q", "workq"),
@@ -109,15 +135,27 @@ def qsub(argv: list[str]) -> int:
         "script": script,
         "argv": argv,
     }
+    runs = [seq]
+    if indices:
+        job.update(array=True, indices=[indices.start, indices.stop - 1])
+        runs = []
+        for i in indices:
+            sub = dict(job, id=f"{seq}[{i}].{SERVER}", index=i, array=False)
+            for stream in ("out", "err"):
+                if sub[stream]:
+                    sub[stream] = sub[stream].replace("^array_index^", str(i))
+            save_job(sub)
+            runs.append(f"{seq}[{i}]")
     save_job(job)
     if config().get("run"):
-        subprocess.Popen(
-            [sys.executable, __file__, "_run", seq],
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        for run in runs:
+            subprocess.Popen(
+                [sys.executable, __file__, "_run", run],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
     if not silent:
         print(job["id"])
     return 0
@@ -130,6 +168,8 @@ def run_job(seq: str) -> int:
     script.write_text(job["script"])
     env = dict(os.environ, PBS_JOBID=job["id"], PBS_JOBNAME=job["name"])
     env["PBS_O_WORKDIR"] = job["workdir"]
+    if "index" in job:
+        env["PBS_ARRAY_INDEX"] = env["PBS_ARRAYID"] = str(job["index"])
     job.update(state="R", pid=os.getpid(), stime=time.ctime())
     save_job(job)
     start = time.time()
@@ -148,9 +188,29 @@ def run_job(seq: str) -> int:
     job = load_job(seq)
     if code < 0:  # killed by a signal: PBS reports 256 + signal
         code = 256 - code
-    job.update(state="F", exit_status=code, used=int(time.time() - start))
+    job.update(state=ended_state(job["id"]), exit_status=code, used=int(time.time() - start))
     save_job(job)
     return 0
+
+
+def ended_state(job_id: str) -> str:
+    """A subjob ends in state X, any other job in F."""
+    return "X" if re.search(r"\[\d+\]", job_id) else "F"
+
+
+def ended(job: dict) -> bool:
+    return job["state"] in "FX"
+
+
+def array_state(job: dict) -> str:
+    """An array is B while any of its subjobs lives (Q before any started), F after."""
+    seq = job["id"].split("[", 1)[0]
+    states = [
+        load_job(f"{seq}[{i}]")["state"] for i in range(job["indices"][0], job["indices"][1] + 1)
+    ]
+    if all(state in "FX" for state in states):
+        return "F"
+    return "Q" if all(state == "Q" for state in states) else "B"
 
 
 def fmt_duration(seconds: int) -> str:
@@ -158,6 +218,10 @@ def fmt_duration(seconds: int) -> str:
 
 
 def attributes(job: dict) -> dict:
+    if job.get("array"):
+        job = dict(job, state=array_state(job))
+    elif job["state"] == "X" and array_state(load_job(job["id"].split("[", 1)[0] + "[]")) == "F":
+        job = dict(job, state="F")  # as OpenPBS shows a subjob once its whole array ended
     attrs = {
         "Job_Name": job["name"],
         "Job_Owner": job["owner"],
@@ -166,10 +230,13 @@ def attributes(job: dict) -> dict:
         "Resource_List": {"walltime": job.get("walltime") or "01:00:00"},
         "Variable_List": {"PBS_O_WORKDIR": job["workdir"], "PBS_O_HOME": "/home/user"},
     }
-    if job["state"] in "RF":
+    if job["state"] in "RFX":
         attrs["resources_used"] = {"walltime": fmt_duration(int(job.get("used", 0)))}
-    if "exit_status" in job and job["state"] == "F":
+    if "exit_status" in job and ended(job):
         attrs["Exit_status"] = job["exit_status"]
+    if job.get("array"):
+        attrs["array"] = "True"
+        attrs["array_indices_submitted"] = "{}-{}".format(*job["indices"])
     return attrs
 
 
@@ -197,6 +264,12 @@ def qstat(argv: list[str]) -> int:
         else:
             sys.stderr.write(failure[1] + "\n")
             return failure[0]
+    if "-B" in argv or "-Bf" in argv:
+        print(f"Server: {SERVER}")
+        print("    server_state = Active")
+        if cfg.get("max_array_size") is not None:
+            print(f"    max_array_size = {cfg['max_array_size']}")
+        return 0
     history = "-x" in argv and cfg.get("history", True)
     ids = [a for a in argv[1:] if not a.startswith("-") and a != "json"]
     if "-x" in argv and not cfg.get("history", True):
@@ -208,7 +281,7 @@ def qstat(argv: list[str]) -> int:
     if ids:
         for job_id in ids:
             job = load_job(job_id.split(".")[0])
-            if job is None or (job["state"] == "F" and not history):
+            if job is None or (ended(job) and not history):
                 sys.stderr.write(f"qstat: Unknown Job Id {job_id}\n")
                 rc = 153
                 continue
@@ -219,7 +292,10 @@ def qstat(argv: list[str]) -> int:
     else:
         for path in sorted((STATE / "jobs").glob("*.json")):
             job = json.loads(path.read_text())
-            if job["state"] != "F" or history:
+            if "index" in job and "-t" not in argv:
+                continue  # subjobs are listed with -t only
+            state = array_state(job) if job.get("array") else job["state"]
+            if state not in "FX" or history:
                 jobs[job["id"]] = attributes(job)
     if "-F" in argv:
         doc = {"timestamp": int(time.time()), "pbs_version": "22.05.11", "pbs_server": SERVER}
@@ -235,15 +311,25 @@ def qdel(argv: list[str]) -> int:
     rc = 0
     for job_id in argv[1:]:
         job = load_job(job_id.split(".")[0])
-        if job is None or job["state"] == "F":
+        if job is None or ended(job) or (job.get("array") and array_state(job) == "F"):
             sys.stderr.write(f"qdel: Unknown Job Id {job_id}\n")
             rc = 153
             continue
-        if job["state"] == "R" and job.get("child"):
-            os.killpg(job["child"], signal.SIGTERM)
+        if job.get("array"):  # the whole array: each subjob
+            seq = job["id"].split("[", 1)[0]
+            members = [
+                load_job(f"{seq}[{i}]") for i in range(job["indices"][0], job["indices"][1] + 1)
+            ]
         else:
-            job.update(state="F", exit_status=271)
-            save_job(job)
+            members = [job]
+        for member in members:
+            if ended(member):
+                continue
+            if member["state"] == "R" and member.get("child"):
+                os.killpg(member["child"], signal.SIGTERM)
+            else:
+                member.update(state=ended_state(member["id"]), exit_status=271)
+                save_job(member)
     return rc
 
 
@@ -285,6 +371,16 @@ class FakePbs:
         """qstat calls that ask about jobs (not `qstat --version`)."""
         return [c for c in self.calls("qstat") if "--version" not in c]
 
+    def arrays(self) -> list[dict]:
+        """The arrays qsub made (their own entries, not their subjobs)."""
+        return [job for job in self.jobs() if job.get("array")]
+
+    def subjobs(self, array_id: str) -> list[dict]:
+        """The subjobs of array `array_id`, by index."""
+        seq = array_id.split("[", 1)[0]
+        found = [job for job in self.jobs() if job["id"].startswith(f"{seq}[") and "index" in job]
+        return sorted(found, key=lambda job: job["index"])
+
     def job(self, job_id: str) -> dict:
         return json.loads((self.state / "jobs" / f"{job_id.split('.')[0]}.json").read_text())
 
@@ -298,8 +394,8 @@ class FakePbs:
         (self.state / "jobs" / f"{job_id.split('.')[0]}.json").write_text(json.dumps(job))
 
     def finish(self, job_id: str, exit_status: int | None, used: int = 60) -> None:
-        """End a job the way the server would show it in its history."""
-        fields = {"state": "F", "used": used}
+        """End a job the way the server would show it in its history (a subjob: state X)."""
+        fields = {"state": ended_state(job_id), "used": used}
         if exit_status is not None:
             fields["exit_status"] = exit_status
         self.update_job(job_id, **fields)
@@ -318,6 +414,17 @@ class FakePbs:
         }
         (self.state / "jobs" / f"{seq}.json").write_text(json.dumps(job))
         return job["id"]
+
+    def add_array(self, seq: int, name: str, workdir: str, states: list[str]) -> str:
+        """An array the fake server knows without a qsub through it (another controller's),
+        subjob i in `states[i]`; returns its id `<seq>[].fakesrv`."""
+        array_id = f"{seq}[].{SERVER}"
+        self.add_job(f"{seq}[]", name, workdir, id=array_id, array=True,
+                     indices=[0, len(states) - 1])  # fmt: skip
+        for i, state in enumerate(states):
+            self.add_job(f"{seq}[{i}]", name, workdir, state=state, index=i,
+                         id=f"{seq}[{i}].{SERVER}")  # fmt: skip
+        return array_id
 
 
 def main() -> int:
