@@ -20,8 +20,10 @@ from .classify import Kind, Outcome, classify
 from .policy import Action, Decision, Limits, decide, reset_stall_counters
 from .progress import DEFAULT_PROGRESS_KEY, Progress, job_progress
 from .registry import Registry, Submission, TargetRecord
-from .status import Answer, JobInfo, Qstat, StatusUnknown, job_id_order, lookup
+from .status import Answer, Dialect, JobInfo, Qstat, StatusUnknown, job_id_order, lookup
 from .submit import (
+    JOB_NAME_MAX_CHARS,
+    JOB_NAME_MAX_PBSPRO,
     JobSpec,
     QsubError,
     QueueLimit,
@@ -29,9 +31,13 @@ from .submit import (
     Transient,
     UnknownResource,
     format_walltime,
+    is_job_of,
+    pbs_job_name,
+    readable_label,
     render_job_script,
 )
 from .submit import qsub as run_qsub
+from .usage import job_usage
 
 # A job the server, asked about it alone, says it does not know, and that left no exit
 # record, is taken as vanished (node failure, purged) only when that holds for this many polls
@@ -46,7 +52,7 @@ TAIL_BYTES = 64 * 1024
 class Target:
     """One Snakemake job as the controller sees it."""
 
-    name: str  # deterministic PBS job name (submit.job_name of the outputs)
+    name: str  # identity: the registry key, the end of the PBS job name (submit.job_name)
     rule: str
     outputs: tuple[str, ...]  # in declared order; their directories hold the progress files
     command: str  # the Snakemake job command the script runs
@@ -56,6 +62,12 @@ class Target:
     gpus: int = 0
     envvars: tuple[str, ...] = ()  # names of environment variables the job needs
     queue: str | None = None  # the rule's own queue (resource pbs_queue), else the setting's
+    # the rule's own PBS settings (resources.py); None or (): the profile-wide ones
+    project: str | None = None
+    select: str | None = None
+    place: str | None = None
+    qsub_extra: tuple[str, ...] = ()
+    wildcards: tuple[tuple[str, str], ...] = ()  # the Snakemake job's, for names and reports
     # An earlier Snakemake started this target and never recorded its end: its outputs still
     # carry Snakemake's incomplete mark (a controller killed before its Snakemake finished
     # the bookkeeping of a success it had been handed, or of a job it had submitted).
@@ -74,6 +86,7 @@ class Tracked:
     retry_at: float = 0.0
     transient_failures: int = 0
     missing_polls: int = 0
+    state: str | None = None  # the job's PBS state at the last look (Q, R, ...)
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,8 @@ class ControllerConfig:
     submit_backoff: float = 60
     command_timeout: float = 120
     retry_failed: bool = False
+    # longest PBS job name the server takes; None: by the server's kind (Torque 15, else 236)
+    job_name_max: int | None = None
 
 
 def tail_lines(path: str | None, lines: int = TAIL_LINES) -> list[str]:
@@ -152,6 +167,7 @@ class Controller:
         self.qstat = qstat or Qstat(timeout=config.command_timeout)
         self.logger = logger or logging.getLogger(__name__)
         self.clock = clock
+        self.started_at = clock()  # the usage report covers the jobs since
         # run_jobs (main thread) and the status poll (Snakemake's wait thread) both use us.
         self._lock = threading.RLock()
 
@@ -269,7 +285,7 @@ class Controller:
         ours = [
             info
             for info in jobs.values()
-            if info.name == name
+            if is_job_of(info.name, name)
             and (info.user is None or user is None or info.user == user)
             and (info.workdir is None or _same_directory(info.workdir, self.config.workdir))
         ]
@@ -285,6 +301,16 @@ class Controller:
             if result is not None and result.returncode != 0:
                 self.logger.warning(f"PBS: {result.describe()}")
 
+    @property
+    def job_name_max(self) -> int:
+        """The longest job name the server takes: the setting, else by the server's kind (the
+        dialect qstat --version told: Torque 15, PBS Pro / OpenPBS 236)."""
+        if self.config.job_name_max is not None:
+            return self.config.job_name_max
+        if self.qstat.dialect is Dialect.TORQUE:
+            return JOB_NAME_MAX_CHARS
+        return JOB_NAME_MAX_PBSPRO
+
     # -- adopting or submitting --------------------------------------------------------
 
     def _start(
@@ -298,6 +324,7 @@ class Controller:
         for t in items:
             record = self.registry.load(t.target.name)
             record.rule, record.outputs = t.target.rule, list(t.target.outputs)
+            record.wildcards = dict(t.target.wildcards)
             if record.failed and not self.config.retry_failed:
                 results[t.target.name] = self._given_up_earlier(t, record)
                 continue
@@ -418,7 +445,7 @@ class Controller:
             f"PBS: adopting live job {info.id} (state {info.state}) for {t.target.rule} "
             f"target {t.target.name} instead of submitting another"
         )
-        t.job_id, t.waiting, t.missing_polls = info.id, None, 0
+        t.job_id, t.waiting, t.missing_polls, t.state = info.id, None, 0, info.state
         t.log_out, t.log_err = submission.log_out, submission.log_err
         return t
 
@@ -482,8 +509,9 @@ class Controller:
         earlier memory kills, and log files numbered by submission."""
         config = self.config
         log_dir = config.log_dir / target.rule
+        label = readable_label(target.rule, (value for _, value in target.wildcards))
         return JobSpec(
-            name=target.name,
+            name=pbs_job_name(target.name, label, self.job_name_max),
             command=target.command,
             log_out=log_dir / f"{target.name}.{number}.out",
             log_err=log_dir / f"{target.name}.{number}.err",
@@ -493,8 +521,10 @@ class Controller:
             gpus=target.gpus,
             runtime_minutes=target.runtime_minutes,
             queue=target.queue or config.queue,
-            project=config.project,
+            project=target.project or config.project,
             select_extra=config.select_extra,
+            select=target.select,
+            place=target.place,
             description=(f"rule {target.rule}, submission {number}, output:", *target.outputs),
         )
 
@@ -508,6 +538,7 @@ class Controller:
             log_out=str(spec.log_out),
             log_err=str(spec.log_err),
             progress_at_submit=self._progress(target),
+            select=spec.select,
         )
         record.submissions.append(submission)
         record.hold_until = None
@@ -519,7 +550,7 @@ class Controller:
         try:
             return run_qsub(
                 script,
-                self.config.qsub_extra,
+                (*self.config.qsub_extra, *target.qsub_extra),
                 target.envvars,
                 timeout=self.config.command_timeout,
                 cwd=str(self.config.workdir),
@@ -569,7 +600,7 @@ class Controller:
             return t
         info = lookup(infos, t.job_id)
         if info is not None and info.alive:
-            t.missing_polls = 0
+            t.missing_polls, t.state = 0, info.state
             return t
         record = self.registry.load(t.target.name)
         submission = record.submission(t.job_id)
@@ -619,6 +650,8 @@ class Controller:
                 return None
         if unwatched:
             submission.unreported = True
+        if info is not None:
+            submission.usage = job_usage(info) or submission.usage
         stderr_tail = "\n".join(tail_lines(submission.log_err, 200))
         outcome = classify(info, code, stderr_tail)
         decision = decide(
