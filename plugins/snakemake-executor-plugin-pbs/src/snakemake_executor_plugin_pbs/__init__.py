@@ -138,7 +138,7 @@ class ExecutorSettings(ExecutorSettingsBase):
         int,
     )
     status_interval_min: int = _setting(
-        2,
+        1,
         "Site bound: status checks never come closer together than this many seconds, "
         "whatever a user asks for; and never closer than one second per 20 jobs followed.",
         int,

@@ -60,13 +60,14 @@ def job_name(outputs: Iterable[str], prefix: str = DEFAULT_JOB_NAME_PREFIX) -> s
 # used (every PBS takes them) and the name starts with a letter, as older servers demand.
 JOB_NAME_MAX_PBSPRO = 236
 JOB_NAME_SEPARATOR = "."
+MIN_LABEL_CHARS = 4  # less of the rule's name tells a reader nothing: the identity alone
 _NOT_IN_JOB_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def readable_label(rule: str, wildcard_values: Iterable[str] = ()) -> str:
     """The readable part of a job name: the rule and its wildcards' values, each cleaned to
     the characters every PBS accepts in -N, joined by dots; '' when nothing readable is left."""
-    parts = [_NOT_IN_JOB_NAME.sub("_", str(part)).strip("_") for part in (rule, *wildcard_values)]
+    parts = [_NOT_IN_JOB_NAME.sub("_", str(part)).strip("_.-") for part in (rule, *wildcard_values)]
     label = JOB_NAME_SEPARATOR.join(part for part in parts if part)
     return label.lstrip("0123456789_.-")  # old servers: a job name starts with a letter
 
@@ -76,7 +77,7 @@ def pbs_job_name(identity: str, label: str = "", max_chars: int = JOB_NAME_MAX_P
     `max_chars`; the identity (job_name(), the registry's key) is never cut, and alone when no
     label fits. Adoption finds a job by its identity at the end (is_job_of)."""
     room = max_chars - len(identity) - len(JOB_NAME_SEPARATOR)
-    label = label[: max(0, room)].rstrip("_.-")
+    label = label[:room].rstrip("_.-") if room >= MIN_LABEL_CHARS else ""
     return f"{label}{JOB_NAME_SEPARATOR}{identity}" if label else identity
 
 
