@@ -4,10 +4,16 @@ report, and the status-check interval."""
 
 import csv
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from snakemake.exceptions import WorkflowError
 
+from snakemake_executor_plugin_pbs import ExecutorSettings, poll_interval
+from snakemake_executor_plugin_pbs.classify import Kind, Outcome
 from snakemake_executor_plugin_pbs.controller import (
     Controller,
     ControllerConfig,
@@ -19,7 +25,6 @@ from snakemake_executor_plugin_pbs.policy import Action, Limits, decide
 from snakemake_executor_plugin_pbs.polling import PollInterval
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.resources import ResourceProblem, rule_settings
-from snakemake_executor_plugin_pbs.classify import Kind, Outcome
 from snakemake_executor_plugin_pbs.status import Dialect, Qstat, parse_qstat_text
 from snakemake_executor_plugin_pbs.submit import (
     JOB_NAME_MAX_CHARS,
@@ -349,3 +354,114 @@ def test_many_jobs_raise_the_shortest_interval_within_the_site_bounds():
     assert interval.next(changed=True, jobs=10_000) == 180  # never above the site's longest
     assert interval.next(changed=True, jobs=10) == 10
     assert PollInterval(shortest=300, longest=180).longest == 300  # a user's longer wish
+
+
+# -- through Snakemake, on the fake PBS ------------------------------------------------------
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+ARGS = ("--executor", "pbs", "-j", "4", "--pbs-status-interval", "1")
+
+
+@pytest.fixture
+def run_workflow(tmp_path):
+    """Run Snakemake on a Snakefile in a fresh directory with the fake PBS running jobs."""
+    work = tmp_path / "work"
+    work.mkdir()
+    fake = fake_pbs.FakePbs(tmp_path / "pbs", run=True)
+    env = fake.env()
+    env.pop("SNAKEMAKE_PROFILE", None)
+
+    def run(snakefile: str, *args: str):
+        (work / "Snakefile").write_text(snakefile)
+        return subprocess.run([*SNAKEMAKE, *ARGS, *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    return work, fake, run
+
+
+BAD_SELECT = """
+rule all:
+    input: "b.txt"
+
+rule first:
+    output: "a.txt"
+    shell: "touch {output}"
+
+rule mpi:
+    input: "a.txt"
+    output: "b.txt"
+    resources: pbs_select="2:ncpus=24 -q other"
+    shell: "touch {output}"
+"""
+
+
+@pytest.mark.slow
+def test_a_bad_rule_setting_stops_the_run_before_anything_is_submitted(run_workflow):
+    work, pbs, run = run_workflow
+    result = run(BAD_SELECT)
+    assert result.returncode != 0
+    assert "Rule mpi: resource pbs_select = '2:ncpus=24 -q other' cannot be used" in result.stderr
+    assert "chunks joined by +" in result.stderr  # what is allowed
+    assert pbs.calls("qsub") == []  # not even rule first's job, which is ready at once
+
+
+REPORT = """
+rule all:
+    input: expand("out/{sample}.txt", sample=["s1", "s2"])
+
+rule work:
+    output: "out/{sample}.txt"
+    resources: mem_mb=1000, runtime=10
+    shell: "touch {output}"
+"""
+
+
+@pytest.mark.slow
+def test_the_efficiency_report_lists_each_job_with_rule_and_wildcards(run_workflow):
+    work, pbs, run = run_workflow
+    result = run(REPORT, "--pbs-efficiency-report", "--pbs-efficiency-report-path", "usage.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"efficiency report of 2 jobs: {work / 'usage.csv'}" in result.stderr
+    with open(work / "usage.csv") as f:
+        rows = sorted(csv.DictReader(f), key=lambda row: row["wildcards"])
+    assert [(r["rule"], r["wildcards"], r["outcome"]) for r in rows] == [
+        ("work", "sample=s1", "success"), ("work", "sample=s2", "success"),
+    ]  # fmt: skip
+    assert {r["job_id"] for r in rows} == {job["id"] for job in pbs.jobs()}
+    assert all(r["mem_requested_mb"] == "1000" and r["walltime_requested_s"] for r in rows)
+    # each job is readable in qstat: rule, then wildcards, then its identity
+    assert sorted(job["name"].rsplit(".", 1)[0] for job in pbs.jobs()) == ["work.s1", "work.s2"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"status_interval_min": 10, "status_interval_max": 5}, "--pbs-status-interval-min"),
+        ({"status_interval_min": 0}, "--pbs-status-interval-min"),
+        ({"job_name_max": 12}, "--pbs-job-name-max"),
+        ({"job_name_max": 300}, "--pbs-job-name-max"),
+        ({"efficiency_threshold": 1.5}, "--pbs-efficiency-threshold"),
+        ({"qsub_extra": "-N mine"}, "--pbs-qsub-extra"),
+        ({"qsub_extra": "-o /tmp/x"}, "--pbs-qsub-extra"),
+    ],
+)
+def test_new_settings_out_of_range_are_refused_by_name(changes, named):
+    with pytest.raises(WorkflowError, match=named):
+        ExecutorSettings(**changes)
+
+
+def _workflow(seconds_between_status_checks=10, **settings):
+    return SimpleNamespace(
+        executor_settings=ExecutorSettings(**settings),
+        remote_execution_settings=SimpleNamespace(
+            seconds_between_status_checks=seconds_between_status_checks
+        ),
+    )
+
+
+def test_the_users_seconds_between_status_checks_is_honoured_within_the_site_bounds():
+    assert poll_interval(_workflow(45)).shortest == 45  # --seconds-between-status-checks
+    assert poll_interval(_workflow(45, status_interval=5)).shortest == 5  # the plugin's own
+    assert poll_interval(_workflow(1, status_interval_min=15)).shortest == 15  # site floor
+    site = poll_interval(_workflow(10, status_interval_max=60))
+    assert [site.next(changed=False, jobs=1) for _ in range(6)][-1] == 60
