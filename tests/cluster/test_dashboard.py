@@ -100,7 +100,8 @@ def test_dashboard_shows_every_state_from_one_qstat(openpbs):
     (workdir / DONE / "completed").write_text("")
     failed_id = f"1.{openpbs.server}"
     _record(registry, FAILED, failed_id, failed="error: exit status 1, no progress in 3 tries")
-    registry_path = registry.path(job_name([f"{FAILED}/completed"], prefix=SETTINGS.job_name_prefix))
+    failed_name = job_name([f"{FAILED}/completed"], prefix=SETTINGS.job_name_prefix)
+    registry_path = registry.path(failed_name)
     record = json.loads(registry_path.read_text())
     record["submissions"][0]["outcome"] = "error"
     registry_path.write_text(json.dumps(record))
