@@ -198,7 +198,8 @@ def test_every_student_of_a_pack_shows_the_pack_job_that_trains_it(tmp_path):
         json.dumps({"epoch": 3, "epochs": 240, "epoch_seconds": 10.0})
     )
     registry = Registry(tmp_path / SETTINGS.registry_dir)
-    name = job_name(pack.targets, prefix=SETTINGS.job_name_prefix)  # the executor's name of the pack job
+    # the executor's name of the pack job
+    name = job_name(pack.targets, prefix=SETTINGS.job_name_prefix)
     submission = Submission(job_id="8.pbs", submitted_at=0.0)
     registry.save(TargetRecord(name=name, outputs=pack.targets, submissions=[submission]))
     info = JobInfo(id="8.pbs", name=name, state="R", walltime_used=600)
