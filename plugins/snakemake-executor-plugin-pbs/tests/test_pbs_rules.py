@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from snakemake.exceptions import WorkflowError
 
-from snakemake_executor_plugin_pbs import ExecutorSettings, poll_interval
+from snakemake_executor_plugin_pbs import Executor, ExecutorSettings, poll_interval
 from snakemake_executor_plugin_pbs.classify import Kind, Outcome
 from snakemake_executor_plugin_pbs.controller import (
     Controller,
@@ -461,7 +461,27 @@ def _workflow(seconds_between_status_checks=10, **settings):
 
 def test_the_users_seconds_between_status_checks_is_honoured_within_the_site_bounds():
     assert poll_interval(_workflow(45)).shortest == 45  # --seconds-between-status-checks
-    assert poll_interval(_workflow(45, status_interval=5)).shortest == 5  # the plugin's own
+    fixed = poll_interval(_workflow(45, status_interval=5))  # the plugin's own: fixed
+    assert [fixed.next(changed=False, jobs=3) for _ in range(3)] == [5, 5, 5]
+    assert fixed.next(changed=False, jobs=400) == 20  # only many jobs space it out
     assert poll_interval(_workflow(1, status_interval_min=15)).shortest == 15  # site floor
     site = poll_interval(_workflow(10, status_interval_max=60))
     assert [site.next(changed=False, jobs=1) for _ in range(6)][-1] == 60
+
+
+def test_a_change_is_a_job_submitted_started_ended_or_resubmitted():
+    """What resets the interval to its shortest (Executor._changed, on a stand-in executor)."""
+    executor = SimpleNamespace(_last_seen={}, _submitted_since_check=True)
+    t = target(0)
+
+    def changed(result) -> bool:
+        return Executor._changed(executor, {t.name: result})
+
+    assert changed(Tracked(t, job_id="1.s", state="Q"))  # just submitted
+    assert not changed(Tracked(t, job_id="1.s", state="Q"))  # still queued
+    assert changed(Tracked(t, job_id="1.s", state="R"))  # started
+    assert not changed(Tracked(t, job_id="1.s", state="R"))
+    assert changed(Tracked(t, job_id="2.s", state="Q"))  # resubmitted after a kill
+    assert changed(Finished(t, True))  # ended
+    executor._submitted_since_check = True  # Snakemake handed over new jobs
+    assert changed(Finished(t, True)) and not changed(Finished(t, True))

@@ -132,9 +132,10 @@ class ExecutorSettings(ExecutorSettingsBase):
     )
     status_interval: int | None = _setting(
         None,
-        "Seconds between status checks right after jobs start or end (each check is one "
-        "qstat for all jobs); the interval grows while nothing changes, up to "
-        "--pbs-status-interval-max. Default: Snakemake's --seconds-between-status-checks.",
+        "A fixed number of seconds between status checks (each is one qstat for all jobs), "
+        "as in earlier versions. Default: unset, the interval adapts: Snakemake's "
+        "--seconds-between-status-checks right after jobs start or end, growing x1.5 at each "
+        "check that saw no change up to --pbs-status-interval-max.",
         int,
     )
     status_interval_min: int = _setting(
@@ -385,16 +386,19 @@ def _rule_settings(rule: str, resources) -> RuleSettings:
 
 
 def poll_interval(workflow) -> PollInterval:
-    """The status-check interval policy: from the user's --seconds-between-status-checks (or
-    --pbs-status-interval), within the site's --pbs-status-interval-min and -max."""
+    """The status-check interval policy: adaptive from the user's
+    --seconds-between-status-checks, or fixed at --pbs-status-interval; never below the site's
+    --pbs-status-interval-min, nor below one second per 20 jobs followed (polling.py)."""
     settings = workflow.executor_settings
-    user = settings.status_interval or getattr(
-        workflow.remote_execution_settings, "seconds_between_status_checks", None
-    )
-    return PollInterval(
-        shortest=max(settings.status_interval_min, user or settings.status_interval_min),
-        longest=settings.status_interval_max,
-    )
+    lowest = settings.status_interval_min
+    if settings.status_interval:  # fixed, as the user asks (never below the site's floor)
+        return PollInterval(
+            shortest=max(lowest, settings.status_interval),
+            longest=settings.status_interval_max,
+            growth=1.0,
+        )
+    user = getattr(workflow.remote_execution_settings, "seconds_between_status_checks", None)
+    return PollInterval(shortest=max(lowest, user or lowest), longest=settings.status_interval_max)
 
 
 def _wildcards(job) -> tuple[tuple[str, str], ...]:

@@ -19,8 +19,9 @@ JOBS_PER_SECOND = 20.0
 @dataclass
 class PollInterval:
     """The interval policy. `shortest`: right after a change (the user's
-    --seconds-between-status-checks, or --pbs-status-interval, raised to the site's
-    --pbs-status-interval-min); `longest`: the site's --pbs-status-interval-max."""
+    --seconds-between-status-checks, raised to the site's --pbs-status-interval-min);
+    `longest`: the site's --pbs-status-interval-max; `growth` 1: a fixed interval
+    (--pbs-status-interval), raised only for many jobs."""
 
     shortest: float
     longest: float
