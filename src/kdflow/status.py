@@ -4,6 +4,7 @@ and, where scripts/cron.sh drives the sweep, whether its controller is alive."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -22,6 +23,8 @@ from snakemake_executor_plugin_pbs.status import (
     lookup,
 )
 from snakemake_executor_plugin_pbs.submit import job_name
+
+log = logging.getLogger(__name__)
 
 # Display order, and what each state means.
 STATES = {
@@ -64,13 +67,15 @@ class Row:
     epoch_seconds: float | None = field(default=None, repr=False)  # for the ETA only
 
 
-def default_profile(workdir: str | Path = ".") -> Path:
+def default_profile(workdir: str | Path = ".") -> Path | None:
     """The profile the controller of `workdir` runs with: $KDFLOW_PROFILE, else profiles/pbs,
-    relative to `workdir`; where that is missing, kdflow's own profiles/pbs."""
+    relative to `workdir`; where that is missing, kdflow's own checkout's profiles/pbs; None
+    where there is none (kdflow installed without its checkout)."""
     profile = Path(workdir) / os.environ.get("KDFLOW_PROFILE", DEFAULT_PROFILE)
-    if not profile.exists() and "KDFLOW_PROFILE" not in os.environ:
-        profile = KDFLOW_ROOT / DEFAULT_PROFILE
-    return profile
+    if profile.exists() or "KDFLOW_PROFILE" in os.environ:
+        return profile
+    own = KDFLOW_ROOT / DEFAULT_PROFILE
+    return own if own.exists() else None
 
 
 def executor_settings(
@@ -78,7 +83,15 @@ def executor_settings(
 ) -> ExecutorSettings:
     """The PBS executor's settings as the controller sees them: from the profile (default:
     default_profile(workdir)) and the environment, else the plugin's defaults."""
-    return settings_from_profile(profile if profile is not None else default_profile(workdir))
+    if profile is None:
+        profile = default_profile(workdir)
+        if profile is None:
+            log.warning(
+                f"no {DEFAULT_PROFILE} here (nor $KDFLOW_PROFILE): the PBS executor's own "
+                "defaults and SNAKEMAKE_PBS_* say where its registry is; give kdflow status "
+                "--profile <the profile the controller runs with>"
+            )
+    return settings_from_profile(profile)
 
 
 def collect(
