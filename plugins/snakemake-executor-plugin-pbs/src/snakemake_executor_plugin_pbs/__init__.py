@@ -458,9 +458,12 @@ class Executor(RemoteExecutor):
         for job in jobs:
             try:
                 resources = job.resources
-                values = tuple(str(resources.get(name)) for name in RULE_RESOURCES)
+                raw = [resources.get(name) for name in RULE_RESOURCES]
             except Exception:  # not evaluable before the job's inputs exist
                 continue
+            if any(type(value).__name__ == "TBDString" for value in raw):
+                continue  # Snakemake's "to be determined": depends on inputs not made yet
+            values = tuple(str(value) for value in raw)
             if (job.name, values) not in seen:
                 seen.add((job.name, values))
                 _rule_settings(job.name, resources)
