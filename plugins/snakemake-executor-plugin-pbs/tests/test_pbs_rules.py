@@ -23,6 +23,7 @@ from snakemake_executor_plugin_pbs.controller import (
 )
 from snakemake_executor_plugin_pbs.policy import Action, Limits, decide
 from snakemake_executor_plugin_pbs.polling import PollInterval
+from snakemake_executor_plugin_pbs.profile import settings_from_profile
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.resources import ResourceProblem, rule_settings
 from snakemake_executor_plugin_pbs.status import Dialect, Qstat, parse_qstat_text
@@ -485,3 +486,25 @@ def test_a_change_is_a_job_submitted_started_ended_or_resubmitted():
     assert changed(Finished(t, True))  # ended
     executor._submitted_since_check = True  # Snakemake handed over new jobs
     assert changed(Finished(t, True)) and not changed(Finished(t, True))
+
+
+# -- the settings a profile gives, for tools beside Snakemake ------------------------------
+
+
+def test_settings_from_a_profile_then_the_environment_then_the_defaults(tmp_path):
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(
+        "executor: pbs\njobs: 4\npbs-registry-dir: state/reg\npbs-job-name-prefix: zz\n"
+        "pbs-status-interval-max: 60\npbs-efficiency-report: true\n"
+    )
+    env = {"SNAKEMAKE_PBS_JOB_NAME_PREFIX": "yy", "SNAKEMAKE_PBS_QUEUE": "gpu_1"}
+    settings = settings_from_profile(profile, environ=env)
+    assert settings.registry_dir == Path("state/reg") and settings.job_name_prefix == "zz"
+    assert settings.status_interval_max == 60 and settings.efficiency_report is True
+    assert settings.queue == "gpu_1"  # not in the profile: the environment's
+    assert settings.log_dir == Path("logs/pbs")  # in neither: the plugin's default
+    assert settings_from_profile(None, environ={}).registry_dir == Path(".snakemake-pbs")
+    (profile / "config.yaml").write_text("pbs-job-name-prefix: 9bad\n")
+    with pytest.raises(WorkflowError, match="--pbs-job-name-prefix"):  # checked as Snakemake does
+        settings_from_profile(profile / "config.yaml", environ={})

@@ -49,8 +49,8 @@ def settings_from_profile(
     for field in dataclasses.fields(ExecutorSettings):
         key = f"pbs-{field.name.replace('_', '-')}"
         variable = f"SNAKEMAKE_PBS_{field.name.upper()}"
-        if key in values or field.name in values:  # Snakemake takes either spelling
-            chosen[field.name] = _convert(field, values.get(key, values.get(field.name)))
+        if key in values:
+            chosen[field.name] = _convert(field, values[key])
         elif environ.get(variable):
             chosen[field.name] = _convert(field, environ[variable])
     return ExecutorSettings(**chosen)
