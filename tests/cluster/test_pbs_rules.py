@@ -70,7 +70,7 @@ def test_the_usage_report_shows_what_jobs_used(openpbs):
         assert mb <= used[mb] <= mb + 400, row
         assert float(row["mem_requested_mb"]) == 1200
         assert float(row["mem_ratio"]) == pytest.approx(used[mb] / 1200, abs=0.001)
-        assert 0 < float(row["walltime_used_s"]) <= float(row["walltime_requested_s"]) == 300
+        assert 0 <= float(row["walltime_used_s"]) <= float(row["walltime_requested_s"]) == 300
         record = next(r for r in _records(workdir) if r["wildcards"] == {"mb": str(mb)})
         assert record["submissions"][-1]["usage"]["mem_mb"] == used[mb]
     # the same overhead in both: the difference is the difference in what they touched
