@@ -7,6 +7,11 @@
    each of three poll rounds (goal: 1 per round, whatever N).
 2. Parse time of a 1,000-job `qstat -x -f` in PBS Pro's wrapped text (goal < 50 ms), median
    of 5. (The executor never asks for `-F json`: see snakemake_executor_plugin_pbs.status.)
+3. qstat calls per hour with 10 and 1,000 jobs in flight, before (a fixed 30 s, the plugin's
+   old default) and after (the adaptive interval from Snakemake's default 10 s, up to 180 s,
+   never below one second per 20 jobs), and how late a job's end is noticed on average. A
+   simulated clock through the executor's own interval policy and change test: N jobs kept
+   in flight for 8 hours, each queued 0-10 minutes and running 30-90 minutes (seeded).
 """
 
 from __future__ import annotations
@@ -14,13 +19,23 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from snakemake_executor_plugin_pbs.controller import Controller, ControllerConfig, Target, Tracked
+from snakemake_executor_plugin_pbs import Executor
+from snakemake_executor_plugin_pbs.controller import (
+    Controller,
+    ControllerConfig,
+    Finished,
+    Target,
+    Tracked,
+)
 from snakemake_executor_plugin_pbs.policy import Limits
+from snakemake_executor_plugin_pbs.polling import PollInterval
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.status import parse_qstat_text
 from snakemake_executor_plugin_pbs.submit import job_name
@@ -100,6 +115,42 @@ def parse_times(jobs: int = 1000) -> float:
     return median_ms(parse_qstat_text, text)
 
 
+HOURS = 8
+
+
+def simulate_polling(jobs: int, interval: PollInterval, seed: int = 1) -> tuple[float, float]:
+    """(qstat calls per hour, mean seconds from a job's end to the check that sees it) with
+    `jobs` jobs kept in flight for HOURS, checks spaced by `interval` (Executor._changed
+    decides what counts as a change)."""
+    rng = random.Random(seed)
+    end_of_run = HOURS * 3600.0
+    executor = SimpleNamespace(_last_seen={}, _submitted_since_check=True)
+
+    def new_job(now: float, n: int) -> dict:
+        queued = rng.uniform(0, 600)
+        return {"n": n, "start": now + queued, "end": now + queued + rng.uniform(1800, 5400)}
+
+    running = [new_job(0.0, n) for n in range(jobs)]
+    count, now, checks, late = jobs, 0.0, 0, []
+    while now < end_of_run:
+        now += interval.current
+        checks += 1
+        results, submitted = {}, False
+        for i, job in enumerate(running):
+            target = Target(name=f"t{job['n']}", rule="r", outputs=(), command="")
+            if job["end"] <= now:
+                results[target.name] = Finished(target, True)
+                late.append(now - job["end"])
+                running[i], count, submitted = new_job(now, count), count + 1, True
+            else:
+                state = "R" if job["start"] <= now else "Q"
+                results[target.name] = Tracked(target, job_id=f"{job['n']}.s", state=state)
+        executor._submitted_since_check = executor._submitted_since_check or submitted
+        changed = Executor._changed(executor, results)
+        interval.next(changed, jobs=len(running))
+    return checks / HOURS, statistics.mean(late) if late else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 10, 100, 1000])
@@ -111,6 +162,15 @@ def main() -> None:
         print(f"{count:>12}{calls[0]:>16}{calls[1]:>8}{calls[2]:>8}{calls[3]:>8}{1:>6}")
     print()
     print(f"parse 1,000 jobs, qstat -x -f text: {parse_times():7.1f} ms   (goal < 50 ms)")
+    print()
+    print(f"qstat calls per hour ({HOURS} simulated hours; late: mean seconds from a job's end "
+          "to the check that sees it)")  # fmt: skip
+    print(f"{'jobs in flight':>15}{'before: fixed 30 s':>22}{'after: adaptive':>20}")
+    for jobs in (10, 1000):
+        before = simulate_polling(jobs, PollInterval(shortest=30, longest=30, growth=1.0))
+        after = simulate_polling(jobs, PollInterval(shortest=10, longest=180))
+        print(f"{jobs:>15}{before[0]:>10.0f} /h, late {before[1]:3.0f} s"
+              f"{after[0]:>8.0f} /h, late {after[1]:3.0f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

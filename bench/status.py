@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kdflow.config import Sweep
-from kdflow.status import JOB_NAME_PREFIX, collect, render
+from kdflow.status import collect, executor_settings, render
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.submit import job_name
 
@@ -47,7 +47,8 @@ def sweep_of(size: int, packing: str = "teacher") -> Sweep:
 
 
 def populate(sweep: Sweep, root: Path) -> None:
-    registry = Registry(root / ".kdflow/pbs")
+    settings = executor_settings()  # profiles/pbs: where the controller writes its registry
+    registry = Registry(root / settings.registry_dir)
     for i, experiment in enumerate(sweep.experiments()):
         directory = root / experiment.directory
         directory.mkdir(parents=True)
@@ -58,7 +59,7 @@ def populate(sweep: Sweep, root: Path) -> None:
             (directory / "status.json").write_text(json.dumps(status))
     for i, outputs in enumerate(dict.fromkeys(sweep.jobs().values())):
         submission = Submission(job_id=f"{i}.pbs", submitted_at=time.time(), outcome="success")
-        name = job_name(outputs, prefix=JOB_NAME_PREFIX)
+        name = job_name(outputs, prefix=settings.job_name_prefix)
         registry.save(TargetRecord(name=name, outputs=list(outputs), submissions=[submission]))
 
 

@@ -4,7 +4,6 @@ compute, progress from the trainer's status.json. Whole runs go through the plug
 (plugins/snakemake-executor-plugin-pbs/tests/samples/fake_pbs.py)."""
 
 import importlib.util
-import inspect
 import json
 import re
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdflow.status import JOB_NAME_PREFIX, collect
+from kdflow.status import executor_settings
 from snakemake_executor_plugin_pbs.submit import job_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +55,10 @@ def test_the_pbs_profile_runs_on_any_pbs_unmodified():
 
 def test_the_pbs_profile_tells_the_plugin_what_kdflow_status_reads():
     pbs = profile("pbs")
-    registry_dir = inspect.signature(collect).parameters["registry_dir"].default
-    assert pbs["pbs-registry-dir"] == registry_dir == ".kdflow/pbs"
-    assert pbs["pbs-job-name-prefix"] == JOB_NAME_PREFIX == "kd"
+    # `kdflow status` reads the executor's settings from this profile, not from a copy
+    settings = executor_settings(PROFILES / "pbs")
+    assert settings.registry_dir == Path(pbs["pbs-registry-dir"]) == Path(".kdflow/pbs")
+    assert settings.job_name_prefix == pbs["pbs-job-name-prefix"] == "kd"
     # the trainer's status.json, and its number of finished epochs, measure progress
     assert (pbs["pbs-progress-file"], pbs["pbs-progress-key"]) == ("status.json", "epoch")
 
@@ -103,7 +103,10 @@ def test_the_pbs_profile_runs_a_workflow_with_settings_from_the_environment(tmp_
     assert "#PBS -l select=1:ncpus=10:ngpus=1:mem=4000mb\n" in train
     assert "#PBS -l walltime=01:00:00\n" in train
     assert "#PBS -q serial\n#PBS -P CSCI1234\n#PBS -l select=1:ncpus=1:mem=4000mb\n" in other
-    assert all(re.fullmatch(r"kd[0-9a-f]{10}", job["name"]) for job in pbs.jobs())
+    # readable in qstat: the rule, then kdflow's prefix and the hash `kdflow status` computes
+    names = sorted(job["name"] for job in pbs.jobs())
+    assert [name.split(".")[0] for name in names] == ["other", "train_pure"], names
+    assert all(re.fullmatch(r"[a-z_]+\.kd[0-9a-f]{10}", name) for name in names), names
     assert len(pbs.calls("qsub")) == 2
 
     records = {

@@ -17,10 +17,10 @@ from kdflow.cli import main
 from kdflow.config import Sweep
 from kdflow.status import (
     CONTROLLER_LOG,
-    JOB_NAME_PREFIX,
     Controller,
     collect,
     controller,
+    executor_settings,
     render,
     to_json,
 )
@@ -28,6 +28,9 @@ from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetR
 from snakemake_executor_plugin_pbs.status import Answer, JobInfo
 from snakemake_executor_plugin_pbs.submit import job_name
 
+# the executor's settings as kdflow's profile (profiles/pbs) gives them: what `kdflow status`
+# reads, so the registry records below are where the controller would write them
+SETTINGS = executor_settings()
 SWEEP = {"seeds": [0, 1], "datasets": {"cifar100": {}}, "models": ["resnet8"], "pairs": []}
 FULL_DISK = "exit status 1, out of disk space: OSError: [Errno 28] cannot write x: No space left"
 
@@ -39,7 +42,7 @@ def _sweep(tmp_path, config=SWEEP) -> Sweep:
 
 def _name(experiment: str) -> str:
     """The registry name the executor gives the experiment's target (kdflow's prefix)."""
-    return job_name([f"{experiment}/completed"], prefix=JOB_NAME_PREFIX)
+    return job_name([f"{experiment}/completed"], prefix=SETTINGS.job_name_prefix)
 
 
 def _submitted(registry: Registry, experiment: str, *submissions: Submission, **fields) -> None:
@@ -57,7 +60,7 @@ def _ended_on_a_full_disk(registry: Registry, experiment: str, hold_until: float
 def test_a_target_waiting_for_disk_space_is_held_until_its_time(tmp_path):
     sweep = _sweep(tmp_path)
     held, due = "results/cifar100/pure/resnet8/seed0", "results/cifar100/pure/resnet8/seed1"
-    registry = Registry(tmp_path / ".kdflow/pbs")
+    registry = Registry(tmp_path / SETTINGS.registry_dir)
     _ended_on_a_full_disk(registry, held, time.time() + 3600)
     _ended_on_a_full_disk(registry, due, time.time() - 1)  # the controller resubmits it now
     rows, note = collect(sweep, tmp_path, qstat=None)
@@ -88,7 +91,7 @@ class _Qstat:
 def test_a_job_qstat_says_nothing_about_is_submitted_not_ended(tmp_path):
     # An answer that leaves a job out (OpenPBS's -F json did) is no news that it ended.
     sweep = _sweep(tmp_path)
-    registry = Registry(tmp_path / ".kdflow/pbs")
+    registry = Registry(tmp_path / SETTINGS.registry_dir)
     for seed, job_id in ((0, "8.pbs"), (1, "9.pbs")):
         experiment = f"results/cifar100/pure/resnet8/seed{seed}"
         _submitted(registry, experiment, Submission(job_id=job_id, submitted_at=0.0))
@@ -103,7 +106,7 @@ def test_a_job_that_just_started_shows_its_time_since_it_started(tmp_path):
     # For its first seconds a running job has no resources_used.walltime (seen on OpenPBS).
     sweep = _sweep(tmp_path)
     experiment = "results/cifar100/pure/resnet8/seed0"
-    registry = Registry(tmp_path / ".kdflow/pbs")
+    registry = Registry(tmp_path / SETTINGS.registry_dir)
     _submitted(registry, experiment, Submission(job_id="8.pbs", submitted_at=0.0))
     before = time.time()
     started = time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(before - 42))
@@ -118,7 +121,7 @@ def test_a_job_that_just_started_shows_its_time_since_it_started(tmp_path):
 def test_one_qstat_asks_about_the_open_jobs_in_the_order_the_server_gave_them_out(tmp_path):
     # as text "1000.pbs" < "999.pbs"; the dashboard asks by number, one call for all
     sweep = _sweep(tmp_path, {**SWEEP, "seeds": [0, 1, 2]})
-    registry = Registry(tmp_path / ".kdflow/pbs")
+    registry = Registry(tmp_path / SETTINGS.registry_dir)
     for seed, job_id in ((0, "1000.pbs"), (1, "999.pbs"), (2, "10001.pbs")):
         experiment = f"results/cifar100/pure/resnet8/seed{seed}"
         _submitted(registry, experiment, Submission(job_id=job_id, submitted_at=0.0))
@@ -132,7 +135,7 @@ def test_a_damaged_record_is_read_not_repaired(tmp_path):
     # it is (the controller sets it aside and looks for the job by name)
     sweep = _sweep(tmp_path)
     experiment = "results/cifar100/pure/resnet8/seed0"
-    registry = Registry(tmp_path / ".kdflow/pbs")
+    registry = Registry(tmp_path / SETTINGS.registry_dir)
     registry.path(_name(experiment)).parent.mkdir(parents=True)
     registry.path(_name(experiment)).write_text('{"name": "kd", "submissions": [')
     rows, note = collect(sweep, tmp_path, qstat=_Qstat(Answer({})))
@@ -197,8 +200,9 @@ def test_every_student_of_a_pack_shows_the_pack_job_that_trains_it(tmp_path):
     (tmp_path / training.directory / "status.json").write_text(
         json.dumps({"epoch": 3, "epochs": 240, "epoch_seconds": 10.0})
     )
-    registry = Registry(tmp_path / ".kdflow/pbs")
-    name = job_name(pack.targets, prefix=JOB_NAME_PREFIX)  # the executor's name of the pack job
+    registry = Registry(tmp_path / SETTINGS.registry_dir)
+    # the executor's name of the pack job
+    name = job_name(pack.targets, prefix=SETTINGS.job_name_prefix)
     submission = Submission(job_id="8.pbs", submitted_at=0.0)
     registry.save(TargetRecord(name=name, outputs=pack.targets, submissions=[submission]))
     info = JobInfo(id="8.pbs", name=name, state="R", walltime_used=600)
@@ -462,3 +466,39 @@ def test_a_local_run_is_seen_running_mid_run_with_its_pid_and_epoch(tmp_path):
     assert row["state"] == "running", row
     assert row["pbs_id"].startswith(f"pid {pid} on "), row
     assert (row["epoch"], row["epochs"]) == (1, 3), row
+
+
+def _other_profile(tmp_path) -> Path:
+    """A profile whose executor keeps its registry elsewhere and names jobs otherwise."""
+    profile = tmp_path / "site-profile"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(
+        "executor: pbs\npbs-registry-dir: state/pbs-registry\npbs-job-name-prefix: zz\n"
+    )
+    return profile
+
+
+def test_status_reads_the_registry_and_job_names_of_the_profile_it_is_given(
+    tmp_path, monkeypatch, capsys
+):
+    """A site's profile with its own registry directory and prefix: `kdflow status --profile`
+    finds the controller's records there, by the names that prefix gives; kdflow's default
+    profile would find none of them."""
+    sweep = _sweep(tmp_path)
+    profile = _other_profile(tmp_path)
+    failed = "results/cifar100/pure/resnet8/seed0"
+    target = f"{failed}/completed"
+    registry = Registry(tmp_path / "state/pbs-registry")
+    submission = Submission(job_id="5.pbs", submitted_at=0.0, outcome="error", log_err="e")
+    registry.save(TargetRecord(name=job_name([target], prefix="zz"), outputs=[target],
+                               submissions=[submission], failed="3 errors in a row"))  # fmt: skip
+    rows, _ = collect(sweep, tmp_path, profile=profile)
+    assert [r.state for r in rows] == ["failed", "ready"]
+    rows, _ = collect(sweep, tmp_path)  # kdflow's own profile: .kdflow/pbs, prefix kd
+    assert [r.state for r in rows] == ["ready", "ready"]
+    out = _status(tmp_path, monkeypatch, capsys, "--profile", str(profile), "--json")
+    assert [e["state"] for e in json.loads(out)["experiments"]] == ["failed", "ready"]
+    # the profile the controller runs with, as scripts/cron.sh finds it: $KDFLOW_PROFILE
+    monkeypatch.setenv("KDFLOW_PROFILE", str(profile))
+    out = _status(tmp_path, monkeypatch, capsys, "--json")
+    assert [e["state"] for e in json.loads(out)["experiments"]] == ["failed", "ready"]

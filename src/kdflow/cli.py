@@ -104,7 +104,7 @@ def _status(args: argparse.Namespace) -> int:
         qstat = None if "qstat" in missing_commands() else Qstat(timeout=args.qstat_timeout)
     while True:
         with _HeldWarnings() as warnings:
-            rows, note = collect(sweep, ".", args.registry, qstat)
+            rows, note = collect(sweep, ".", args.registry, qstat, profile=args.profile)
             cron = controller(".")  # scripts/cron.sh's, where it drives the sweep
         source = {"config": args.configfile, "workdir": os.getcwd()}
         if args.json:
@@ -167,7 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default_config(),
         help=f"the sweep's config (default: ${CONFIG_VARIABLE}, else {DEFAULT_CONFIG})",
     )
-    status.add_argument("--registry", default=".kdflow/pbs", help="the PBS executor's registry")
+    status.add_argument(
+        "--profile",
+        help="the Snakemake profile the controller runs with, whose PBS executor settings "
+        "(registry directory, job-name prefix) are read (default: $KDFLOW_PROFILE, else "
+        "profiles/pbs, as scripts/cron.sh)",
+    )
+    status.add_argument(
+        "--registry", help="the PBS executor's registry directory (default: the profile's)"
+    )
     status.add_argument("--json", action="store_true", help="one record per experiment, as JSON")
     status.add_argument(
         "--watch",

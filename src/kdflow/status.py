@@ -4,6 +4,7 @@ and, where scripts/cron.sh drives the sweep, whether its controller is alive."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from kdflow.config import Experiment, Sweep
 from kdflow.fileio import read_json
+from snakemake_executor_plugin_pbs import ExecutorSettings
+from snakemake_executor_plugin_pbs.profile import settings_from_profile
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.status import (
     JobInfo,
@@ -20,6 +23,8 @@ from snakemake_executor_plugin_pbs.status import (
     lookup,
 )
 from snakemake_executor_plugin_pbs.submit import job_name
+
+log = logging.getLogger(__name__)
 
 # Display order, and what each state means.
 STATES = {
@@ -35,9 +40,11 @@ STATES = {
     "failed": "given up by the PBS executor; see the reason and log",
 }
 QUEUED_STATES = frozenset("QHWTSUM")
-# The start of kdflow's PBS job names (profiles/pbs: pbs-job-name-prefix), by which the
-# executor names each target's registry record.
-JOB_NAME_PREFIX = "kd"
+# The profile the controller runs with (scripts/cron.sh: KDFLOW_PROFILE, else profiles/pbs),
+# whose executor settings (registry directory, job-name prefix) the dashboard reads.
+DEFAULT_PROFILE = "profiles/pbs"
+# kdflow's own checkout, whose profiles/pbs is read where the working directory has none
+KDFLOW_ROOT = Path(__file__).resolve().parents[2]
 # Where scripts/cron.sh keeps its controller's pid and output (relative to the working directory)
 CONTROLLER_PID = ".kdflow/controller.pid"
 CONTROLLER_LOG = "logs/cron/controller.log"
@@ -63,19 +70,52 @@ class Row:
     owner: dict | None = field(default=None, repr=False)  # status.json's, while in progress
 
 
+def default_profile(workdir: str | Path = ".") -> Path | None:
+    """The profile the controller of `workdir` runs with: $KDFLOW_PROFILE, else profiles/pbs,
+    relative to `workdir`; where that is missing, kdflow's own checkout's profiles/pbs; None
+    where there is none (kdflow installed without its checkout)."""
+    profile = Path(workdir) / os.environ.get("KDFLOW_PROFILE", DEFAULT_PROFILE)
+    if profile.exists() or "KDFLOW_PROFILE" in os.environ:
+        return profile
+    own = KDFLOW_ROOT / DEFAULT_PROFILE
+    return own if own.exists() else None
+
+
+def executor_settings(
+    profile: str | Path | None = None, workdir: str | Path = "."
+) -> ExecutorSettings:
+    """The PBS executor's settings as the controller sees them: from the profile (default:
+    default_profile(workdir)) and the environment, else the plugin's defaults."""
+    if profile is None:
+        profile = default_profile(workdir)
+        if profile is None:
+            log.warning(
+                f"no {DEFAULT_PROFILE} here (nor $KDFLOW_PROFILE): the PBS executor's own "
+                "defaults and SNAKEMAKE_PBS_* say where its registry is; give kdflow status "
+                "--profile <the profile the controller runs with>"
+            )
+    return settings_from_profile(profile)
+
+
 def collect(
     sweep: Sweep,
     workdir: str | Path = ".",
-    registry_dir: str | Path = ".kdflow/pbs",
+    registry_dir: str | Path | None = None,
     qstat=None,
-    job_name_prefix: str = JOB_NAME_PREFIX,
+    job_name_prefix: str | None = None,
+    profile: str | Path | None = None,
 ) -> tuple[list[Row], str | None]:
     """Every experiment's Row, and a note if the scheduler could not be asked.
 
     `qstat` is the executor's Qstat (one call for all open jobs); None asks no scheduler.
-    Plain os.path for the experiment files on purpose: this reads two files per experiment,
-    10,000 experiments in a second or two.
+    The registry directory and job-name prefix are the executor's under `profile` (see
+    executor_settings) unless given. Plain os.path for the experiment files on purpose: this
+    reads two files per experiment, 10,000 experiments in a second or two.
     """
+    if registry_dir is None or job_name_prefix is None:
+        settings = executor_settings(profile, workdir)
+        registry_dir = settings.registry_dir if registry_dir is None else registry_dir
+        job_name_prefix = job_name_prefix or settings.job_name_prefix
     workdir = "" if str(workdir) == "." else str(workdir)  # paths as the user sees them
     experiments = sweep.experiments()
     rows = _rows_from_files(sweep, experiments, workdir)

@@ -39,6 +39,8 @@ from chaoslib import (
 )
 from conftest import COUNTS, FULL
 
+from snakemake_executor_plugin_pbs.submit import identity_of
+
 pytestmark = pytest.mark.slow
 
 E2E = e2e()
@@ -125,11 +127,11 @@ def _kill_a_training_job(openpbs, project, killed_per_target, how: str) -> str |
         if r["rule"].startswith("train") and r["outputs"] and _training(project, r)
     }
     running = [
-        (job_id, job["Job_Name"])
+        (job_id, identity_of(job["Job_Name"]))  # a job's name ends with its target's identity
         for job_id, job in openpbs.jobs_of(project).items()
         if job["job_state"] == "R"
-        and job["Job_Name"] in training
-        and killed_per_target.get(job["Job_Name"], 0) < 2
+        and identity_of(job["Job_Name"]) in training
+        and killed_per_target.get(identity_of(job["Job_Name"]), 0) < 2
     ]
     if not running:
         return None

@@ -11,10 +11,12 @@ import time
 
 import yaml
 
-from kdflow.status import JOB_NAME_PREFIX
+from kdflow.status import executor_settings
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.submit import job_name
 
+# the executor's settings as profiles/pbs gives them, which `kdflow status` reads too
+SETTINGS = executor_settings()
 SWEEP = {
     "seeds": [0],
     "datasets": {"cifar100": {}},
@@ -50,7 +52,7 @@ def _state(openpbs, job_id):
 def _record(registry, experiment, job_id, **fields):
     target = f"{experiment}/completed"
     submission = Submission(job_id=job_id, submitted_at=time.time(), log_err=f"logs/{job_id}.err")
-    name = job_name([target], prefix=JOB_NAME_PREFIX)
+    name = job_name([target], prefix=SETTINGS.job_name_prefix)
     registry.save(TargetRecord(name=name, rule="train", outputs=[target],
                                submissions=[submission], **fields))  # fmt: skip
 
@@ -75,7 +77,7 @@ def _as_user(openpbs, workdir):
 def test_dashboard_shows_every_state_from_one_qstat(openpbs):
     workdir = openpbs.workdir("dashboard")
     (workdir / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
-    registry = Registry(workdir / ".kdflow/pbs")
+    registry = Registry(workdir / SETTINGS.registry_dir)
     running = _qsub(openpbs, workdir)
     queued = _qsub(openpbs, workdir, "-h")  # held: waits in the queue
     killed = _qsub(openpbs, workdir)
@@ -98,7 +100,8 @@ def test_dashboard_shows_every_state_from_one_qstat(openpbs):
     (workdir / DONE / "completed").write_text("")
     failed_id = f"1.{openpbs.server}"
     _record(registry, FAILED, failed_id, failed="error: exit status 1, no progress in 3 tries")
-    registry_path = registry.path(job_name([f"{FAILED}/completed"], prefix=JOB_NAME_PREFIX))
+    failed_name = job_name([f"{FAILED}/completed"], prefix=SETTINGS.job_name_prefix)
+    registry_path = registry.path(failed_name)
     record = json.loads(registry_path.read_text())
     record["submissions"][0]["outcome"] = "error"
     registry_path.write_text(json.dumps(record))
@@ -146,7 +149,7 @@ def test_dashboard_says_when_qstat_does_not_answer(openpbs):
     workdir = openpbs.workdir("dashboard-down")
     (workdir / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
     running = _qsub(openpbs, workdir)
-    _record(Registry(workdir / ".kdflow/pbs"), RUNNING, running)
+    _record(Registry(workdir / SETTINGS.registry_dir), RUNNING, running)
     _as_user(openpbs, workdir)
     unreachable = {"PBS_BATCH_SERVICE_PORT": "9"}
     down = openpbs.run("qstat", "-f", running, env=unreachable)

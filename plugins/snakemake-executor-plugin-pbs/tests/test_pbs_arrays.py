@@ -135,7 +135,8 @@ def test_ready_jobs_of_one_rule_with_the_same_resources_go_out_as_one_array(pbs,
         assert tracked.array_id == "1000[].fakesrv" and tracked.array_size == 5
         last = record(workdir, t).last
         assert (last.job_id, last.array_id, last.array_index) == (tracked.job_id, array["id"], i)
-        assert last.array_name == array["name"] and last.array_size == 5
+        # the array's PBS name is readable and ends with the identity the record keeps
+        assert array["name"] == f"simulate.array.{last.array_name}" and last.array_size == 5
     assert [job["state"] for job in pbs.subjobs(array["id"])] == ["Q"] * 5
 
 
@@ -219,18 +220,19 @@ def test_the_array_script_names_the_array_and_one_log_per_subjob(pbs, workdir):
     (array,) = pbs.arrays()
     script = array["script"]
     assert f"#PBS -N {array['name']}\n" in script
+    identity = array["name"].removeprefix("simulate.array.")  # readable: rule, array, identity
     logs = workdir / "logs" / "pbs" / "simulate"
-    assert f"#PBS -o {logs / array['name']}.^array_index^.out\n" in script
-    assert f"#PBS -e {logs / array['name']}.^array_index^.err\n" in script
+    assert f"#PBS -o {logs / identity}.^array_index^.out\n" in script
+    assert f"#PBS -e {logs / identity}.^array_index^.err\n" in script
     assert "#PBS -l select=1:ncpus=2:mem=1000mb\n#PBS -l walltime=00:10:00\n" in script
     assert 'case "${PBS_ARRAY_INDEX:-}" in\n0)\n' in script
     for t in targets:
         assert f"    {t.command}\n    ;;\n" in script
-    assert (workdir / REGISTRY / "scripts" / f"{array['name']}.sh").read_text() == script
+    assert (workdir / REGISTRY / "scripts" / f"{identity}.sh").read_text() == script
     # each target's own log names lead to its subjob's files
     for i, t in enumerate(targets):
         link = logs / f"{t.name}.1.out"
-        assert link.is_symlink() and link.resolve() == logs / f"{array['name']}.{i}.out"
+        assert link.is_symlink() and link.resolve() == logs / f"{identity}.{i}.out"
 
 
 def test_an_index_without_a_member_fails_loudly(tmp_path):
@@ -345,7 +347,7 @@ def test_a_controller_killed_between_qsub_and_recording_the_ids_leaves_one_array
     assert len(qsubs(pbs)) == 1
     intents = [record(workdir, t).last for t in targets]
     assert [s.job_id is None for s in intents] == [False] * recorded + [True] * (5 - recorded)
-    assert {s.array_name for s in intents} == {pbs.arrays()[0]["name"]}
+    assert {f"simulate.array.{s.array_name}" for s in intents} == {pbs.arrays()[0]["name"]}
     # the next controller finds the array by its name and each subjob by its index
     pbs.add_array(2000, pbs.arrays()[0]["name"], "/elsewhere", ["R", "R"])  # not ours
     results = make_controller(workdir).start(targets)

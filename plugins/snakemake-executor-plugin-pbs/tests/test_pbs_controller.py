@@ -213,7 +213,8 @@ def test_submit_writes_the_job_script_and_records_the_job(pbs, workdir):
     tracked = results[t.name]
     assert tracked.job_id == "1000.fakesrv"
     job = pbs.job(tracked.job_id)
-    assert job["name"] == t.name and job["queue"] == "gpu_1"
+    # readable in qstat: rule first, the identity (the registry's key) at the end
+    assert job["name"] == f"simulate.{t.name}" and job["queue"] == "gpu_1"
     assert job["select"] == "select=1:ncpus=10:ngpus=1:mem=24000mb"
     assert job["walltime"] == "01:00:00"
     assert job["workdir"] == str(workdir)  # qsub runs in the working directory
@@ -381,7 +382,7 @@ def test_walltime_kill_with_progress_resubmits_the_same_target(pbs, workdir):
     results = poll(controller, results)
     tracked = results[t.name]
     assert isinstance(tracked, Tracked) and tracked.job_id not in (None, first)
-    assert pbs.job(tracked.job_id)["name"] == t.name
+    assert pbs.job(tracked.job_id)["name"] == f"simulate.{t.name}"
     assert tracked.log_err.endswith(f"{t.name}.2.err")
     record = Registry(workdir / REGISTRY).load(t.name)
     assert [s.outcome for s in record.submissions] == ["walltime", None]
@@ -578,7 +579,9 @@ def test_unreachable_server_is_retried_with_backoff(pbs, workdir):
     clock.now += 60
     results = poll(controller, results)
     assert results[t.name].job_id == "1000.fakesrv"
-    assert pbs.calls("qstat") == []  # nothing was in doubt: no job listing needed
+    # nothing was in doubt: no job listing needed (only `qstat --version`, once, which tells
+    # the server's kind and so its longest job name)
+    assert pbs.status_calls() == []
 
 
 def test_rejected_submission_fails_at_once_with_qsubs_message(pbs, workdir):

@@ -181,8 +181,11 @@ def test_the_profile_runs_a_workflow_with_settings_from_the_environment(workflow
     # job adopted by a later controller would wait for in vain.
     assert "--wait-for-files results/a/done.txt" in other.replace("'", "")
     assert ".snakemake/tmp." not in other
-    # the profile's prefix names every job; the progress hook read the job's number
-    assert all(re.fullmatch(r"sim[0-9a-f]{10}", job["name"]) for job in pbs.jobs())
+    # each job is named by its rule, then the profile's prefix and hash (its identity); the
+    # progress hook read the job's number
+    names = sorted(job["name"] for job in pbs.jobs())
+    assert [name.split(".")[0] for name in names] == ["other", "simulate"]
+    assert all(re.fullmatch(r"[a-z]+\.sim[0-9a-f]{10}", name) for name in names), names
     done = records(work)
     assert [s["outcome"] for s in done["simulate"]["submissions"]] == ["success"]
     assert done["simulate"]["last_progress"] == 3 and done["other"]["last_progress"] is None
@@ -204,7 +207,7 @@ rule flaky:
     assert len(pbs.calls("qsub")) == 2
     assert "failed without progress: retry 1 of 2" in run.stderr
     # without a profile: the default job name prefix
-    assert all(re.fullmatch(r"smk[0-9a-f]{10}", job["name"]) for job in pbs.jobs())
+    assert all(re.fullmatch(r"flaky\.smk[0-9a-f]{10}", job["name"]) for job in pbs.jobs())
 
 
 @pytest.mark.slow

@@ -19,15 +19,36 @@ from snakemake_interface_executor_plugins.settings import (
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
 from .commands import missing_commands
-from .controller import ALL_RULES, Controller, ControllerConfig, Finished, Target
+from .controller import ALL_RULES, Controller, ControllerConfig, Finished, Target, Tracked
 from .policy import Limits
+from .polling import PollInterval
 from .progress import DEFAULT_PROGRESS_KEY
 from .registry import Registry
-from .submit import DEFAULT_JOB_NAME_PREFIX, UnknownResource, job_name, job_name_prefix_problem
+from .resources import (
+    DIRECTIVE_ALLOWED,
+    DIRECTIVE_VALUE,
+    RULE_RESOURCES,
+    ResourceProblem,
+    RuleSettings,
+    qsub_options,
+    rule_settings,
+)
+from .submit import (
+    DEFAULT_JOB_NAME_PREFIX,
+    JOB_NAME_MAX_CHARS,
+    JOB_NAME_MAX_PBSPRO,
+    UnknownResource,
+    job_name,
+    job_name_prefix_problem,
+)
+from .usage import (
+    DEFAULT_EFFICIENCY_THRESHOLD,
+    default_report_path,
+    run_rows,
+    wasteful,
+    write_report,
+)
 
-# What a queue, project or select setting may contain: it is written into `#PBS` lines of the
-# job script, where a space, a quote or a newline would change what the script says.
-_DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_.@:=+,/-]+\Z")
 # A Snakemake rule name (a Python identifier) in --pbs-array-jobs.
 _RULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -101,11 +122,20 @@ class ExecutorSettings(ExecutorSettingsBase):
     )
     job_name_prefix: str = _setting(
         DEFAULT_JOB_NAME_PREFIX,
-        "Start of every PBS job name (qsub -N); the rest is 10 hex digits of a hash of the "
-        "job's output paths, so a target always has the same name and a restarted "
-        "controller finds its live job by name. 1 to 5 characters: a letter, then letters, "
-        "digits, _ or -. Changing it makes live jobs of the old prefix unknown by name.",
+        "Start of every target's identity, `<prefix><10 hex digits of a hash of the job's "
+        "output paths>`: the end of its PBS job name (qsub -N, after the rule and wildcards) "
+        "and the name of its registry record, so a restarted controller finds its live job "
+        "by name. 1 to 5 characters: a letter, then letters, digits, _ or -. Changing it "
+        "makes live jobs of the old prefix unknown by name.",
         str,
+    )
+    job_name_max: int | None = _setting(
+        None,
+        "Longest PBS job name (qsub -N) the server takes: `<rule>.<wildcard values>.<identity>` "
+        "is cut to it, never the identity. Default: 236 (PBS_MAXJOBNAME of OpenPBS and PBS Pro "
+        "13 and later), 15 where qstat --version says Torque (only the identity fits). Set 15 "
+        "for a PBS Pro older than 13.",
+        int,
     )
     progress_file: str | None = _setting(
         None,
@@ -122,8 +152,46 @@ class ExecutorSettings(ExecutorSettingsBase):
         "steps or epochs done. A missing file, field or number means 'not known'.",
         str,
     )
-    status_interval: int = _setting(
-        30, "Seconds between status checks; each check is one qstat call for all jobs.", int
+    status_interval: int | None = _setting(
+        None,
+        "A fixed number of seconds between status checks (each is one qstat for all jobs), "
+        "as in earlier versions. Default: unset, the interval adapts: Snakemake's "
+        "--seconds-between-status-checks right after jobs start or end, growing x1.5 at each "
+        "check that saw no change up to --pbs-status-interval-max.",
+        int,
+    )
+    status_interval_min: int = _setting(
+        1,
+        "Site bound: status checks never come closer together than this many seconds, "
+        "whatever a user asks for; and never closer than one second per 20 jobs followed.",
+        int,
+    )
+    status_interval_max: int = _setting(
+        180,
+        "Site bound: while nothing changes, the seconds between status checks grow (x1.5 a "
+        "check) up to this.",
+        int,
+    )
+    efficiency_report: bool = field(
+        default=False,
+        metadata={
+            "help": "At the end of the run, write a CSV of every job's requested and used "
+            "memory, walltime and CPU time (resources_used from qstat), print its path, and "
+            "name the jobs that used less than --pbs-efficiency-threshold of what they asked.",
+            "required": False,
+        },
+    )
+    efficiency_report_path: Path | None = _setting(
+        None,
+        "Where --pbs-efficiency-report writes its CSV. Default: "
+        "<log dir>/efficiency_report_<date>-<time>.csv.",
+        Path,
+    )
+    efficiency_threshold: float = _setting(
+        DEFAULT_EFFICIENCY_THRESHOLD,
+        "With --pbs-efficiency-report: a successful job that used less than this share of the "
+        "memory or the walltime it requested is named in the log.",
+        float,
     )
     command_timeout: int = _setting(
         120,
@@ -206,10 +274,10 @@ class ExecutorSettings(ExecutorSettingsBase):
     def __post_init__(self):
         for name in ("queue", "project", "select_extra"):
             value = getattr(self, name)
-            if value and not _DIRECTIVE_VALUE.match(value):
+            if value and not DIRECTIVE_VALUE.match(value):
                 raise WorkflowError(
                     f"--pbs-{name.replace('_', '-')} = {value!r}: it goes into the job script's "
-                    "#PBS lines; use only letters, digits and _ . @ : = + , / -"
+                    f"#PBS lines; use {DIRECTIVE_ALLOWED}"
                 )
         problem = job_name_prefix_problem(self.job_name_prefix)
         if problem is not None:
@@ -225,9 +293,32 @@ class ExecutorSettings(ExecutorSettingsBase):
             raise WorkflowError("--pbs-progress-key must not be empty")
         if self.mem_growth <= 1:
             raise WorkflowError(f"--pbs-mem-growth must be greater than 1, not {self.mem_growth}")
-        if self.status_interval < 1 or self.command_timeout < 1:
+        if (self.status_interval is not None and self.status_interval < 1) or (
+            self.command_timeout < 1
+        ):
             raise WorkflowError("--pbs-status-interval and --pbs-command-timeout must be >= 1")
         parse_array_jobs(self.array_jobs)
+        if not 1 <= self.status_interval_min <= self.status_interval_max:
+            raise WorkflowError(
+                f"--pbs-status-interval-min ({self.status_interval_min}) must be >= 1 and at "
+                f"most --pbs-status-interval-max ({self.status_interval_max})"
+            )
+        if self.job_name_max is not None and not (
+            JOB_NAME_MAX_CHARS <= self.job_name_max <= JOB_NAME_MAX_PBSPRO
+        ):
+            raise WorkflowError(
+                f"--pbs-job-name-max = {self.job_name_max}: from {JOB_NAME_MAX_CHARS} (the "
+                f"identity alone) to {JOB_NAME_MAX_PBSPRO} (OpenPBS, PBS Pro 13 and later)"
+            )
+        if not 0 < self.efficiency_threshold < 1:
+            raise WorkflowError(
+                f"--pbs-efficiency-threshold must be between 0 and 1, not "
+                f"{self.efficiency_threshold}"
+            )
+        try:
+            qsub_options("--pbs-qsub-extra", self.qsub_extra)
+        except ResourceProblem as e:
+            raise WorkflowError(f"--pbs-qsub-extra = {self.qsub_extra!r}: {e.allowed}") from None
         if self.storage_wait < 1 or self.max_storage_failures < 0:
             raise WorkflowError(
                 f"--pbs-storage-wait must be >= 1 (minutes), not {self.storage_wait}, and "
@@ -273,6 +364,7 @@ def controller_config(settings: ExecutorSettings, workdir: Path) -> ControllerCo
         retry_failed=settings.retry_failed,
         array_jobs=parse_array_jobs(settings.array_jobs),
         job_name_prefix=settings.job_name_prefix,
+        job_name_max=settings.job_name_max,
     )
 
 
@@ -316,12 +408,38 @@ def _number_resource(resources, *names: str) -> float | None:
     return None
 
 
-def _queue_resource(value) -> str | None:
-    if value in (None, ""):
-        return None
-    if not _DIRECTIVE_VALUE.match(str(value)):
-        raise WorkflowError(f"Resource pbs_queue = {value!r} is not a PBS queue name")
-    return str(value)
+def _rule_settings(rule: str, resources) -> RuleSettings:
+    """The rule's own PBS settings (resources.py); a WorkflowError names the rule, the resource
+    and what it may be."""
+    try:
+        return rule_settings(resources)
+    except ResourceProblem as e:
+        raise WorkflowError(
+            f"Rule {rule}: resource {e.resource} = {e.value!r} cannot be used: {e.allowed}. "
+            "Nothing of the rule is submitted."
+        ) from None
+
+
+def poll_interval(workflow) -> PollInterval:
+    """The status-check interval policy: adaptive from the user's
+    --seconds-between-status-checks, or fixed at --pbs-status-interval; never below the site's
+    --pbs-status-interval-min, nor below one second per 20 jobs followed (polling.py)."""
+    settings = workflow.executor_settings
+    lowest = settings.status_interval_min
+    if settings.status_interval:  # fixed, as the user asks (never below the site's floor)
+        return PollInterval(
+            shortest=max(lowest, settings.status_interval),
+            longest=settings.status_interval_max,
+            growth=1.0,
+        )
+    user = getattr(workflow.remote_execution_settings, "seconds_between_status_checks", None)
+    return PollInterval(shortest=max(lowest, user or lowest), longest=settings.status_interval_max)
+
+
+def _wildcards(job) -> tuple[tuple[str, str], ...]:
+    """The Snakemake job's wildcards as (name, value) pairs; none for a group job."""
+    wildcards = getattr(job, "wildcards_dict", None) or {}
+    return tuple((str(name), str(value)) for name, value in wildcards.items())
 
 
 def _int_resource(resources, *names: str) -> int | None:
@@ -339,6 +457,10 @@ class Executor(RemoteExecutor):
                 f"The PBS executor needs {', '.join(missing)} on PATH (run Snakemake on a "
                 "login node of the cluster)."
             )
+        # Set before the base class starts the status-check thread, which uses them.
+        self.poll_interval = poll_interval(workflow)
+        self._last_seen: dict[str, tuple[str | None, str | None]] = {}
+        self._submitted_since_check = False
         super().__init__(workflow, logger)
 
     def __post_init__(self):
@@ -356,7 +478,31 @@ class Executor(RemoteExecutor):
             self.controller.reconcile()
         except Exception as e:  # bookkeeping only: never keep a run from starting for it
             self.logger.warning(f"PBS: could not record how earlier jobs ended: {e}")
-        self.next_seconds_between_status_checks = settings.status_interval
+        self._check_rule_resources()
+        self.next_seconds_between_status_checks = self.poll_interval.current
+
+    def _check_rule_resources(self):
+        """Every per-rule PBS resource of the jobs this run needs, checked before anything is
+        submitted (a bad one stops the run here, naming rule and resource). Jobs whose
+        resources cannot be evaluated yet are checked when they are submitted."""
+        dag = getattr(self.workflow, "dag", None)
+        try:
+            jobs = list(dag.needrun_jobs()) if dag is not None else []
+        except Exception:  # an older Snakemake, or a DAG not built: checked at submission
+            jobs = []
+        seen = set()
+        for job in jobs:
+            try:
+                resources = job.resources
+                raw = [resources.get(name) for name in RULE_RESOURCES]
+            except Exception:  # not evaluable before the job's inputs exist
+                continue
+            if any(type(value).__name__ == "TBDString" for value in raw):
+                continue  # Snakemake's "to be determined": depends on inputs not made yet
+            values = tuple(str(value) for value in raw)
+            if (job.name, values) not in seen:
+                seen.add((job.name, values))
+                _rule_settings(job.name, resources)
 
     def _check_array_rules(self, names: frozenset[str]) -> None:
         """A rule named in --pbs-array-jobs that the workflow lacks is a typo: say so."""
@@ -375,6 +521,7 @@ class Executor(RemoteExecutor):
         """What the controller needs to know about a Snakemake job."""
         outputs = tuple(str(path) for path in job.output)
         resources = job.resources
+        rule = _rule_settings(job.name, resources)
         return Target(
             name=job_name(
                 outputs or [f"{job.name}:{job.get_target_spec()}"],
@@ -388,7 +535,12 @@ class Executor(RemoteExecutor):
             runtime_minutes=_number_resource(resources, "runtime") or None,
             gpus=_int_resource(resources, "gpu", "gpus") or 0,
             envvars=tuple(self.envvars()),
-            queue=_queue_resource(resources.get("pbs_queue")),
+            queue=rule.queue,
+            project=rule.project,
+            select=rule.select,
+            place=rule.place,
+            qsub_extra=rule.qsub_extra,
+            wildcards=_wildcards(job),
             incomplete=self._marked_incomplete(job),
         )
 
@@ -415,6 +567,7 @@ class Executor(RemoteExecutor):
 
     def _start(self, jobs: list[JobExecutorInterface]):
         targets = [(job, self.target(job)) for job in jobs]
+        self._submitted_since_check = True
         try:
             results = self.controller.start(target for _, target in targets)
         except UnknownResource as e:
@@ -442,6 +595,7 @@ class Executor(RemoteExecutor):
         self, active_jobs: list[SubmittedJobInfo]
     ) -> AsyncGenerator[SubmittedJobInfo, None]:
         if not active_jobs:
+            self.next_seconds_between_status_checks = self.poll_interval.shortest
             return
         done = {j.aux["pbs"].target.name: j.aux["pbs"] for j in active_jobs
                 if isinstance(j.aux["pbs"], Finished)}  # fmt: skip
@@ -451,6 +605,9 @@ class Executor(RemoteExecutor):
             async with self.status_rate_limiter:
                 results = self.controller.poll(tracked)
         results.update(done)
+        self.next_seconds_between_status_checks = self.poll_interval.next(
+            self._changed(results), jobs=len(tracked)
+        )
         for job_info in active_jobs:
             result = results[job_info.aux["pbs"].target.name]
             if isinstance(result, Finished) and result.succeeded:
@@ -464,15 +621,50 @@ class Executor(RemoteExecutor):
                 job_info.external_jobid = result.job_id
                 yield job_info
 
+    def _changed(self, results: dict) -> bool:
+        """Did anything change since the last check: a job submitted, started, ended or
+        resubmitted? Each target's (job id, PBS state) is compared with the last check's."""
+        seen = {
+            name: (r.job_id, r.state) if isinstance(r, Tracked) else (None, "ended")
+            for name, r in results.items()
+        }
+        changed = self._submitted_since_check or any(
+            self._last_seen.get(name) != value for name, value in seen.items()
+        )
+        self._last_seen, self._submitted_since_check = seen, False
+        return changed
+
     def shutdown(self):
         super().shutdown()
         # Record how the jobs ended that ended since the last poll, also those whose outputs
         # made Snakemake skip their targets while they were still ending (wait a little).
         settings = self.workflow.executor_settings
         try:
-            self.controller.reconcile(settle_seconds=min(60, 3 * settings.status_interval))
+            self.controller.reconcile(settle_seconds=min(60, 3 * self.poll_interval.shortest))
         except Exception as e:  # bookkeeping only: never fail a finished run for it
             self.logger.warning(f"PBS: could not record how the last jobs ended: {e}")
+        if settings.efficiency_report:
+            try:
+                self._efficiency_report(settings)
+            except Exception as e:  # a report only: never fail a finished run for it
+                self.logger.warning(f"PBS: could not write the efficiency report: {e}")
+
+    def _efficiency_report(self, settings: ExecutorSettings) -> None:
+        """The usage CSV of this run's jobs (usage.py), its path and the wasteful jobs logged."""
+        workdir = Path.cwd()
+        path = settings.efficiency_report_path
+        path = workdir / path if path else default_report_path(workdir / settings.log_dir)
+        rows = run_rows(self.controller.registry.records(), since=self.controller.started_at)
+        write_report(path, rows)
+        self.logger.info(f"PBS: efficiency report of {len(rows)} jobs: {path}")
+        threshold = settings.efficiency_threshold
+        for row, low in wasteful(rows, threshold):
+            values = row.values
+            wildcards = f" ({values['wildcards']})" if values["wildcards"] else ""
+            self.logger.warning(
+                f"PBS: job {values['job_id']} of rule {values['rule']}{wildcards} used "
+                f"{' and '.join(low)}: ask for less (--pbs-efficiency-threshold {threshold})"
+            )
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
         self.controller.cancel(

@@ -21,10 +21,12 @@ from .classify import Kind, Outcome, classify
 from .policy import Action, Decision, Limits, decide, reset_stall_counters
 from .progress import DEFAULT_PROGRESS_KEY, Progress, job_progress
 from .registry import Registry, Submission, TargetRecord
-from .status import Answer, JobInfo, Qstat, StatusUnknown, job_id_order, lookup
+from .status import Answer, Dialect, JobInfo, Qstat, StatusUnknown, job_id_order, lookup
 from .submit import (
     DEFAULT_JOB_NAME_PREFIX,
     DEFAULT_MAX_ARRAY_SIZE,
+    JOB_NAME_MAX_CHARS,
+    JOB_NAME_MAX_PBSPRO,
     ArrayMember,
     JobSpec,
     QsubError,
@@ -37,12 +39,16 @@ from .submit import (
     array_name,
     array_range_args,
     format_walltime,
+    is_job_of,
+    pbs_job_name,
+    readable_label,
     render_array_script,
     render_job_script,
     resource_directives,
     subjob_id,
 )
 from .submit import qsub as run_qsub
+from .usage import job_usage
 
 # A job the server, asked about it alone, says it does not know, and that left no exit
 # record, is taken as vanished (node failure, purged) only when that holds for this many polls
@@ -59,7 +65,7 @@ TAIL_BYTES = 64 * 1024
 class Target:
     """One Snakemake job as the controller sees it."""
 
-    name: str  # deterministic PBS job name (submit.job_name of the outputs)
+    name: str  # identity: the registry key, the end of the PBS job name (submit.job_name)
     rule: str
     outputs: tuple[str, ...]  # in declared order; their directories hold the progress files
     command: str  # the Snakemake job command the script runs
@@ -69,6 +75,12 @@ class Target:
     gpus: int = 0
     envvars: tuple[str, ...] = ()  # names of environment variables the job needs
     queue: str | None = None  # the rule's own queue (resource pbs_queue), else the setting's
+    # the rule's own PBS settings (resources.py); None or (): the profile-wide ones
+    project: str | None = None
+    select: str | None = None
+    place: str | None = None
+    qsub_extra: tuple[str, ...] = ()
+    wildcards: tuple[tuple[str, str], ...] = ()  # the Snakemake job's, for names and reports
     # An earlier Snakemake started this target and never recorded its end: its outputs still
     # carry Snakemake's incomplete mark (a controller killed before its Snakemake finished
     # the bookkeeping of a success it had been handed, or of a job it had submitted).
@@ -89,6 +101,7 @@ class Tracked:
     missing_polls: int = 0
     array_id: str | None = None  # the job is a subjob of this array (`12[].srv`)
     array_size: int = 0  # how many subjobs that array has
+    state: str | None = None  # the job's PBS state at the last look (Q, R, ...)
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,8 @@ class ControllerConfig:
     # rules whose ready jobs go out as job arrays (ALL_RULES: every rule); empty: none
     array_jobs: frozenset[str] = frozenset()
     job_name_prefix: str = DEFAULT_JOB_NAME_PREFIX  # names the arrays as the targets
+    # longest PBS job name the server takes; None: by the server's kind (Torque 15, else 236)
+    job_name_max: int | None = None
 
 
 def tail_lines(path: str | None, lines: int = TAIL_LINES) -> list[str]:
@@ -184,6 +199,7 @@ class Controller:
         self.qstat = qstat or Qstat(timeout=config.command_timeout)
         self.logger = logger or logging.getLogger(__name__)
         self.clock = clock
+        self.started_at = clock()  # the usage report covers the jobs since
         # run_jobs (main thread) and the status poll (Snakemake's wait thread) both use us.
         self._lock = threading.RLock()
 
@@ -317,7 +333,7 @@ class Controller:
         ours = [
             info
             for info in jobs.values()
-            if info.name == name
+            if is_job_of(info.name, name)
             and (info.user is None or user is None or info.user == user)
             and (info.workdir is None or _same_directory(info.workdir, self.config.workdir))
         ]
@@ -343,6 +359,16 @@ class Controller:
             if result is not None and result.returncode != 0:
                 self.logger.warning(f"PBS: {result.describe()}")
 
+    @property
+    def job_name_max(self) -> int:
+        """The longest job name the server takes: the setting, else by the server's kind (the
+        dialect qstat --version told: Torque 15, PBS Pro / OpenPBS 236)."""
+        if self.config.job_name_max is not None:
+            return self.config.job_name_max
+        if self.qstat.dialect is Dialect.TORQUE:
+            return JOB_NAME_MAX_CHARS
+        return JOB_NAME_MAX_PBSPRO
+
     # -- adopting or submitting --------------------------------------------------------
 
     def _start(
@@ -356,6 +382,7 @@ class Controller:
         for t in items:
             record = self.registry.load(t.target.name)
             record.rule, record.outputs = t.target.rule, list(t.target.outputs)
+            record.wildcards = dict(t.target.wildcards)
             if record.failed and not self.config.retry_failed:
                 results[t.target.name] = self._given_up_earlier(t, record)
                 continue
@@ -501,7 +528,7 @@ class Controller:
             f"PBS: adopting live job {info.id} (state {info.state}) for {t.target.rule} "
             f"target {t.target.name} instead of submitting another"
         )
-        t.job_id, t.waiting, t.missing_polls = info.id, None, 0
+        t.job_id, t.waiting, t.missing_polls, t.state = info.id, None, 0, info.state
         t.log_out, t.log_err = submission.log_out, submission.log_err
         t.array_id, t.array_size = submission.array_id, submission.array_size or 0
         return t
@@ -557,7 +584,8 @@ class Controller:
         one item alone, or the items that go out as one array. Items may share an array when
         arrays are on for their rule (--pbs-array-jobs), their job scripts ask for the same
         (resource_directives: queue, project, select, walltime, ...) and the same
-        environment variables are passed, and their target is not being resubmitted after a
+        environment variables and rule's own qsub flags are passed, and their target is not
+        being resubmitted after a
         failure or kill (that goes out alone). Arrays hold at most the server's
         max_array_size subjobs; a group of one is a plain job. In the order of `items`."""
         units: list[list[tuple[Tracked, TargetRecord, JobSpec]]] = []
@@ -567,7 +595,12 @@ class Controller:
             if not self._may_share_an_array(t.target, record):
                 units.append([(t, record, spec)])
                 continue
-            key = (t.target.rule, tuple(sorted(t.target.envvars)), resource_directives(spec))
+            key = (
+                t.target.rule,
+                tuple(sorted(t.target.envvars)),
+                tuple(t.target.qsub_extra),  # the rule's own qsub flags (pbs_extra)
+                resource_directives(spec),
+            )
             if key not in groups:
                 groups[key] = []
                 units.append(groups[key])
@@ -626,7 +659,8 @@ class Controller:
         rule = first_t.target.rule
         spec = dataclasses.replace(
             first,
-            name=name,
+            # readable in qstat (`<rule>.array.<identity>`); found by its identity (is_job_of)
+            name=pbs_job_name(name, readable_label(rule, ["array"]), self.job_name_max),
             command="",
             log_out=array_log_path(logs[0], dialect),
             log_err=array_log_path(logs[1], dialect),
@@ -682,8 +716,9 @@ class Controller:
         earlier memory kills, and log files numbered by submission."""
         config = self.config
         log_dir = config.log_dir / target.rule
+        label = readable_label(target.rule, (value for _, value in target.wildcards))
         return JobSpec(
-            name=target.name,
+            name=pbs_job_name(target.name, label, self.job_name_max),
             command=target.command,
             log_out=log_dir / f"{target.name}.{number}.out",
             log_err=log_dir / f"{target.name}.{number}.err",
@@ -693,8 +728,10 @@ class Controller:
             gpus=target.gpus,
             runtime_minutes=target.runtime_minutes,
             queue=target.queue or config.queue,
-            project=config.project,
+            project=target.project or config.project,
             select_extra=config.select_extra,
+            select=target.select,
+            place=target.place,
             description=(f"rule {target.rule}, submission {number}, output:", *target.outputs),
         )
 
@@ -712,6 +749,7 @@ class Controller:
             log_err=str(spec.log_err),
             progress_at_submit=self._progress(target),
             **array,
+            select=spec.select,
         )
         record.submissions.append(submission)
         record.hold_until = None
@@ -730,7 +768,7 @@ class Controller:
         try:
             return run_qsub(
                 script,
-                self.config.qsub_extra,
+                (*self.config.qsub_extra, *target.qsub_extra),
                 target.envvars,
                 timeout=self.config.command_timeout,
                 cwd=str(self.config.workdir),
@@ -783,7 +821,7 @@ class Controller:
             return t
         info = lookup(infos, t.job_id)
         if info is not None and info.alive:
-            t.missing_polls = 0
+            t.missing_polls, t.state = 0, info.state
             return t
         record = self.registry.load(t.target.name)
         submission = record.submission(t.job_id)
@@ -833,6 +871,8 @@ class Controller:
                 return None
         if unwatched:
             submission.unreported = True
+        if info is not None:
+            submission.usage = job_usage(info) or submission.usage
         stderr_tail = "\n".join(tail_lines(submission.log_err, 200))
         outcome = classify(info, code, stderr_tail)
         decision = decide(

@@ -7,6 +7,7 @@ from enum import Enum
 from .classify import Kind, Outcome
 from .progress import Progress, advanced
 from .registry import Submission, TargetRecord
+from .usage import peak_mem_mb
 
 
 class Action(Enum):
@@ -108,18 +109,30 @@ def _after_walltime_kill(record: TargetRecord, progressed: bool, limits: Limits)
 
 
 def _after_memory_kill(record: TargetRecord, submission: Submission, limits: Limits) -> Decision:
+    """Resubmit with more memory: the request or, where the server saw the job use more
+    before it killed it (the mom samples, so it may), that peak, times mem_growth, capped."""
     record.memory_kills += 1
+    if submission.select:
+        return _fail(
+            record,
+            f"memory kill of a job whose rule gives its own select ({submission.select}): the "
+            "plugin does not change a rule's select; raise mem in its pbs_select",
+        )
     current = submission.mem_mb or record.mem_mb
     if not current:
         return _fail(record, "memory kill, but the job requested no memory: set mem_mb")
     if limits.max_mem_mb and current >= limits.max_mem_mb:
         return _fail(record, f"memory kill at {current} MB, the max_mem_mb cap")
-    grown = math.ceil(current * limits.mem_growth)
+    peak = peak_mem_mb(submission)
+    base = max(current, peak or 0)
+    grown = math.ceil(base * limits.mem_growth)
     if limits.max_mem_mb:
         grown = min(grown, limits.max_mem_mb)
     record.mem_mb = max(record.mem_mb or 0, grown)
+    seen = f", {peak:.0f} MB used at the last sample" if peak else ""
     return Decision(
-        Action.RESUBMIT, f"memory kill at {current} MB: resubmitted with {record.mem_mb} MB"
+        Action.RESUBMIT,
+        f"memory kill at {current} MB{seen}: resubmitted with {record.mem_mb} MB",
     )
 
 

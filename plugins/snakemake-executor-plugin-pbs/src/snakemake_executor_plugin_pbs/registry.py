@@ -92,6 +92,10 @@ class Submission:
     array_index: int | None = None
     array_id: str | None = None
     array_size: int | None = None
+    # the rule's own select statement (resource pbs_select), where it replaced the plugin's
+    select: str | None = None
+    # what the server said the job used and asked for when its end was recorded (usage.py)
+    usage: dict[str, float] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -111,6 +115,7 @@ class TargetRecord:
     name: str
     rule: str | None = None
     outputs: list[str] = field(default_factory=list)
+    wildcards: dict[str, str] = field(default_factory=dict)  # the Snakemake job's, for reports
     submissions: list[Submission] = field(default_factory=list)
     mem_mb: int | None = None  # memory for the next submission, raised after memory kills
     memory_kills: int = 0

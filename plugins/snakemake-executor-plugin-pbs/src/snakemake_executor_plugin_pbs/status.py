@@ -30,6 +30,7 @@ FINISHED_USE_X = 35
 # no job at all, not even the running ones, and exits 0; without -x it answers as usual.
 NO_HISTORY = "not configured to maintain job history"
 
+USED_PREFIX = "resources_used."
 TIME_ATTRIBUTES = ("ctime", "qtime", "etime", "stime", "mtime", "obittime")
 
 
@@ -62,6 +63,8 @@ class JobInfo:
     workdir: str | None = None  # PBS_O_WORKDIR: where qsub ran
     queue: str | None = None
     times: Mapping[str, str] = field(default_factory=dict)  # qtime, stime, ... as printed
+    # every `resources_used.<name>` as printed (mem, vmem, cput, walltime, ncpus, cpupercent)
+    used: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def alive(self) -> bool:
@@ -141,6 +144,11 @@ def job_info_from_attributes(job_id: str, attrs: Mapping[str, Any]) -> JobInfo:
         workdir=parse_variable_list(attrs.get("Variable_List")).get("PBS_O_WORKDIR"),
         queue=_str_or_none(attrs.get("queue")),
         times={name: str(attrs[name]) for name in TIME_ATTRIBUTES if name in attrs},
+        used={
+            name.removeprefix(USED_PREFIX): str(value)
+            for name, value in attrs.items()
+            if name.startswith(USED_PREFIX)
+        },
     )
 
 

@@ -110,6 +110,47 @@ def array_member_log(path: Path, index: int, dialect: Dialect) -> Path:
     return Path(str(path).replace("{index}", str(int(index))))
 
 
+# The readable PBS job name: `<rule>.<wildcard values>.<identity>`, within the server's limit
+# on names (qsub -N). OpenPBS and PBS Pro 13+ take 236 characters (PBS_MAXJOBNAME); Torque and
+# older PBS Pro 15, where only the identity fits. Only letters, digits, `_`, `-` and `.` are
+# used (every PBS takes them) and the name starts with a letter, as older servers demand.
+JOB_NAME_MAX_PBSPRO = 236
+JOB_NAME_SEPARATOR = "."
+MIN_LABEL_CHARS = 4  # less of the rule's name tells a reader nothing: the identity alone
+_NOT_IN_JOB_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def readable_label(rule: str, wildcard_values: Iterable[str] = ()) -> str:
+    """The readable part of a job name: the rule and its wildcards' values, each cleaned to
+    the characters every PBS accepts in -N, joined by dots; '' when nothing readable is left."""
+    parts = [_NOT_IN_JOB_NAME.sub("_", str(part)).strip("_.-") for part in (rule, *wildcard_values)]
+    label = JOB_NAME_SEPARATOR.join(part for part in parts if part)
+    return label.lstrip("0123456789_.-")  # old servers: a job name starts with a letter
+
+
+def pbs_job_name(identity: str, label: str = "", max_chars: int = JOB_NAME_MAX_PBSPRO) -> str:
+    """What qsub -N gets: `<label>.<identity>`, the label cut so that the whole stays within
+    `max_chars`; the identity (job_name(), the registry's key) is never cut, and alone when no
+    label fits. Adoption finds a job by its identity at the end (is_job_of)."""
+    room = max_chars - len(identity) - len(JOB_NAME_SEPARATOR)
+    label = label[:room].rstrip("_.-") if room >= MIN_LABEL_CHARS else ""
+    return f"{label}{JOB_NAME_SEPARATOR}{identity}" if label else identity
+
+
+def is_job_of(pbs_name: str | None, identity: str) -> bool:
+    """Is a job named `pbs_name` the target of this identity? Both name forms count: the
+    readable `<label>.<identity>` and the bare identity older versions of the plugin gave (jobs
+    still live after an upgrade)."""
+    if not pbs_name:
+        return False
+    return pbs_name == identity or pbs_name.endswith(JOB_NAME_SEPARATOR + identity)
+
+
+def identity_of(pbs_name: str) -> str:
+    """The identity (registry key) in a PBS job name of either form."""
+    return pbs_name.rsplit(JOB_NAME_SEPARATOR, 1)[-1]
+
+
 def format_walltime(minutes: float) -> str:
     """Snakemake's `runtime` (minutes) as PBS HH:MM:SS; PBS reads a bare number as seconds."""
     seconds = max(1, round(float(minutes) * 60))
@@ -118,9 +159,16 @@ def format_walltime(minutes: float) -> str:
 
 
 def select_statement(
-    threads: int, mem_mb: int | None, gpus: int = 0, extra: str | None = None
+    threads: int,
+    mem_mb: int | None,
+    gpus: int = 0,
+    extra: str | None = None,
+    select: str | None = None,
 ) -> str:
-    """One chunk on one node: `select=1:ncpus=N[:ngpus=G][:mem=Mmb][:extra]`."""
+    """One chunk on one node: `select=1:ncpus=N[:ngpus=G][:mem=Mmb][:extra]`; or the rule's own
+    `select` (resource pbs_select), exactly as given, which replaces all of that."""
+    if select:
+        return f"select={select}"
     parts = ["select=1", f"ncpus={max(1, int(threads))}"]
     if gpus:
         parts.append(f"ngpus={int(gpus)}")
@@ -147,6 +195,8 @@ class JobSpec:
     queue: str | None = None
     project: str | None = None
     select_extra: str | None = None
+    select: str | None = None  # the rule's whole select statement (pbs_select), without select=
+    place: str | None = None  # -l place=... (pbs_place)
     description: tuple[str, ...] = ()  # comment lines for whoever reads the script
 
 
@@ -158,8 +208,11 @@ def pbs_directives(spec: JobSpec) -> list[str]:
     if spec.project:
         lines.append(f"#PBS -P {spec.project}")
     lines.append(
-        "#PBS -l " + select_statement(spec.threads, spec.mem_mb, spec.gpus, spec.select_extra)
+        "#PBS -l "
+        + select_statement(spec.threads, spec.mem_mb, spec.gpus, spec.select_extra, spec.select)
     )
+    if spec.place:
+        lines.append(f"#PBS -l place={spec.place}")
     if spec.runtime_minutes:
         lines.append(f"#PBS -l walltime={format_walltime(spec.runtime_minutes)}")
     lines.append(f"#PBS -o {Path(spec.log_out).absolute()}")

@@ -232,6 +232,8 @@ def attributes(job: dict) -> dict:
     }
     if job["state"] in "RFX":
         attrs["resources_used"] = {"walltime": fmt_duration(int(job.get("used", 0)))}
+        # what a test says the job used: {"mem": "153600kb", "cput": "00:01:00", ...}
+        attrs["resources_used"].update(job.get("resources_used") or {})
     if "exit_status" in job and ended(job):
         attrs["Exit_status"] = job["exit_status"]
     if job.get("array"):
