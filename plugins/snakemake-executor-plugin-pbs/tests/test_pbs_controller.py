@@ -2,10 +2,13 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from snakemake_executor_plugin_pbs import controller as controller_module
+from snakemake_executor_plugin_pbs import registry as registry_module
 from snakemake_executor_plugin_pbs.controller import (
     MISSING_POLLS_BEFORE_VANISHED,
     Controller,
@@ -16,7 +19,7 @@ from snakemake_executor_plugin_pbs.controller import (
 )
 from snakemake_executor_plugin_pbs.policy import Limits
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
-from snakemake_executor_plugin_pbs.submit import job_name
+from snakemake_executor_plugin_pbs.submit import UnknownResource, job_name
 
 _spec = importlib.util.spec_from_file_location(
     "fake_pbs", Path(__file__).parent / "samples" / "fake_pbs.py"
@@ -227,6 +230,59 @@ def test_a_rule_can_name_its_own_queue(pbs, workdir):
     t = target(queue="serial")
     tracked = make_controller(workdir).start([t])[t.name]
     assert pbs.job(tracked.job_id)["queue"] == "serial"
+
+
+def _count_fsyncs(monkeypatch) -> list[str]:
+    """Every fsync from now on, as the path of what was fsynced (the temporary file of a
+    record is `.<name>.json.<random>.tmp`)."""
+    fsynced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(registry_module.os, "fsync", fsync)
+    return fsynced
+
+
+def test_every_intent_of_a_round_is_on_disk_before_its_first_qsub(pbs, workdir, monkeypatch):
+    """A host crash right after a qsub must leave the intent on disk (else the next controller
+    would submit a second job); the whole round's intents are fsynced together, first."""
+    registry = Registry(workdir / REGISTRY)
+    targets = [target(i) for i in range(3)]
+    fsynced = _count_fsyncs(monkeypatch)
+    seen_at_qsub: list[tuple[list[bool], list[str]]] = []
+    real_qsub = controller_module.run_qsub
+
+    def qsub(*args, **kwargs):
+        on_disk = [registry.load(t.name).last.is_intent for t in targets[len(seen_at_qsub) :]]
+        seen_at_qsub.append((on_disk, list(fsynced)))
+        return real_qsub(*args, **kwargs)
+
+    monkeypatch.setattr(controller_module, "run_qsub", qsub)
+    results = make_controller(workdir).start(targets)
+    assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
+    on_disk, synced_before_first = seen_at_qsub[0]
+    assert on_disk == [True, True, True]
+    for t in targets:
+        assert any(Path(p).name.startswith(f".{t.name}.json.") for p in synced_before_first)
+    assert str(registry.targets_dir) in synced_before_first  # the new names too
+    # the job ids and scripts after qsub need no fsync (see registry's docstring): one round
+    # costs the intents' fsyncs and one of the directory, nothing per qsub
+    assert len(fsynced) == len(synced_before_first) == len(targets) + 1
+    for t in targets:
+        assert registry.load(t.name).last.job_id == results[t.name].job_id
+
+
+def test_a_resource_the_server_lacks_leaves_no_intent_behind(pbs, workdir):
+    pbs.configure(qsub_failures=[[187, "qsub: Unknown resource: ngpus"]])
+    targets = [target(i) for i in range(3)]
+    with pytest.raises(UnknownResource):
+        make_controller(workdir).start(targets)
+    assert len(pbs.calls("qsub")) == 1 and pbs.jobs() == []
+    for t in targets:  # nothing was submitted: nothing for a next controller to look for
+        assert Registry(workdir / REGISTRY).load(t.name).submissions == []
 
 
 # -- never two live jobs for one target ----------------------------------------------------

@@ -425,19 +425,24 @@ class Controller:
     def _submit_all(
         self, items: list[tuple[Tracked, TargetRecord]]
     ) -> dict[str, "Tracked | Finished"]:
-        """qsub each item; after a queue limit or an unreachable server, hold the rest back."""
+        """qsub each item; after a queue limit or an unreachable server, hold the rest back.
+        The intents of all of them are made durable together first (see _record_intents)."""
         results: dict[str, Tracked | Finished] = {}
         blocked: tuple[str, float] | None = None
+        specs = self._record_intents(
+            [(t, r) for t, r in items if r.hold_until is None or r.hold_until <= self.clock()]
+        )
         for t, record in items:
             name = t.target.name
-            if record.hold_until is not None and record.hold_until > self.clock():
+            if name not in specs:
                 results[name] = self._hold(t, _held_for_space(record), record.hold_until)
                 continue
             if blocked is not None:
+                self._withdraw_intent(record)
                 results[name] = self._hold(t, *blocked)
                 continue
             try:
-                results[name] = self._submit(t, record)
+                results[name] = self._submit(t, record, specs[name])
             except QueueLimit as e:
                 blocked = (f"queue limit: {e.message}", self.clock())
                 results[name] = self._hold(t, *blocked)
@@ -453,22 +458,27 @@ class Controller:
                 )
                 results[name] = self._hold(t, *blocked)
             except UnknownResource:
-                raise  # a fact about the site, not this job: see Executor._start
+                # a fact about the site, not this job (see Executor._start): the run stops,
+                # and the intents of the jobs never tried are taken back
+                for _, other in items:
+                    if other.name in specs and other.last is not None and other.last.is_intent:
+                        self._withdraw_intent(other)
+                raise
             except Rejected as e:
                 results[name] = Finished(t.target, False, f"qsub rejected the job: {e.message}")
         return results
 
-    def _submit(self, t: Tracked, record: TargetRecord) -> Tracked:
-        """Submit the target's next job: write its script, record the intent, qsub, record
-        the job id. A controller killed at any point between leaves an intent, which the next
-        one resolves before submitting (see _resume_intents)."""
+    def _submit(self, t: Tracked, record: TargetRecord, spec: JobSpec) -> Tracked:
+        """Submit the target's next job, whose intent is recorded (_record_intents): write
+        its script, qsub, record the job id. A controller killed at any point between leaves
+        an intent, which the next one resolves before submitting (see _resume_intents)."""
         target = t.target
-        spec = self._job_spec(target, record, number=len(record.submissions) + 1)
+        submission = record.last
         script = self.registry.write_script(target.name, render_job_script(spec))
         Path(spec.log_out).parent.mkdir(parents=True, exist_ok=True)
-        submission = self._record_intent(target, record, spec)
         submission.job_id = self._qsub(script, target, record)
-        self.registry.save(record)
+        # not fsynced: after a host crash the durable intent leads to this job by its name
+        self.registry.save(record, durable=False)
         self.logger.info(
             f"PBS: submitted {target.rule} target {target.name} as job {submission.job_id} "
             f"(submission {len(record.submissions)}, log {spec.log_err})"
@@ -498,8 +508,27 @@ class Controller:
             description=(f"rule {target.rule}, submission {number}, output:", *target.outputs),
         )
 
+    def _record_intents(self, items: list[tuple[Tracked, TargetRecord]]) -> dict[str, JobSpec]:
+        """Add a submission without a job id (the intent) to each item's record and make them
+        all durable in one round (Registry.save_all), before the first qsub: a few journal
+        commits for the round instead of two fsyncs per job. The job spec of each, by name."""
+        specs = {}
+        for t, record in items:
+            spec = self._job_spec(t.target, record, number=len(record.submissions) + 1)
+            self._record_intent(t.target, record, spec)
+            specs[t.target.name] = spec
+        self.registry.save_all(record for _, record in items)
+        return specs
+
+    def _withdraw_intent(self, record: TargetRecord) -> None:
+        """Take back the intent of a job that was never submitted (held back). Not fsynced:
+        an intent that a host crash brings back finds no job by its name and is submitted."""
+        record.submissions.pop()
+        self.registry.save(record, durable=False)
+
     def _record_intent(self, target: Target, record: TargetRecord, spec: JobSpec) -> Submission:
-        """Save a submission without a job id before qsub runs (the intent)."""
+        """Add a submission without a job id (the intent) to the record; saved by the caller
+        before qsub runs."""
         submission = Submission(
             job_id=None,
             submitted_at=self.clock(),
@@ -511,7 +540,6 @@ class Controller:
         )
         record.submissions.append(submission)
         record.hold_until = None
-        self.registry.save(record)
         return submission
 
     def _qsub(self, script: Path, target: Target, record: TargetRecord) -> str:
@@ -526,8 +554,7 @@ class Controller:
             )
         except QsubError as e:
             if not (isinstance(e, Transient) and e.maybe_submitted):
-                record.submissions.pop()
-                self.registry.save(record)
+                self._withdraw_intent(record)
             raise
 
     def _hold(self, t: Tracked, reason: str, retry_at: float) -> Tracked:
