@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from snakemake_executor_plugin_pbs import controller as controller_module
 from snakemake_executor_plugin_pbs import registry as registry_module
 from snakemake_executor_plugin_pbs.controller import (
     MISSING_POLLS_BEFORE_VANISHED,
+    QSUB_THREADS,
     Controller,
     ControllerConfig,
     Finished,
@@ -253,18 +255,20 @@ def test_every_intent_of_a_round_is_on_disk_before_its_first_qsub(pbs, workdir, 
     targets = [target(i) for i in range(3)]
     fsynced = _count_fsyncs(monkeypatch)
     seen_at_qsub: list[tuple[list[bool], list[str]]] = []
+    lock = threading.Lock()
     real_qsub = controller_module.run_qsub
 
     def qsub(*args, **kwargs):
-        on_disk = [registry.load(t.name).last.is_intent for t in targets[len(seen_at_qsub) :]]
-        seen_at_qsub.append((on_disk, list(fsynced)))
+        with lock:  # the first snapshot is taken before any qsub has run
+            intents = [registry.load(t.name).last.is_intent for t in targets]
+            seen_at_qsub.append((intents, list(fsynced)))
         return real_qsub(*args, **kwargs)
 
     monkeypatch.setattr(controller_module, "run_qsub", qsub)
     results = make_controller(workdir).start(targets)
     assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
-    on_disk, synced_before_first = seen_at_qsub[0]
-    assert on_disk == [True, True, True]
+    intents, synced_before_first = seen_at_qsub[0]
+    assert intents == [True, True, True]
     for t in targets:
         assert any(Path(p).name.startswith(f".{t.name}.json.") for p in synced_before_first)
     assert str(registry.targets_dir) in synced_before_first  # the new names too
@@ -275,12 +279,31 @@ def test_every_intent_of_a_round_is_on_disk_before_its_first_qsub(pbs, workdir, 
         assert registry.load(t.name).last.job_id == results[t.name].job_id
 
 
+def test_a_round_keeps_several_qsubs_going_at_once(pbs, workdir, monkeypatch):
+    """qsub mostly waits for the server: a round runs QSUB_THREADS of them side by side."""
+    together = threading.Barrier(QSUB_THREADS, timeout=60)  # a safety net, never reached
+    real_qsub = controller_module.run_qsub
+
+    def qsub(*args, **kwargs):
+        together.wait()  # passes only with QSUB_THREADS qsubs under way at once
+        return real_qsub(*args, **kwargs)
+
+    monkeypatch.setattr(controller_module, "run_qsub", qsub)
+    targets = [target(i) for i in range(2 * QSUB_THREADS)]
+    results = make_controller(workdir).start(targets)
+    job_ids = {r.job_id for r in results.values()}
+    assert len(job_ids) == len(targets) and None not in job_ids
+    assert {job["name"] for job in pbs.jobs()} == {t.name for t in targets}
+
+
 def test_a_resource_the_server_lacks_leaves_no_intent_behind(pbs, workdir):
-    pbs.configure(qsub_failures=[[187, "qsub: Unknown resource: ngpus"]])
-    targets = [target(i) for i in range(3)]
+    count = 3 * QSUB_THREADS
+    pbs.configure(qsub_failures=[[187, "qsub: Unknown resource: ngpus"]] * count)
+    targets = [target(i) for i in range(count)]
     with pytest.raises(UnknownResource):
         make_controller(workdir).start(targets)
-    assert len(pbs.calls("qsub")) == 1 and pbs.jobs() == []
+    # no qsub begins after the refusal: only those already under way were asked
+    assert 1 <= len(pbs.calls("qsub")) <= QSUB_THREADS and pbs.jobs() == []
     for t in targets:  # nothing was submitted: nothing for a next controller to look for
         assert Registry(workdir / REGISTRY).load(t.name).submissions == []
 
@@ -589,19 +612,24 @@ QUEUE_LIMIT = [38, "qsub: would exceed queue gpu_1's per-user limit of jobs in '
 
 
 def test_queue_limit_holds_jobs_back_and_retries_them_later(pbs, workdir):
-    pbs.configure(qsub_failures=[QUEUE_LIMIT, QUEUE_LIMIT])
+    count = 3 * QSUB_THREADS
+    pbs.configure(qsub_failures=[QUEUE_LIMIT] * 2 * count)  # the queue is full
     controller = make_controller(workdir)
-    targets = [target(i) for i in range(3)]
+    targets = [target(i) for i in range(count)]
     results = controller.start(targets)
     assert all(isinstance(r, Tracked) and r.job_id is None for r in results.values())
-    assert "queue limit" in results[targets[0].name].waiting
-    assert len(pbs.calls("qsub")) == 1  # the first refusal holds the others back too
+    assert all("queue limit" in r.waiting for r in results.values())
+    # no qsub begins after the first refusal: only those already under way were asked
+    first = len(pbs.calls("qsub"))
+    assert 1 <= first <= QSUB_THREADS
     results = poll(controller, results)  # still full
     assert all(r.job_id is None for r in results.values())
-    assert len(pbs.calls("qsub")) == 2
+    second = len(pbs.calls("qsub"))
+    assert first < second <= first + QSUB_THREADS
+    pbs.configure(qsub_failures=[])
     results = poll(controller, results)  # room again
     assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
-    assert len(pbs.calls("qsub")) == 5
+    assert len(pbs.calls("qsub")) == second + count
     for t in targets:  # a refusal leaves no intent behind
         record = Registry(workdir / REGISTRY).load(t.name)
         assert [s.job_id is not None for s in record.submissions] == [True]
@@ -615,11 +643,14 @@ def test_a_queue_limit_met_by_a_resubmission_holds_back_the_waiting_targets(pbs,
     pbs.configure(qsub_failures=[])
     results.update(controller.start([running]))
     pbs.finish(results[running.name].job_id, -29)
-    pbs.configure(qsub_failures=[QUEUE_LIMIT])
+    pbs.configure(qsub_failures=[QUEUE_LIMIT] * 2)  # still full
     before = len(pbs.calls("qsub"))
-    results = poll(controller, results)  # resubmission refused: no qsub for the other
-    assert len(pbs.calls("qsub")) == before + 1
+    results = poll(controller, results)  # the resubmission and the waiting one: both held
+    assert before < len(pbs.calls("qsub")) <= before + 2
     assert all(isinstance(r, Tracked) and r.job_id is None for r in results.values())
+    assert all("queue limit" in r.waiting for r in results.values())
+    for t in (waiting, running):  # neither keeps an intent
+        assert all(s.job_id for s in Registry(workdir / REGISTRY).load(t.name).submissions)
 
 
 def test_unreachable_server_is_retried_with_backoff(pbs, workdir):

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,10 @@ from .submit import qsub as run_qsub
 # in a row. A job merely missing from an answer is never taken as ended.
 MISSING_POLLS_BEFORE_VANISHED = 2
 MAX_BACKOFF_SECONDS = 900
+# qsubs of one round that run at once (see Controller._qsub_round). qsub spends most of its
+# time waiting for the server; a few at once overlap those waits without crowding the server,
+# which serves requests one at a time.
+QSUB_THREADS = 4
 TAIL_LINES = 20
 TAIL_BYTES = 64 * 1024
 
@@ -426,47 +431,83 @@ class Controller:
         self, items: list[tuple[Tracked, TargetRecord]]
     ) -> dict[str, "Tracked | Finished"]:
         """qsub each item; after a queue limit or an unreachable server, hold the rest back.
-        The intents of all of them are made durable together first (see _record_intents)."""
+        The intents of all of them are made durable together first (see _record_intents),
+        then up to QSUB_THREADS qsubs run at once (see _qsub_round)."""
         results: dict[str, Tracked | Finished] = {}
-        blocked: tuple[str, float] | None = None
         specs = self._record_intents(
             [(t, r) for t, r in items if r.hold_until is None or r.hold_until <= self.clock()]
         )
+        attempts = self._qsub_round([(t, r, specs[t.target.name]) for t, r in items
+                                     if t.target.name in specs])  # fmt: skip
+        blocked: tuple[str, float] | None = None
         for t, record in items:
             name = t.target.name
             if name not in specs:
                 results[name] = self._hold(t, _held_for_space(record), record.hold_until)
                 continue
-            if blocked is not None:
-                self._withdraw_intent(record)
+            attempt = attempts[name]
+            if isinstance(attempt, Tracked):
+                results[name] = attempt
+            elif isinstance(attempt, QueueLimit):
+                blocked = (f"queue limit: {attempt.message}", self.clock())
                 results[name] = self._hold(t, *blocked)
-                continue
-            try:
-                results[name] = self._submit(t, record, specs[name])
-            except QueueLimit as e:
-                blocked = (f"queue limit: {e.message}", self.clock())
-                results[name] = self._hold(t, *blocked)
-            except Transient as e:
+            elif isinstance(attempt, Transient):
                 t.transient_failures += 1
                 delay = min(
                     self.config.submit_backoff * 2 ** (t.transient_failures - 1),
                     MAX_BACKOFF_SECONDS,
                 )
                 blocked = (
-                    f"qsub failed, retrying in {delay:.0f}s: {e.message}",
+                    f"qsub failed, retrying in {delay:.0f}s: {attempt.message}",
                     self.clock() + delay,
                 )
                 results[name] = self._hold(t, *blocked)
-            except UnknownResource:
-                # a fact about the site, not this job (see Executor._start): the run stops,
-                # and the intents of the jobs never tried are taken back
-                for _, other in items:
-                    if other.name in specs and other.last is not None and other.last.is_intent:
-                        self._withdraw_intent(other)
-                raise
-            except Rejected as e:
-                results[name] = Finished(t.target, False, f"qsub rejected the job: {e.message}")
+            elif isinstance(attempt, Rejected):
+                results[name] = Finished(
+                    t.target, False, f"qsub rejected the job: {attempt.message}"
+                )
+        # Not tried: a qsub of the round was refused (queue limit, server unreachable, a
+        # resource the site lacks) before theirs began. Their intents are taken back, and
+        # they wait as the refused one does (`blocked`, set above by that refusal).
+        untried = [(t, r) for t, r in items if t.target.name in specs
+                   and attempts[t.target.name] is None]  # fmt: skip
+        for _, record in untried:
+            self._withdraw_intent(record)
+        unknown = next((a for a in attempts.values() if isinstance(a, UnknownResource)), None)
+        if unknown is not None:
+            raise unknown  # a fact about the site, not this job: see Executor._start
+        for t, _ in untried:
+            results[t.target.name] = self._hold(t, *blocked)
         return results
+
+    def _qsub_round(
+        self, items: list[tuple[Tracked, TargetRecord, JobSpec]]
+    ) -> dict[str, "Tracked | QsubError | None"]:
+        """Submit each item (whose intent is durable), up to QSUB_THREADS at once: qsub waits
+        mostly on the server (connection, authentication, the server's own commit), so a few
+        at once overlap those waits. After a refusal that concerns every job (queue limit,
+        server unreachable, unknown resource) no further qsub begins. By name: the Tracked
+        job, the QsubError, or None where no qsub was tried."""
+        stop = threading.Event()
+
+        def attempt(
+            t: Tracked, record: TargetRecord, spec: JobSpec
+        ) -> "Tracked | QsubError | None":
+            if stop.is_set():
+                return None
+            try:
+                return self._submit(t, record, spec)
+            except (QueueLimit, Transient, UnknownResource) as e:
+                stop.set()
+                return e
+            except Rejected as e:
+                return e
+
+        if len(items) <= 1:
+            return {t.target.name: attempt(t, r, spec) for t, r, spec in items}
+        with ThreadPoolExecutor(min(QSUB_THREADS, len(items))) as pool:
+            futures = {t.target.name: pool.submit(attempt, t, r, spec) for t, r, spec in items}
+        return {name: future.result() for name, future in futures.items()}
 
     def _submit(self, t: Tracked, record: TargetRecord, spec: JobSpec) -> Tracked:
         """Submit the target's next job, whose intent is recorded (_record_intents): write

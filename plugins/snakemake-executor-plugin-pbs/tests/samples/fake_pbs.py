@@ -13,6 +13,7 @@ With "run": true, qsub runs the job script in the background the way PBS would (
 PBS_O_WORKDIR, stdout/stderr files) and the job turns F with the script's exit code.
 """
 
+import fcntl
 import getpass
 import json
 import os
@@ -325,9 +326,13 @@ def main() -> int:
     argv = sys.argv[1:]  # [command, *arguments]: wrappers call `fake_pbs.py qsub "$@"`
     if argv[0] == "_run":
         return run_job(argv[1])
-    with open(STATE / "calls.jsonl", "a") as log:
-        log.write(json.dumps(argv) + "\n")
-    return {"qsub": qsub, "qstat": qstat, "qdel": qdel}[argv[0]](argv)
+    # one command at a time, as a server serves requests: the executor runs several qsubs at
+    # once, and the state (job numbers, failures to hand out) is read and rewritten
+    with open(STATE / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(STATE / "calls.jsonl", "a") as log:
+            log.write(json.dumps(argv) + "\n")
+        return {"qsub": qsub, "qstat": qstat, "qdel": qdel}[argv[0]](argv)
 
 
 if __name__ == "__main__":
