@@ -67,7 +67,7 @@ PLUGIN_SRC = REPO / "plugins" / "snakemake-executor-plugin-pbs" / "src"
 CLUSTER_GENERIC = "snakemake-executor-plugin-cluster-generic"
 MEM_MB, RUNTIME_MIN = 100, 5
 SNAKEFILE = f"""
-N = int(config["n"])
+N = int(config["count"])
 
 localrules: all
 
@@ -222,7 +222,7 @@ class Bench:
     def run(self, method: str, count: int, done: bool, array_jobs: str | None) -> Result:
         work, log, env = self.workdir(method.replace(" ", "-"), count)
         common = ["--snakefile", str(work / "Snakefile"), "--directory", str(work),
-                  "--config", f"n={count}", "--jobs", str(count), "--latency-wait", "30",
+                  "--config", f"count={count}", "--jobs", str(count), "--latency-wait", "30",
                   "--seconds-between-status-checks", "5", "--quiet", "rules"]  # fmt: skip
         if method == "qsub loop":
             script = work / "job.sh"
