@@ -25,22 +25,30 @@ the jobs stay queued and only the submission is measured (a 2-core machine runs 
 Snakemakes for many minutes); the jobs are then deleted and scheduling switched back on. The
 printed table says which.
 
-Where a submission's time went (measured on this machine with cProfile around the executor's
-run_jobs, 100 jobs per call, the qsub replaced by a stub that prints a job id, so that the
-server's own time is left out; the whole of a real run adds qsub's ~29 ms):
+Where a submission's time went: cProfile around the executor's run_jobs (Snakemake hands it
+100 jobs per call), as the test user.
 
-    before (3 atomic registry writes a submission: the job script, the intent, the job id;
-    each with a file fsync and a directory fsync):   38.8 ms a job
-        600 fsyncs: 20.1 ms a job (3.4 ms each, far more while other processes write)
-        qsub stub (fork/exec, wait): 13.0 ms; format_job_exec: 1.0 ms; Snakemake's
-        job.register (incomplete marker): 0.7 ms; printing the job: 0.5 ms
-    after (the round's intents fsynced together by 8 threads, one directory fsync; job id,
-    withdrawn intents and job script atomic without fsync, see registry.py):  13.4 ms a job
-        fsyncs: 0.1 ms a job; registry writes without fsync 2 ms; the rest as before
-    cluster-generic, same stub: 10.5 ms a job (no registry; its qsub through `sh -c`)
+On the real OpenPBS, scheduling off (nothing running beside it), 100 jobs:
 
-The remaining difference to cluster-generic is the registry, which is what lets a restarted
-controller adopt live jobs instead of submitting them again.
+    before (3 atomic registry writes a submission: the job script, the intent, the job id,
+    each with a file fsync and a directory fsync; one qsub after the other)   18.4 ms a job
+        qsub (fork, exec, the server's answer): 13.9 ms; registry writes 2.8 ms, of which
+        6 fsyncs 1.9 ms; format_job_exec, printing, Snakemake's incomplete mark ~1 ms
+    after (a round's intents fsynced together by 8 threads, one directory fsync; job id,
+    withdrawn intents and job script atomic without fsync; 4 qsubs at once)     9.9 ms a job
+        qsubs 7.9 ms a job (4 at once); intents 0.45 ms a job; the rest as before
+    cluster-generic (its qsub through `sh -c`, one after the other)               35.2 ms a job
+
+With a qsub stub that prints a job id (the server left out), on the same machine while other
+processes wrote to its disk: before 38.8 ms a job, of which 600 fsyncs 20.1 ms (3.4 ms each);
+after 13.4 ms with qsubs one after the other, 9.8 ms with 4 at once; cluster-generic 10.5 ms.
+
+An fsync costs little on an idle disk and a great deal on a busy one: ext4 (data=ordered)
+commits its journal for an fsync, writing out with it the data every other process has
+pending, and a PBS run's own jobs (each a Snakemake writing its metadata) are such processes.
+That is why six fsyncs a submission cost the issue's author about 240 ms a submission with
+jobs running (48 s for 200), and why the fix is fewer of them (a few commits per round) rather
+than faster code; the remaining per-job cost is qsub itself.
 """
 
 from __future__ import annotations
