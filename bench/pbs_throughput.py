@@ -46,9 +46,10 @@ after 13.4 ms with qsubs one after the other, 9.8 ms with 4 at once; cluster-gen
 An fsync costs little on an idle disk and a great deal on a busy one: ext4 (data=ordered)
 commits its journal for an fsync, writing out with it the data every other process has
 pending, and a PBS run's own jobs (each a Snakemake writing its metadata) are such processes.
-That is why six fsyncs a submission cost the issue's author about 240 ms a submission with
-jobs running (48 s for 200), and why the fix is fewer of them (a few commits per round) rather
-than faster code; the remaining per-job cost is qsub itself.
+That is the likeliest reason why the issue's author measured about 240 ms a submission with
+jobs running (48 s for 200) against 18 ms here with none, and why the fix is fewer fsyncs (a
+few journal commits per round) rather than faster code; the bench's table below measures it
+with jobs running.
 """
 
 from __future__ import annotations
