@@ -74,7 +74,8 @@ import conftest as cluster  # noqa: E402  (tests/cluster/conftest.py: the OpenPB
 
 PLUGIN_SRC = REPO / "plugins" / "snakemake-executor-plugin-pbs" / "src"
 CLUSTER_GENERIC = "snakemake-executor-plugin-cluster-generic"
-MEM_MB, RUNTIME_MIN = 100, 5
+# a job's Snakemake needs ~200 MB, and the mom kills jobs over their request; 40 fit the node
+MEM_MB, RUNTIME_MIN = 500, 5
 SNAKEFILE = f"""
 N = int(config["count"])
 
@@ -257,7 +258,7 @@ class Bench:
         submitted = None
         try:
             if done:
-                code = process.wait(timeout=1800)
+                code = process.wait(timeout=900)
                 end = time.time()
                 if method == "qsub loop":  # the loop only submits: wait for the outputs
                     cluster.wait_for(
