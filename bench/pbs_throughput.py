@@ -66,7 +66,7 @@ them all back: a status poll, which holds the controller while it runs, asked `q
 about 600 jobs, and OpenPBS's qstat sends the server one request per job id given (qstat.c:
 pbs_statjob per operand unless `-E`). cluster-generic never polls the server. The remedy
 (batched `qstat -E` where the server's version has it, or a poll that does not hold back
-submissions) belongs to the polling's owner; the time to all done at 200 is mostly those
+submissions) belongs to the polling's owner; the later end at 200 is likely those
 polls too (each asks about every job still running).
 """
 
