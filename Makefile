@@ -7,7 +7,7 @@ STAMP := $(VENV)/.kdflow-installed
 # Cluster facts for the demo sweep through profiles/local come from the profile.
 DEMO := --profile profiles/local --configfile config/demo.yaml --replace-workflow-config
 
-.PHONY: setup demo test check test-loaded test-onecore lint format cluster bench clean-demo chaos
+.PHONY: setup demo test check test-loaded test-onecore lint package format cluster bench clean-demo chaos
 
 setup: $(STAMP)
 
@@ -87,6 +87,15 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint --configfile config/demo.yaml --replace-workflow-config
+
+# The PBS plugin as it would be published: sdist and wheel built the way PyPI users get them
+# (build isolation takes setuptools from the package index), then twine's check of their
+# metadata and of the README as PyPI renders it.
+PACKAGE_DIR := build/plugin-dist
+package: setup
+	rm -rf $(PACKAGE_DIR)
+	$(BIN)/python -m build --outdir $(PACKAGE_DIR) $(PLUGIN)
+	$(BIN)/twine check --strict $(PACKAGE_DIR)/*
 
 format: setup
 	$(BIN)/ruff format .

@@ -1,18 +1,22 @@
-"""The PBS executor plugin alone, without kdflow: installed from a copy of
-plugins/snakemake-executor-plugin-pbs (non-editable) into a fresh venv made from Debian's
-python3, (a) its own tests pass there, and (b) `snakemake --executor pbs` from that venv runs a
-one-rule workflow on the real OpenPBS as the test user.
+"""The PBS executor plugin alone, without kdflow, as a user gets it from PyPI: its sdist and
+wheel are built from a copy of plugins/snakemake-executor-plugin-pbs (`python -m build`, with
+build isolation, as `make package` does), the wheel is installed into a fresh venv made from
+Debian's python3, and (a) its own tests pass there, (b) `snakemake --executor pbs` from that
+venv runs a one-rule workflow on the real OpenPBS as the test user, and (c) what the Snakemake
+plugin catalog and PyPI need is in the packages: the LICENSE in the wheel's dist-info, the
+catalog's docs/intro.md and docs/further.md and the LICENSE in the sdist.
 
 The venv of the plugin's dependencies (its own, its [test] extra: Snakemake, pytest; neither
 the plugin nor kdflow) is made once per plugin pyproject.toml and kept (KDFLOW_PLUGIN_DEPS,
 a stamp holds the file's hash; ~1 min on 2 cores, from the local wheels). Each session makes a
 small venv of its own on top of it (its site-packages names the shared one) and installs the
-plugin there with `pip install --no-deps` from a copy of the working tree: the code under test
-is the working tree's, and nothing shared is changed. Uses only settings the plugin has always
-had (queue, status interval): no job-name prefix, registry or log directory is relied on.
+built wheel there with `pip install --no-deps`: the code under test is the working tree's, as
+packaged, and nothing shared is changed. Uses only settings the plugin has always had (queue,
+status interval): no job-name prefix, registry or log directory is relied on.
 
 Cost (2 shared cores): the dependencies' venv ~1 min when the plugin's pyproject.toml changed;
-each session's venv and install ~6 s; (a) the plugin's whole suite, 2.5-3.5 min; (b) ~7 s.
+each session's build ~5 s, venv and install ~6 s; (a) the plugin's whole suite, 2.5-3.5 min;
+(b) ~7 s.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +43,10 @@ PLUGIN = REPO / "plugins/snakemake-executor-plugin-pbs"
 DEPS = Path(os.environ.get("KDFLOW_PLUGIN_DEPS") or "/opt/kdflow-test/plugin-deps")
 MODULE = "snakemake_executor_plugin_pbs"
 IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".pytest_cache")
+# What the packages are built from: the plugin's folder as it would be its own repository
+PACKAGED = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "docs", "src", "tests")
+# What the catalog reads (docs/ at the repository's root) and PyPI shows (the license)
+CATALOG_FILES = ("docs/intro.md", "docs/further.md", "LICENSE")
 
 
 def _run(*argv, **kwargs) -> subprocess.CompletedProcess:
@@ -73,7 +84,9 @@ def _deps_venv(scratch: Path) -> Path:
         old_umask = os.umask(0o022)
         try:
             _run("/usr/bin/python3", "-m", "venv", DEPS, check=True)
-            copy = _copy_plugin(scratch / "plugin-for-deps", "pyproject.toml", "README.md", "src")
+            copy = _copy_plugin(
+                scratch / "plugin-for-deps", "pyproject.toml", "README.md", "LICENSE", "src"
+            )
             python = DEPS / "bin/python"
             for argv in (
                 ["-m", "pip", "install", "--quiet", "--upgrade", "pip", "setuptools>=68", "wheel"],
@@ -91,9 +104,23 @@ def _deps_venv(scratch: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def plugin_venv(openpbs) -> Path:
-    """A fresh venv (Debian's python3) with the plugin installed alone, non-editable, from a
-    copy of the working tree, on top of the shared dependencies; readable by the test user."""
+def packages(openpbs) -> dict[str, Path]:
+    """The plugin's sdist and wheel, built from a copy of the working tree the way `make
+    package` builds them (by this session's python, with build isolation)."""
+    where = openpbs.session_dir / "plugin-packages"
+    copy = _copy_plugin(where / "plugin", *PACKAGED)
+    dist = where / "dist"
+    p = _run(sys.executable, "-m", "build", "--outdir", dist, copy, timeout=600,
+             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{PLAIN_PATH}"})  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    [wheel], [sdist] = sorted(dist.glob("*.whl")), sorted(dist.glob("*.tar.gz"))
+    return {"wheel": wheel, "sdist": sdist}
+
+
+@pytest.fixture(scope="module")
+def plugin_venv(openpbs, packages) -> Path:
+    """A fresh venv (Debian's python3) with the built wheel installed alone, on top of the
+    shared dependencies; readable by the test user."""
     where = openpbs.session_dir / "plugin-alone"
     where.mkdir()
     deps = _deps_venv(where)
@@ -103,12 +130,33 @@ def plugin_venv(openpbs) -> Path:
     Path(_purelib(venv / "bin/python"), "50-plugin-deps.pth").write_text(
         f"import site; site.addsitedir({_purelib(deps / 'bin/python')!r})\n"
     )
-    copy = _copy_plugin(where / "plugin", "pyproject.toml", "README.md", "src")
     p = _run(deps / "bin/python", "-m", "pip", "--python", venv / "bin/python", "install",
-             "--quiet", "--no-deps", "--no-build-isolation", copy, timeout=600)  # fmt: skip
+             "--quiet", "--no-deps", "--no-index", packages["wheel"], timeout=600)  # fmt: skip
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     _run("chmod", "-R", "a+rX", where, check=True)
     return venv
+
+
+def test_the_packages_carry_the_license_and_the_catalogs_pages(packages, plugin_venv):
+    with zipfile.ZipFile(packages["wheel"]) as wheel:
+        names = wheel.namelist()
+        [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
+        fields = wheel.read(metadata).decode()
+        license_text = wheel.read(next(n for n in names if n.endswith("/licenses/LICENSE")))
+    assert license_text.startswith(b"MIT License")
+    assert "License-Expression: MIT" in fields and "Author: kdflow developers" in fields
+    assert "Project-URL: Repository, https://" in fields
+    # the catalog's description: the README without its title line
+    assert "Description-Content-Type: text/markdown" in fields and "## Settings" in fields
+    with tarfile.open(packages["sdist"]) as sdist:
+        root = sdist.getnames()[0].split("/")[0]
+        for name in CATALOG_FILES:
+            member = sdist.extractfile(f"{root}/{name}")
+            assert member is not None and member.read().strip(), name
+    # and the installed plugin keeps its license beside it
+    installed = list(Path(_purelib(plugin_venv / "bin/python")).glob(
+        "snakemake_executor_plugin_pbs-*.dist-info/licenses/LICENSE"))  # fmt: skip
+    assert len(installed) == 1
 
 
 def _where(python: Path, module: str, env=None) -> subprocess.CompletedProcess:
@@ -130,7 +178,7 @@ def test_the_plugin_installs_alone_and_its_own_tests_pass_there(plugin_venv, tmp
 
     # its tests (and the README they check), from a copy without src/: every import of the
     # plugin is the installed one
-    tests = _copy_plugin(tmp_path / "plugin-tests", "pyproject.toml", "README.md", "tests")
+    tests = _copy_plugin(tmp_path / "plugin-tests", "pyproject.toml", "README.md", "docs", "tests")
     env = {"PATH": f"{plugin_venv / 'bin'}:{PLAIN_PATH}", "HOME": os.environ.get("HOME", "/root"),
            "CI": os.environ.get("CI", ""), "LANG": "C.UTF-8"}  # fmt: skip
     p = _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=tests, env=env,

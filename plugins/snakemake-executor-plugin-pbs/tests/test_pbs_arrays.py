@@ -312,7 +312,7 @@ def test_a_restarted_controller_adopts_live_subjobs_from_the_registry(pbs, workd
     assert all(results[t.name].array_id == "1000[].fakesrv" for t in targets)
     asked = pbs.calls("qstat")[statuses:]
     assert [argv for argv in asked if "--version" not in argv] == [
-        ["qstat", "-x", "-f", *(f"1000[{i}].fakesrv" for i in range(4))]
+        ["qstat", "-E", "-x", "-f", *(f"1000[{i}].fakesrv" for i in range(4))]
     ]
 
 
@@ -328,7 +328,7 @@ class DiesRecordingIds(Registry):
         super().__init__(root)
         self.survive = survive
 
-    def save(self, record):
+    def save(self, record, durable=True):
         if record.last is not None and record.last.job_id:
             if self.survive == 0:
                 raise Killed
@@ -487,7 +487,7 @@ def test_one_qstat_per_poll_for_subjobs_and_plain_jobs(pbs, workdir):
     results = poll(controller, results)
     assert len(pbs.status_calls()) == before + 1
     assert pbs.status_calls()[-1] == [
-        "qstat", "-x", "-f", "1000[0].fakesrv", "1000[1].fakesrv", "1000[2].fakesrv",
+        "qstat", "-E", "-x", "-f", "1000[0].fakesrv", "1000[1].fakesrv", "1000[2].fakesrv",
         "1001.fakesrv",
     ]  # fmt: skip
 

@@ -2,10 +2,13 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from snakemake_executor_plugin_pbs import controller as controller_module
+from snakemake_executor_plugin_pbs import registry as registry_module
 from snakemake_executor_plugin_pbs.controller import (
     MISSING_POLLS_BEFORE_VANISHED,
     Controller,
@@ -16,7 +19,7 @@ from snakemake_executor_plugin_pbs.controller import (
 )
 from snakemake_executor_plugin_pbs.policy import Limits
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
-from snakemake_executor_plugin_pbs.submit import job_name
+from snakemake_executor_plugin_pbs.submit import UnknownResource, job_name
 
 _spec = importlib.util.spec_from_file_location(
     "fake_pbs", Path(__file__).parent / "samples" / "fake_pbs.py"
@@ -123,7 +126,10 @@ def test_exactly_one_qstat_per_poll_whatever_the_number_of_jobs(pbs, workdir, co
         assert len(pbs.status_calls()) == round_number
     assert pbs.calls("qsub") == []
     assert len(pbs.calls("qstat")) - len(pbs.status_calls()) <= 1  # --version, once
-    assert pbs.status_calls()[-1] == ["qstat", "-x", "-f", *(r.job_id for r in results.values())]
+    several = ["-E"] if count > 1 else []  # several ids: one request to the server (-E)
+    assert pbs.status_calls()[-1] == [
+        "qstat", *several, "-x", "-f", *(r.job_id for r in results.values())
+    ]  # fmt: skip
 
 
 def test_one_qstat_per_poll_also_when_jobs_end_and_are_resubmitted(pbs, workdir):
@@ -228,6 +234,57 @@ def test_a_rule_can_name_its_own_queue(pbs, workdir):
     t = target(queue="serial")
     tracked = make_controller(workdir).start([t])[t.name]
     assert pbs.job(tracked.job_id)["queue"] == "serial"
+
+
+def _count_fsyncs(monkeypatch) -> list[str]:
+    """Every fsync from now on, as the path of what was fsynced (the temporary file of a
+    record is `.<name>.json.<random>.tmp`)."""
+    fsynced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(registry_module.os, "fsync", fsync)
+    return fsynced
+
+
+def test_each_intent_is_on_disk_before_its_qsub_and_nothing_after_is_fsynced(
+    pbs, workdir, monkeypatch
+):
+    """A host crash right after a qsub must leave the intent on disk (else the next controller
+    would submit a second job); the job id and the script after it need no fsync (see
+    registry's docstring): one fsync of the record and one of its directory per job."""
+    registry = Registry(workdir / REGISTRY)
+    targets = [target(i) for i in range(3)]
+    fsynced = _count_fsyncs(monkeypatch)
+    seen_at_qsub: list[list[str]] = []
+    real_qsub = controller_module.run_qsub
+
+    def qsub(*args, **kwargs):
+        seen_at_qsub.append(list(fsynced))
+        return real_qsub(*args, **kwargs)
+
+    monkeypatch.setattr(controller_module, "run_qsub", qsub)
+    results = make_controller(workdir).start(targets)
+    assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
+    for t, synced in zip(targets, seen_at_qsub, strict=True):
+        assert registry.load(t.name).last.job_id == results[t.name].job_id
+        assert any(Path(p).name.startswith(f".{t.name}.json.") for p in synced), t.name
+        assert str(registry.targets_dir) in synced  # the new name too
+    assert len(fsynced) == 2 * len(targets)
+
+
+def test_a_resource_the_server_lacks_leaves_no_intent_behind(pbs, workdir):
+    pbs.configure(qsub_failures=[[187, "qsub: Unknown resource: ngpus"]] * 3)
+    targets = [target(i) for i in range(3)]
+    with pytest.raises(UnknownResource):
+        make_controller(workdir).start(targets)
+    # no qsub after the refusal: it is a fact about the site, not about one job
+    assert len(pbs.calls("qsub")) == 1 and pbs.jobs() == []
+    for t in targets:  # nothing was submitted: nothing for a next controller to look for
+        assert Registry(workdir / REGISTRY).load(t.name).submissions == []
 
 
 # -- never two live jobs for one target ----------------------------------------------------
@@ -495,7 +552,7 @@ def test_history_off_running_jobs_are_not_taken_for_ended(pbs, workdir):
         results = poll(controller, results)
     assert len(pbs.calls("qsub")) == 2
     assert all(isinstance(r, Tracked) and r.job_id for r in results.values())
-    assert pbs.status_calls()[-1][:2] == ["qstat", "-f"]  # learnt: asks without -x
+    assert "-x" not in pbs.status_calls()[-1]  # learnt: asks without -x
 
 
 def test_history_off_the_exit_record_decides(pbs, workdir):

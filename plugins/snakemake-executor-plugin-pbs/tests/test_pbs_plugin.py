@@ -13,6 +13,7 @@ from pathlib import Path
 
 import disks
 import pytest
+import readme_settings
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
@@ -22,6 +23,7 @@ from snakemake_executor_plugin_pbs import ExecutorSettings, common_settings, con
 HERE = Path(__file__).resolve().parent
 PROFILE = HERE / "profile"  # the tests' own profile, also the README's example
 README = HERE.parent / "README.md"
+DOCS = HERE.parent / "docs"  # what the Snakemake plugin catalog shows
 REGISTRY = ".snakemake-pbs"  # the default registry_dir
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -92,6 +94,31 @@ def test_the_readme_documents_every_setting():
     text = README.read_text()
     for field in dataclasses.fields(ExecutorSettings):
         assert f"--pbs-{field.name.replace('_', '-')}" in text, field.name
+
+
+def test_the_readmes_settings_table_is_made_from_the_settings_help_texts():
+    table = readme_settings.readme_table(README.read_text())
+    assert table == readme_settings.settings_table(), (
+        "the README's settings table differs from ExecutorSettings: run "
+        "`python tests/readme_settings.py` in the plugin's folder"
+    )
+    rows = [line for line in table.splitlines() if line.startswith("| `--pbs-")]
+    assert len(rows) == len(dataclasses.fields(ExecutorSettings))
+    assert "| `--pbs-queue` | `SNAKEMAKE_PBS_QUEUE` | none | PBS queue (qsub -q)" in table
+    assert "| `--pbs-log-dir` | `SNAKEMAKE_PBS_LOG_DIR` | `logs/pbs` |" in table
+
+
+def test_the_catalogs_pages_exist_and_show_the_profile_the_tests_run():
+    intro, further = (DOCS / "intro.md").read_text(), (DOCS / "further.md").read_text()
+    # the catalog puts intro.md right under the plugin's title: text, not a heading
+    assert intro.strip() and not intro.lstrip().startswith("#")
+    assert "--executor pbs" in intro
+    [block] = re.findall(r"```yaml\n(.*?)```", further, re.DOTALL)
+    assert yaml.safe_load(block) == yaml.safe_load((PROFILE / "config.yaml").read_text())
+    for option in re.findall(r"--pbs-[a-z-]+", further):  # only settings that exist
+        assert option.removeprefix("--pbs-").replace("-", "_") in {
+            f.name for f in dataclasses.fields(ExecutorSettings)
+        }, option
 
 
 @pytest.mark.parametrize(

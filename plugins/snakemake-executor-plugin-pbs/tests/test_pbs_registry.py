@@ -76,6 +76,46 @@ def test_a_file_that_cannot_be_fsynced_is_an_error_and_replaces_nothing(tmp_path
     assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["record.json"]
 
 
+def test_save_all_fsyncs_every_record_and_the_directory_once(tmp_path, monkeypatch):
+    registry = Registry(tmp_path / "pbs")
+    records = [TargetRecord(name=f"smk{i:010d}", rule="r") for i in range(20)]
+    real, fsynced = os.fsync, []
+
+    def fsync(fd):
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(registry_module.os, "fsync", fsync)
+    registry.save_all(records)
+    assert [r.name for r in registry.records()] == [r.name for r in records]
+    files = sorted(p for p in fsynced if p != str(registry.targets_dir))
+    assert len(files) == 20 and fsynced.count(str(registry.targets_dir)) == 1
+    assert [os.path.basename(p).split(".json.")[0] for p in files] == [
+        f".{r.name}" for r in records
+    ]
+    assert sorted(os.listdir(registry.targets_dir)) == [f"{r.name}.json" for r in records]
+
+
+def test_save_all_raises_a_failed_write_and_keeps_the_others(tmp_path, monkeypatch):
+    registry = Registry(tmp_path / "pbs")
+    old = TargetRecord(name="smk0000000001", rule="old")
+    registry.save(old)
+    real = os.fsync
+
+    def fsync(fd):  # the disk refuses the one record
+        if "smk0000000001" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(registry_module.os, "fsync", fsync)
+    new = [TargetRecord(name="smk0000000001", rule="new"), TargetRecord(name="smk0000000002")]
+    with pytest.raises(OSError, match="Input/output"):
+        registry.save_all(new)
+    assert registry.load("smk0000000001").rule == "old"  # the old record, whole
+    assert registry.load("smk0000000002") == new[1]
+    assert not [p for p in os.listdir(registry.targets_dir) if p.endswith(".tmp")]
+
+
 # -- records -----------------------------------------------------------------------------
 
 

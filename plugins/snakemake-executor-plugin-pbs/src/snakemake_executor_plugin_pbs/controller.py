@@ -631,8 +631,10 @@ class Controller:
         script = self.registry.write_script(target.name, render_job_script(spec))
         Path(spec.log_out).parent.mkdir(parents=True, exist_ok=True)
         submission = self._record_intent(target, record, spec)
+        self.registry.save(record)  # durable before qsub: what a later controller resolves
         submission.job_id = self._qsub(script, target, [record])
-        self.registry.save(record)
+        # not fsynced: after a host crash the durable intent leads to this job by its name
+        self.registry.save(record, durable=False)
         self.logger.info(
             f"PBS: submitted {target.rule} target {target.name} as job {submission.job_id} "
             f"(submission {len(record.submissions)}, log {spec.log_err})"
@@ -691,12 +693,13 @@ class Controller:
                 )
             )
         records = [record for _, record, _ in unit]
+        self.registry.save_all(records)  # every member's intent durable, before the qsub
         array_id = self._qsub(script, first_t.target, records, array_range_args(dialect, len(unit)))
         results = {}
         for (t, record, member), submission in zip(unit, submissions, strict=True):
             submission.job_id = subjob_id(array_id, submission.array_index)
             submission.array_id = array_id
-            self.registry.save(record)
+            self.registry.save(record, durable=False)  # the intent leads to it after a crash
             results[t.target.name] = Tracked(
                 t.target,
                 job_id=submission.job_id,
@@ -738,8 +741,9 @@ class Controller:
     def _record_intent(
         self, target: Target, record: TargetRecord, spec: JobSpec, **array
     ) -> Submission:
-        """Save a submission without a job id before qsub runs (the intent); `array`: the
-        Submission's array fields of a subjob (its array's name, its index, the size)."""
+        """Add a submission without a job id (the intent) to the record; the caller saves it,
+        durably, before qsub runs (several at once for an array: Registry.save_all). `array`:
+        the Submission's array fields of a subjob (its array's name, its index, the size)."""
         submission = Submission(
             job_id=None,
             submitted_at=self.clock(),
@@ -753,7 +757,6 @@ class Controller:
         )
         record.submissions.append(submission)
         record.hold_until = None
-        self.registry.save(record)
         return submission
 
     def _qsub(
@@ -778,7 +781,9 @@ class Controller:
             if not (isinstance(e, Transient) and e.maybe_submitted):
                 for record in records:
                     record.submissions.pop()
-                    self.registry.save(record)
+                    # not fsynced: an intent a host crash brings back finds no job by its
+                    # name, and is submitted
+                    self.registry.save(record, durable=False)
             raise
 
     def _hold(self, t: Tracked, reason: str, retry_at: float) -> Tracked:

@@ -26,6 +26,8 @@ ENDED_STATES = frozenset("FXC")
 PER_JOB_ERROR_CODES = frozenset({35, 153})
 UNKNOWN_JOB_ID = 153
 FINISHED_USE_X = 35
+FINISHED_USE_X_MESSAGE = "Job has finished, use -x"
+USAGE_ERROR = 2  # qstat's exit status for an option it does not know
 # OpenPBS with job history off answers `qstat -x ...` with this on stderr for every id, prints
 # no job at all, not even the running ones, and exits 0; without -x it answers as usual.
 NO_HISTORY = "not configured to maintain job history"
@@ -199,12 +201,22 @@ def detect_dialect(version_output: str) -> Dialect | None:
     return None
 
 
-def query_argv(dialect: Dialect, job_ids: Iterable[str], history: bool = True) -> list[str]:
+def query_argv(
+    dialect: Dialect, job_ids: Iterable[str], history: bool = True, batched: bool = True
+) -> list[str]:
     """qstat for the given jobs (every job without ids), finished ones included where the
-    server keeps history (`history`: it does, as far as we know)."""
+    server keeps history (`history`: it does, as far as we know).
+
+    Several ids on PBS Pro / OpenPBS go with `-E` (`batched`): without it qstat.c sends the
+    server one request per id (400 ids: 2.1 s on the test server, against 0.26 s with -E),
+    and a controller's poll holds up its submissions meanwhile. With -E an id the server does
+    not know is said on stderr but no longer in the exit status (0, not 153): the answer
+    leaves it out, and Qstat.query asks about it alone, without -E."""
+    ids = list(job_ids)
+    batch = ["-E"] if batched and dialect is Dialect.PBSPRO and len(ids) > 1 else []
     if dialect is Dialect.PBSPRO and history:
-        return ["qstat", "-x", "-f", *job_ids]
-    return ["qstat", "-f", *job_ids]  # Torque: -x means XML there; it shows completed jobs
+        return ["qstat", *batch, "-x", "-f", *ids]
+    return ["qstat", *batch, "-f", *ids]  # Torque: -x means XML there; it shows completed jobs
 
 
 def listing_argv(dialect: Dialect) -> list[str]:
@@ -271,6 +283,7 @@ class Qstat:
         self._dialect = dialect
         self._run = run
         self.history = True  # the server keeps finished jobs, as far as its answers told
+        self.batched = True  # qstat takes -E (several ids in one request), as far as we know
         self._max_array_size: int | None = None
 
     @property
@@ -338,15 +351,27 @@ class Qstat:
     def _call(self, ids: list[str]) -> CommandResult:
         """qstat about `ids`, asked again at once if the answer shows that the server's
         history is not what we thought."""
-        result = self._run(query_argv(self.dialect, ids, self.history), timeout=self.timeout)
+        result = self._ask_once(ids)
         if self.dialect is Dialect.PBSPRO and not result.timed_out:
             if self.history and NO_HISTORY in result.stderr:
                 self.history = False
-            elif not self.history and result.returncode == FINISHED_USE_X:
+            elif not self.history and (
+                result.returncode == FINISHED_USE_X or FINISHED_USE_X_MESSAGE in result.stderr
+            ):
                 self.history = True
             else:
                 return result
-            result = self._run(query_argv(self.dialect, ids, self.history), timeout=self.timeout)
+            result = self._ask_once(ids)
+        return result
+
+    def _ask_once(self, ids: list[str]) -> CommandResult:
+        """One qstat about `ids`; a qstat that does not know -E (an older PBS Pro: a usage
+        error) is asked again without it, and never with it again."""
+        argv = query_argv(self.dialect, ids, self.history, self.batched)
+        result = self._run(argv, timeout=self.timeout)
+        if "-E" in argv and result.returncode == USAGE_ERROR:
+            self.batched = False
+            result = self._run(query_argv(self.dialect, ids, self.history, False), self.timeout)
         return result
 
     @staticmethod

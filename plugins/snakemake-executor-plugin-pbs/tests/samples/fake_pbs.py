@@ -22,6 +22,7 @@ array lives, F after (as OpenPBS 23.06 shows them; `qsub -J 0-0` it refuses). Th
 any subjob lives, F after.
 """
 
+import fcntl
 import getpass
 import json
 import os
@@ -434,9 +435,13 @@ def main() -> int:
     argv = sys.argv[1:]  # [command, *arguments]: wrappers call `fake_pbs.py qsub "$@"`
     if argv[0] == "_run":
         return run_job(argv[1])
-    with open(STATE / "calls.jsonl", "a") as log:
-        log.write(json.dumps(argv) + "\n")
-    return {"qsub": qsub, "qstat": qstat, "qdel": qdel}[argv[0]](argv)
+    # one command at a time, as a server serves requests: the executor runs several qsubs at
+    # once, and the state (job numbers, failures to hand out) is read and rewritten
+    with open(STATE / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(STATE / "calls.jsonl", "a") as log:
+            log.write(json.dumps(argv) + "\n")
+        return {"qsub": qsub, "qstat": qstat, "qdel": qdel}[argv[0]](argv)
 
 
 if __name__ == "__main__":
