@@ -119,6 +119,30 @@ def test_save_all_raises_a_failed_write_and_keeps_the_others(tmp_path, monkeypat
 # -- records -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("umask, want", [(0o022, 0o644), (0o027, 0o640)])
+def test_every_registry_file_has_the_mode_the_users_umask_gives(tmp_path, umask, want):
+    """A group reads a shared project's registry (kdflow status does): 0644 under umask 0022,
+    0640 under 0027, as for any file the user makes; tempfile.mkstemp would give 0600."""
+    registry = Registry(tmp_path / "registry")
+    records = [TargetRecord(name=f"t{i}", submissions=[Submission("1.s", 0.0)]) for i in range(3)]
+    old = os.umask(umask)
+    try:
+        registry.save(records[0])
+        registry.save(records[0], durable=False)
+        registry.save_all(records[1:])
+        registry.write_script("t0", "#!/bin/bash\n")
+    finally:
+        os.umask(old)
+    files = [path for path in registry.root.rglob("*") if path.is_file()]
+    assert len(files) == 4
+    assert {
+        str(path.relative_to(registry.root)): oct(stat.S_IMODE(path.stat().st_mode))
+        for path in files
+    } == {  # fmt: skip
+        str(path.relative_to(registry.root)): oct(want) for path in files
+    }
+
+
 def test_record_round_trip(tmp_path):
     registry = Registry(tmp_path / "pbs")
     record = registry.load(NAME)
