@@ -3,13 +3,13 @@ array, chunks at the server's max_array_size, the array's job script, subjobs tr
 classified, resubmitted alone and cancelled, intents of a controller killed between qsub and
 recording resolved without a second array, held-back arrays, and Torque's -t."""
 
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from fakes import Clock, fake_pbs
 from snakemake.exceptions import WorkflowError
 
 from snakemake_executor_plugin_pbs import ExecutorSettings, controller_config, parse_array_jobs
@@ -34,38 +34,9 @@ from snakemake_executor_plugin_pbs.submit import (
     subjob_id,
 )
 
-_spec = importlib.util.spec_from_file_location(
-    "fake_pbs", Path(__file__).parent / "samples" / "fake_pbs.py"
-)
-fake_pbs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_pbs)
-
 REGISTRY = ".snakemake-pbs"
 QUEUE_LIMIT = [38, "qsub: would exceed queue workq's per-user limit of jobs in 'Q' state"]
 UNREACHABLE = [111, "qsub: cannot connect to server fakesrv (errno=111)"]
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def pbs(tmp_path, monkeypatch):
-    fake = fake_pbs.FakePbs(tmp_path / "pbs")
-    for key, value in fake.env().items():
-        monkeypatch.setenv(key, value)
-    return fake
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 def make_controller(workdir: Path, clock=None, registry=None, qstat=None, **changes):

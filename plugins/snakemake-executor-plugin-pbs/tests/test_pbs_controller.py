@@ -1,11 +1,11 @@
 """The controller against a fake qsub/qstat/qdel on PATH: adoption, polling, resubmission."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+from fakes import Clock
 
 from snakemake_executor_plugin_pbs import controller as controller_module
 from snakemake_executor_plugin_pbs import registry as registry_module
@@ -21,38 +21,8 @@ from snakemake_executor_plugin_pbs.policy import Limits
 from snakemake_executor_plugin_pbs.registry import Registry, Submission, TargetRecord
 from snakemake_executor_plugin_pbs.submit import UnknownResource, job_name
 
-_spec = importlib.util.spec_from_file_location(
-    "fake_pbs", Path(__file__).parent / "samples" / "fake_pbs.py"
-)
-fake_pbs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_pbs)
-
-
 REGISTRY = ".snakemake-pbs"  # the default registry_dir, relative to the working directory
 PROGRESS = "progress.json"  # the progress file these tests' jobs would write
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def pbs(tmp_path, monkeypatch):
-    fake = fake_pbs.FakePbs(tmp_path / "pbs")
-    for key, value in fake.env().items():
-        monkeypatch.setenv(key, value)
-    return fake
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 def make_controller(workdir: Path, clock=None, **changes) -> Controller:

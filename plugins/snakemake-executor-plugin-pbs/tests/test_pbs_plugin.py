@@ -1,7 +1,6 @@
 """The plugin inside Snakemake: discovery, settings, a profile, and whole runs on a fake PBS."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -15,6 +14,7 @@ import disks
 import pytest
 import readme_settings
 import yaml
+from fakes import fake_pbs
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 
@@ -26,12 +26,6 @@ README = HERE.parent / "README.md"
 DOCS = HERE.parent / "docs"  # what the Snakemake plugin catalog shows
 REGISTRY = ".snakemake-pbs"  # the default registry_dir
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-_spec = importlib.util.spec_from_file_location(
-    "fake_pbs", Path(__file__).parent / "samples" / "fake_pbs.py"
-)
-fake_pbs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_pbs)
 
 
 # -- discovery and settings ----------------------------------------------------------------

@@ -3,13 +3,13 @@ that keep the identity adoption relies on, what jobs used (resources_used) and t
 report, and the status-check interval."""
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fakes import fake_pbs
 from snakemake.exceptions import WorkflowError
 
 from snakemake_executor_plugin_pbs import Executor, ExecutorSettings, poll_interval
@@ -49,25 +49,6 @@ from snakemake_executor_plugin_pbs.usage import (
 HERE = Path(__file__).parent
 CAPTURED = HERE / "samples" / "openpbs"
 REGISTRY = ".snakemake-pbs"
-
-_spec = importlib.util.spec_from_file_location("fake_pbs", HERE / "samples" / "fake_pbs.py")
-fake_pbs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_pbs)
-
-
-@pytest.fixture
-def pbs(tmp_path, monkeypatch):
-    fake = fake_pbs.FakePbs(tmp_path / "pbs")
-    for key, value in fake.env().items():
-        monkeypatch.setenv(key, value)
-    return fake
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 def make_controller(workdir: Path, **changes) -> Controller:

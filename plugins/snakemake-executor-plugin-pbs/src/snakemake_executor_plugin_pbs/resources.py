@@ -84,26 +84,25 @@ def directive_value(resource: str, value) -> str | None:
     return text
 
 
-def select_value(resource: str, value) -> str | None:
-    """A select statement, `select=` removed."""
+def _statement(resource: str, value, key: str, pattern, allowed: str) -> str | None:
+    """A `-l key=...` statement's value, a leading `key=` removed, checked against `pattern`."""
     text = _text(value)
     if text is None:
         return None
-    text = text.removeprefix("select=")
-    if not SELECT.match(text):
-        raise ResourceProblem(resource, value, SELECT_ALLOWED)
+    text = text.removeprefix(f"{key}=")
+    if not pattern.match(text):
+        raise ResourceProblem(resource, value, allowed)
     return text
+
+
+def select_value(resource: str, value) -> str | None:
+    """A select statement, `select=` removed."""
+    return _statement(resource, value, "select", SELECT, SELECT_ALLOWED)
 
 
 def place_value(resource: str, value) -> str | None:
     """A place statement, `place=` removed."""
-    text = _text(value)
-    if text is None:
-        return None
-    text = text.removeprefix("place=")
-    if not PLACE.match(text):
-        raise ResourceProblem(resource, value, PLACE_ALLOWED)
-    return text
+    return _statement(resource, value, "place", PLACE, PLACE_ALLOWED)
 
 
 def qsub_options(resource: str, value) -> tuple[str, ...]:

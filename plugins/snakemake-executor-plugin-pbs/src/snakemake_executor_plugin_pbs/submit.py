@@ -245,17 +245,22 @@ def exit_record_lines(exit_dir: Path) -> list[str]:
     ]
 
 
-def render_job_script(spec: JobSpec) -> str:
-    """The whole job script: `#PBS` lines, exit record, `cd` to the submit directory, command."""
+def _script_head(spec: JobSpec) -> list[str]:
+    """What every job script starts with: `#PBS` lines, the description, the exit record, and
+    the `cd` to the submit directory."""
     lines = ["#!/bin/bash", *pbs_directives(spec)]
     lines += [f"# {line}" for line in spec.description]
     lines += ["", *exit_record_lines(spec.exit_dir), ""]
-    lines += [
+    return [
+        *lines,
         "# PBS starts jobs in $HOME; Snakemake expects the workflow directory.",
         'cd "$PBS_O_WORKDIR" || exit 1',
-        spec.command,
-        "",
     ]
+
+
+def render_job_script(spec: JobSpec) -> str:
+    """The whole job script: `#PBS` lines, exit record, `cd` to the submit directory, command."""
+    lines = [*_script_head(spec), spec.command, ""]
     return "\n".join(lines)
 
 
@@ -276,12 +281,8 @@ def render_array_script(
     the subjob's index that runs that member's own Snakemake job command. An index without a
     member (none should ever run) fails with a message instead of running nothing."""
     variable = ARRAY_INDEX_VARIABLE[dialect]
-    lines = ["#!/bin/bash", *pbs_directives(spec)]
-    lines += [f"# {line}" for line in spec.description]
-    lines += ["", *exit_record_lines(spec.exit_dir), ""]
+    lines = _script_head(spec)
     lines += [
-        "# PBS starts jobs in $HOME; Snakemake expects the workflow directory.",
-        'cd "$PBS_O_WORKDIR" || exit 1',
         f"# Each subjob runs the Snakemake job of its index (${variable}).",
         f'case "${{{variable}:-}}" in',
     ]
