@@ -18,15 +18,13 @@ from snakemake_executor_plugin_pbs.registry import Submission
 ROOT = Path(__file__).resolve().parents[2]
 
 
-unit = load_module(
-    "kdflow_test_pbs_controller",
-    ROOT / "plugins/snakemake-executor-plugin-pbs/tests/test_pbs_controller.py",
-)
-fake_pbs = unit.fake_pbs
+PLUGIN_TESTS = ROOT / "plugins/snakemake-executor-plugin-pbs/tests"
+unit = load_module("kdflow_test_pbs_controller", PLUGIN_TESTS / "test_pbs_controller.py")
 
 
 # the unit tests' fixtures: a fake PBS on PATH, and the controller's working directory
-pbs, workdir = unit.pbs, unit.workdir
+_fixtures = load_module("kdflow_test_pbs_conftest", PLUGIN_TESTS / "conftest.py")
+pbs, workdir = _fixtures.pbs, _fixtures.workdir
 
 
 def test_a_job_that_succeeded_while_no_controller_ran_is_recorded_at_start(pbs, workdir, chaos):
