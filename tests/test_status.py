@@ -76,6 +76,34 @@ def test_a_target_waiting_for_disk_space_is_held_until_its_time(tmp_path):
     assert "held 1" in table and "No space left" in table and "log: logs/7.err" in table
 
 
+def _note_column(table: str) -> str:
+    """The text of the table's last column, its lines joined, spaces dropped: what a reader
+    reads down the column, however rich wrapped it."""
+    cells = [line.rsplit("│", 2)[1] for line in table.splitlines() if line.count("│") > 2]
+    return "".join(cells).replace(" ", "")
+
+
+def test_a_held_trainer_s_log_shows_whole_on_any_terminal(tmp_path):
+    """The note column keeps the reason and the log on lines of their own, so the path to the
+    log reads whole on any terminal from 100 columns up (CI once failed at 200 where longer job
+    ids squeezed it: ` `.join broke the path at widths up to 211), and, folded, below."""
+    sweep = _sweep(tmp_path)
+    registry = Registry(tmp_path / SETTINGS.registry_dir)
+    for seed in range(2):
+        _ended_on_a_full_disk(registry, f"results/cifar100/pure/resnet8/seed{seed}",
+                              time.time() + 3600)  # fmt: skip
+    rows, note = collect(sweep, tmp_path, qstat=None)
+    for width in range(60, 300):
+        console = Console(file=io.StringIO(), width=width)
+        render(rows, note, console)
+        table = console.file.getvalue()
+        column = _note_column(table)
+        assert column.count("log:logs/7.err") == 2, table
+        assert column.count(FULL_DISK.replace(" ", "")) == 2, table
+        if width >= 100:
+            assert table.count("│ log: logs/7.err ") == 2, table
+
+
 class _Qstat:
     """Stands in for the executor's Qstat: answers from a fixed Answer, records the ids."""
 
@@ -253,7 +281,7 @@ def _status(tmp_path, monkeypatch, capsys, *args) -> str:
     from kdflow.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("COLUMNS", "1000")  # wider than the table: no cell wraps
     assert main(["status", "--configfile", "sweep.yaml", "--no-qstat", *args]) == 0
     return capsys.readouterr().out
 

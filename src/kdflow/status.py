@@ -472,7 +472,7 @@ def render(
             f"{r.epoch_seconds:.1f}" if r.epoch_seconds and r.state == "running" else "",
             f"{r.best_acc:.2f}" if r.best_acc is not None else "",
             clock(r.eta),
-            " ".join(x for x in (r.reason, r.log and f"log: {r.log}") if x),
+            "\n".join(x for x in (r.reason, r.log and f"log: {r.log}") if x),
         )
     if shown:
         console.print(table)

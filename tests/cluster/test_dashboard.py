@@ -34,6 +34,7 @@ DONE = "results/cifar100/pure/wrn_40_2/seed0"
 KILLED = "results/cifar100/pure/wrn_16_2/seed0"
 WAITING = "results/cifar100/logit/resnet32x4-resnet8x4/alpha0.5/seed0"
 FAILED = "results/cifar100/logit/resnet32x4-resnet8x4/alpha0.9/seed0"
+WIDE = 1000  # columns: more than any dashboard table needs
 
 
 def _qsub(openpbs, workdir, *args):
@@ -134,7 +135,9 @@ def test_dashboard_shows_every_state_from_one_qstat(openpbs):
     assert f["reason"] == "error: exit status 1, no progress in 3 tries"
     assert rows[WAITING]["state"] == "waiting"
 
-    table = _kdflow_status(openpbs, workdir, env={"COLUMNS": "200"}).stdout
+    # wider than the table can be (rich never widens a table past its cells), so no cell wraps
+    # whatever the job ids' lengths; how it wraps on a narrow terminal is tests/test_status.py's
+    table = _kdflow_status(openpbs, workdir, env={"COLUMNS": str(WIDE)}).stdout
     assert "finished 1/6 (16.7%)" in table
     assert re.search(r"\[R \d+:\d\d:\d\d", table), table  # its elapsed time, whatever it is
     assert "30/240" in table and "1:10:00" in table  # ETA 210 x 20 s
