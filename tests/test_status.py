@@ -32,6 +32,9 @@ from snakemake_executor_plugin_pbs.submit import job_name
 # reads, so the registry records below are where the controller would write them
 SETTINGS = executor_settings()
 SWEEP = {"seeds": [0, 1], "datasets": {"cifar100": {}}, "models": ["resnet8"], "pairs": []}
+# a terminal wider than any table (rich never widens one past its cells): no cell wraps, whatever
+# the length of this machine's host name, pids or job ids
+WIDE = 1000
 FULL_DISK = "exit status 1, out of disk space: OSError: [Errno 28] cannot write x: No space left"
 
 
@@ -70,7 +73,7 @@ def test_a_target_waiting_for_disk_space_is_held_until_its_time(tmp_path):
     assert row.state == "held" and row.log == "logs/7.err"
     assert row.reason.startswith(FULL_DISK) and "; resubmitted at " in row.reason
 
-    console = Console(file=io.StringIO(), width=250)
+    console = Console(file=io.StringIO(), width=WIDE)
     render(rows, note, console)
     table = console.file.getvalue()
     assert "held 1" in table and "No space left" in table and "log: logs/7.err" in table
@@ -246,7 +249,7 @@ def test_every_student_of_a_pack_shows_the_pack_job_that_trains_it(tmp_path):
     assert by_path[training.directory].epoch == 3 and by_path[training.directory].eta == 2370
     assert by_path["results/cifar100/pure/resnet8x4/seed0"].pack is None  # pure: its own job
 
-    console = Console(file=io.StringIO(), width=250)
+    console = Console(file=io.StringIO(), width=WIDE)
     render(rows, note, console)
     table = console.file.getvalue()
     header = next(line for line in table.splitlines() if "experiment" in line)
@@ -281,7 +284,7 @@ def _status(tmp_path, monkeypatch, capsys, *args) -> str:
     from kdflow.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "1000")  # wider than the table: no cell wraps
+    monkeypatch.setenv("COLUMNS", str(WIDE))
     assert main(["status", "--configfile", "sweep.yaml", "--no-qstat", *args]) == 0
     return capsys.readouterr().out
 
@@ -400,7 +403,7 @@ def test_a_local_trainer_is_running_with_its_pid_speed_and_eta_the_others_say_wh
     assert by_path[STUDENT].state == "waiting"
     assert by_path[STUDENT].reason == f"waits for its teacher, {TEACHER}"
 
-    console = Console(file=io.StringIO(), width=250)
+    console = Console(file=io.StringIO(), width=WIDE)
     render(rows, note, console)
     table = console.file.getvalue()
     assert "running 1" in table
