@@ -447,11 +447,16 @@ def test_a_finished_sweep_shows_its_results(tmp_path, monkeypatch, capsys):
         (directory / "metrics.json").write_text(json.dumps(metrics))
         (directory / "completed").write_text("")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal, or a pipe
     assert main(["status", "--configfile", "sweep.yaml", "--no-qstat"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"sweep.yaml in {tmp_path}\n")  # what it read, and where
-    assert "finished 2/2 (100.0%)" in out and "the sweep is finished" in out
-    assert "70.50" in out  # the mean over the two seeds
+    assert out.startswith(f"sweep.yaml in {tmp_path}\nfinished 2/2 (100.0%)\n")  # read where
+    assert "the sweep is finished" in out
+    # the results table as `kdflow report` writes it, each row a whole line (the terminal
+    # wraps it, not kdflow): a header, its rule, one row with the mean over the two seeds
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) == 3 and all(row.endswith("|") and row.count("|") == 12 for row in table)
+    assert "| 70.50 ± 0.71 |" in table[2]
 
 
 @pytest.mark.slow

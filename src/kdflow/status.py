@@ -433,8 +433,10 @@ def render(
     total = len(rows)
     done = n["done"]
     console.print(
-        f"[bold]finished {done}/{total}[/] ({100 * done / max(total, 1):.1f}%)   "
-        + "   ".join(f"{state} {n[state]}" for state in STATES if state != "done" and n[state])
+        "   ".join(
+            [f"[bold]finished {done}/{total}[/] ({100 * done / max(total, 1):.1f}%)"]
+            + [f"{state} {n[state]}" for state in STATES if state != "done" and n[state]]
+        )
     )
     ready = [r for r in rows if r.state == "ready"]
     waiting = n["waiting"]
@@ -476,8 +478,9 @@ def render(
         )
     if shown:
         console.print(table)
-    if summary is not None:
-        console.print(summary)
+    if summary is not None:  # as `kdflow report` writes it: the terminal wraps it, not rich,
+        # so the markdown stays whole when copied, piped or read on a narrow terminal
+        console.print(summary, soft_wrap=True, markup=False, highlight=False)
 
 
 def results_summary(sweep: Sweep, rows: list[Row], workdir: str | Path = ".") -> str | None:
