@@ -280,11 +280,11 @@ def _cron_dir(tmp_path, pid: int | None) -> None:
         (tmp_path / ".kdflow/controller.pid").write_text(f"{pid}\n")
 
 
-def _status(tmp_path, monkeypatch, capsys, *args) -> str:
+def _status(tmp_path, monkeypatch, capsys, *args, columns: int = WIDE) -> str:
     from kdflow.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", str(WIDE))
+    monkeypatch.setenv("COLUMNS", str(columns))
     assert main(["status", "--configfile", "sweep.yaml", "--no-qstat", *args]) == 0
     return capsys.readouterr().out
 
@@ -320,9 +320,12 @@ def test_status_shows_a_dead_controller_with_the_end_of_its_log(tmp_path, monkey
     _sweep(tmp_path)
     # the pid file names a live process that is not a controller (a pid given out again)
     _cron_dir(tmp_path, os.getpid())
-    out = _status(tmp_path, monkeypatch, capsys)
-    assert "controller: not running while the sweep is unfinished" in out
-    assert "the end of logs/cron/controller.log:" in out
+    out = _status(tmp_path, monkeypatch, capsys, columns=60)  # a narrow terminal, or a pipe
+    # one whole line, wrapped by the terminal: the log's path copies whole, a grep finds it
+    assert (
+        "controller: not running while the sweep is unfinished (`scripts/cron.sh cron` starts"
+        " one); the end of logs/cron/controller.log:"
+    ) in out.splitlines()
     lines = [line.removeprefix("  | ") for line in out.splitlines() if line.startswith("  | ")]
     assert lines == CONTROLLER_LOG_LINES[-10:]  # as written: no markup read into them
     record = json.loads(_status(tmp_path, monkeypatch, capsys, "--json"))["controller"]

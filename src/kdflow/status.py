@@ -3,6 +3,7 @@ and, where scripts/cron.sh drives the sweep, whether its controller is alive."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -429,10 +430,13 @@ def render(
     from rich.text import Text
 
     console = console or Console()
+    # the lines above the table are whole lines, wrapped by the terminal, not by rich: a path
+    # in them copies whole and a grep finds them, on any terminal and in a pipe
+    line = functools.partial(console.print, soft_wrap=True)
     n = counts(rows)
     total = len(rows)
     done = n["done"]
-    console.print(
+    line(
         "   ".join(
             [f"[bold]finished {done}/{total}[/] ({100 * done / max(total, 1):.1f}%)"]
             + [f"{state} {n[state]}" for state in STATES if state != "done" and n[state]]
@@ -441,21 +445,21 @@ def render(
     ready = [r for r in rows if r.state == "ready"]
     waiting = n["waiting"]
     if ready or waiting:
-        console.print(f"not started: {len(ready)} ready, {waiting} waiting on a teacher")
+        line(f"not started: {len(ready)} ready, {waiting} waiting on a teacher")
     if controller is not None:
         if controller.state == "alive":
-            console.print(f"controller: alive (pid {controller.pid}), log {controller.log}")
+            line(f"controller: alive (pid {controller.pid}), log {controller.log}")
         elif done == total:
-            console.print("controller: not running; the sweep is finished")
+            line("controller: not running; the sweep is finished")
         else:
-            console.print(
+            line(
                 f"[bold red]controller: not running[/] while the sweep is unfinished "
                 f"(`scripts/cron.sh cron` starts one); the end of {controller.log}:"
             )
-            for line in controller.tail or ["(empty)"]:
-                console.print(Text(f"  | {line}"), highlight=False, soft_wrap=True)
+            for tail in controller.tail or ["(empty)"]:
+                line(Text(f"  | {tail}"), highlight=False)
     if note:
-        console.print(f"[yellow]{note}[/]")
+        line(f"[yellow]{note}[/]")
     table = Table(show_lines=False, header_style="bold")
     shown = sorted((r for r in rows if r.state in TABLE_ORDER),
                    key=lambda r: (TABLE_ORDER[r.state], r.path))  # fmt: skip
